@@ -1,0 +1,206 @@
+"""One stage of the cascade: a U-Net, its noise schedule and parameterisation.
+
+This is the only place that knows how a stage's network is conditioned (text, the
+low-res image, the noise-augmentation level), so training and sampling can't disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from pixcade.diffusion.guidance import guided_denoiser
+from pixcade.diffusion.losses import diffusion_loss
+from pixcade.diffusion.parameterization import PARAMETERIZATIONS
+from pixcade.diffusion.samplers import SAMPLERS, sample
+from pixcade.diffusion.schedules import alpha_sigma, get_schedule
+from pixcade.errors import PixcadeError
+from pixcade.nn.configs import UNetConfig
+from pixcade.nn.unet import EfficientUNet
+
+
+@dataclass
+class StageConfig:
+    name: str
+    resolution: int
+    unet: UNetConfig
+    # Set for super-resolution stages: the resolution of the image they are given.
+    lowres_resolution: int | None = None
+    # Super-resolution stages without self-attention may train on random crops of this size.
+    train_crop: int | None = None
+    schedule: str = "cosine"
+    parameterization: str = "eps"
+    # Sampling defaults, saved with the model so `generate` works without flags.
+    sampler: str = "dpm++"
+    steps: int = 30
+    guidance_weight: float = 5.0
+    threshold: str = "dynamic:99.5"
+    aug_level: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig.from_dict(self.unet)
+        get_schedule(self.schedule)  # validates the name
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise PixcadeError(
+                f"stage {self.name!r}: unknown parameterization {self.parameterization!r} "
+                f"(choose from {', '.join(PARAMETERIZATIONS)})"
+            )
+        if self.sampler not in SAMPLERS:
+            raise PixcadeError(f"stage {self.name!r}: unknown sampler {self.sampler!r}")
+        if self.is_super_resolution != bool(self.unet.lowres_cond):
+            raise PixcadeError(
+                f"stage {self.name!r}: lowres_resolution and the U-Net's lowres_cond disagree"
+            )
+
+    @property
+    def is_super_resolution(self) -> bool:
+        return self.lowres_resolution is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["unet"] = self.unet.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StageConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise PixcadeError(f"stage config has unknown keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def upsample(lowres: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bicubic upsampling to the stage's resolution (clamped: bicubic overshoots)."""
+    if lowres.shape[-1] == resolution and lowres.shape[-2] == resolution:
+        return lowres
+    up = F.interpolate(lowres, size=(resolution, resolution), mode="bicubic", align_corners=False)
+    return up.clamp(-1.0, 1.0)
+
+
+class Stage:
+    """A stage's network plus the diffusion process it was trained with."""
+
+    def __init__(self, config: StageConfig, net: EfficientUNet | None = None):
+        self.config = config
+        self.net = net if net is not None else EfficientUNet(config.unet)
+        self.schedule = get_schedule(config.schedule)
+
+    # -- conditioning -------------------------------------------------------------------
+
+    def conditioning(
+        self,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor | None = None,
+        aug_t: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        resolution: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The keyword arguments of the U-Net besides (z, t).
+
+        For SR stages the low-res image is upsampled to the working resolution and
+        noise-augmented to level ``aug_t`` (a forward diffusion of the same schedule), so
+        the network learns to fix the artefacts the previous stage leaves behind.
+        """
+        cond: dict[str, torch.Tensor] = {"text_emb": text_emb, "text_mask": text_mask}
+        if not self.config.is_super_resolution:
+            if lowres is not None:
+                raise PixcadeError(f"stage {self.config.name!r} is not a super-resolution stage")
+            return cond
+        if lowres is None:
+            raise PixcadeError(f"super-resolution stage {self.config.name!r} needs a low-res image")
+        b = lowres.shape[0]
+        if aug_t is None:
+            aug_t = torch.zeros(b, device=lowres.device)
+        up = upsample(lowres, resolution or self.config.resolution)
+        alpha, sigma = alpha_sigma(self.schedule.log_snr(aug_t.to(up.dtype)).view(-1, 1, 1, 1))
+        noise = torch.randn(up.shape, generator=generator, device=up.device, dtype=up.dtype)
+        cond["lowres"] = alpha * up + sigma * noise
+        cond["aug_t"] = aug_t
+        return cond
+
+    # -- training -----------------------------------------------------------------------
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor | None = None,
+        *,
+        min_snr_gamma: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Per-sample training loss. SR stages draw the augmentation level uniformly in [0, 1]."""
+        aug_t = None
+        if self.config.is_super_resolution:
+            if lowres is None:
+                raise PixcadeError(f"super-resolution stage {self.config.name!r} needs a low-res image")
+            aug_t = torch.rand(images.shape[0], generator=generator, device=images.device)
+        cond = self.conditioning(
+            text_emb, text_mask, lowres, aug_t, generator, resolution=images.shape[-1]
+        )
+        return diffusion_loss(
+            lambda z, t: self.net(z, t, **cond),
+            images,
+            self.schedule,
+            self.config.parameterization,
+            min_snr_gamma=min_snr_gamma,
+            generator=generator,
+        )
+
+    # -- sampling -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(
+        self,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor | None = None,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        guidance_weight: float | None = None,
+        threshold: str | None = None,
+        aug_level: float | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Images in [-1, 1], one per text row. Unset options take the config's defaults."""
+        c = self.config
+        sampler = c.sampler if sampler is None else sampler
+        steps = c.steps if steps is None else steps
+        w = c.guidance_weight if guidance_weight is None else guidance_weight
+        threshold = c.threshold if threshold is None else threshold
+        aug_level = c.aug_level if aug_level is None else aug_level
+        if sampler not in SAMPLERS:
+            raise PixcadeError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+        if steps < 1:
+            raise PixcadeError(f"steps must be at least 1, got {steps}")
+        if w < 0:
+            raise PixcadeError(f"guidance weight must be >= 0, got {w}")
+        if not 0.0 <= aug_level <= 1.0:
+            raise PixcadeError(f"noise-augmentation level must be in [0, 1], got {aug_level}")
+
+        b = text_emb.shape[0]
+        device = text_emb.device
+        aug_t = torch.full((b,), float(aug_level), device=device) if c.is_super_resolution else None
+        cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator)
+        uncond = dict(cond)
+        uncond["text_emb"] = torch.zeros_like(text_emb)
+        uncond["text_mask"] = torch.zeros_like(text_mask)
+        denoiser = guided_denoiser(
+            self.net, self.schedule, c.parameterization, cond, uncond, w, threshold
+        )
+        shape = (b, c.unet.out_channels, c.resolution, c.resolution)
+        noise = torch.randn(shape, generator=generator, device=device)
+        return sample(
+            denoiser, self.schedule, noise, sampler=sampler, steps=steps,
+            generator=generator, callback=callback,
+        ).clamp(-1.0, 1.0)
