@@ -171,8 +171,13 @@ class Stage:
         aug_level: float | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Images in [-1, 1], one per text row. Unset options take the config's defaults."""
+        """Images in [-1, 1], one per text row. Unset options take the config's defaults.
+
+        ``noise`` is the starting z at t=1 (drawn from ``generator`` when not given): the
+        pipeline draws it per image so an image does not depend on its batch-mates.
+        """
         c = self.config
         sampler = c.sampler if sampler is None else sampler
         steps = c.steps if steps is None else steps
@@ -199,7 +204,10 @@ class Stage:
             self.net, self.schedule, c.parameterization, cond, uncond, w, threshold
         )
         shape = (b, c.unet.out_channels, c.resolution, c.resolution)
-        noise = torch.randn(shape, generator=generator, device=device)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=device)
+        elif tuple(noise.shape) != shape:
+            raise PixcadeError(f"stage {c.name!r}: noise has shape {list(noise.shape)}, expected {list(shape)}")
         return sample(
             denoiser, self.schedule, noise, sampler=sampler, steps=steps,
             generator=generator, callback=callback,
