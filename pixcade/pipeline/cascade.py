@@ -1,0 +1,334 @@
+"""`Cascade`: a text encoder plus a chain of stages (base, then super-resolution), sampled
+end to end or from any stage to any later one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pixcade.errors import PixcadeError
+from pixcade.pipeline import saving
+from pixcade.pipeline.images import from_pil, open_image, to_pil
+from pixcade.pipeline.jobs import Job, all_jobs, batches, derive_seed
+from pixcade.pipeline.options import PerStage, StageOptions, resolve_options
+from pixcade.stage import Stage
+from pixcade.text.encoders import DEFAULT_ENCODER
+
+StartImage = Image.Image | str | os.PathLike
+
+
+@dataclass
+class Plan:
+    """The stages one call runs (consecutive, in cascade order) and their resolved options."""
+
+    stages: list[Stage]
+    options: dict[str, StageOptions]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.config.name for s in self.stages]
+
+    @property
+    def needs_start(self) -> bool:
+        return self.stages[0].config.is_super_resolution
+
+
+class StageBars:
+    """One tqdm bar per stage, advanced by the sampler's per-step callback."""
+
+    def __init__(self, plan: Plan, num_batches: int, enabled: bool = True):
+        self.bars = {
+            name: tqdm(total=plan.options[name].steps * num_batches, desc=name, unit="step",
+                       position=k, leave=True, disable=not enabled, dynamic_ncols=True)
+            for k, name in enumerate(plan.names)
+        }
+
+    def callback(self, stage: str) -> Callable[[int, int, torch.Tensor], None]:
+        bar = self.bars[stage]
+        return lambda step, total, x0: bar.update(1)
+
+    def __enter__(self) -> "StageBars":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+class Cascade:
+    """Text encoder + stages. Networks are put in eval mode: a cascade is for sampling."""
+
+    def __init__(self, stages: Sequence[Stage], text_encoder: str = DEFAULT_ENCODER, max_length: int = 128):
+        if not stages:
+            raise PixcadeError("a cascade needs at least one stage")
+        saving.validate_chain([s.config for s in stages])
+        self.stages = list(stages)
+        self.text_encoder = text_encoder
+        self.max_length = max_length
+        self._encoder: Any = None
+        for s in self.stages:
+            s.net.eval()
+
+    # -- structure ----------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [s.config.name for s in self.stages]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.stages[0].net.parameters()).device
+
+    def stage(self, name: str) -> Stage:
+        if name not in self.names:
+            raise PixcadeError(f"unknown stage {name!r} (stages: {', '.join(self.names)})")
+        return self.stages[self.names.index(name)]
+
+    def to(self, device: str | torch.device) -> "Cascade":
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PixcadeError("device 'cuda' asked for, but CUDA is not available")
+        for s in self.stages:
+            s.net.to(device)
+        self._encoder = None  # reloaded on the new device when next needed
+        return self
+
+    @property
+    def encoder(self) -> Any:
+        """The text encoder, loaded on first use (saving or planning doesn't need it)."""
+        if self._encoder is None:
+            from pixcade.text.encoders import load_text_encoder
+
+            enc = load_text_encoder(self.text_encoder, max_length=self.max_length, device=str(self.device))
+            for s in self.stages:
+                if s.config.unet.text_dim != enc.dim:
+                    raise PixcadeError(
+                        f"stage {s.config.name!r} expects {s.config.unet.text_dim}-d text embeddings "
+                        f"but text encoder {self.text_encoder!r} gives {enc.dim}-d"
+                    )
+            self._encoder = enc
+        return self._encoder
+
+    # -- saving and loading ---------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        config = saving.CascadeConfig(self.text_encoder, self.max_length, [s.config for s in self.stages])
+        saving.save_cascade(directory, config, [s.net for s in self.stages])
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "Cascade":
+        directory = Path(directory)
+        config = saving.load_cascade_config(directory)
+        stages = []
+        for sc in config.stages:
+            stage = Stage(sc)
+            saving.load_weights(stage.net, directory / f"{sc.name}.safetensors", sc.name)
+            stages.append(stage)
+        return cls(stages, config.text_encoder, config.max_length).to(device)
+
+    @classmethod
+    def from_stage_dirs(cls, run_dirs: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> "Cascade":
+        """Assemble a cascade from the trainer's per-stage exports, given in cascade order."""
+        if not run_dirs:
+            raise PixcadeError("no stage directories given")
+        exports = [saving.read_stage_export(d) for d in run_dirs]
+        first = exports[0]
+        for d, e in zip(run_dirs, exports):
+            if (e.text_encoder, e.max_length) != (first.text_encoder, first.max_length):
+                raise PixcadeError(
+                    f"stage {e.config.name!r} ({d}) was trained with text encoder {e.text_encoder!r} "
+                    f"(max_length {e.max_length}) but stage {first.config.name!r} with "
+                    f"{first.text_encoder!r} (max_length {first.max_length})"
+                )
+        saving.validate_chain([e.config for e in exports], "assembled cascade")
+        stages = []
+        for e in exports:
+            stage = Stage(e.config)
+            saving.load_weights(stage.net, e.weights, e.config.name)
+            stages.append(stage)
+        return cls(stages, first.text_encoder, first.max_length).to(device)
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(
+        self,
+        stages: Sequence[str] | None = None,
+        stop_after: str | None = None,
+        start_resolution: int | None = None,
+        **options: PerStage,
+    ) -> Plan:
+        """Choose the stages to run and check every option before any work is done.
+
+        ``stages`` names consecutive stages; by default all of them, or, given the side of a
+        start image, from the SR stage that takes images of that size. ``stop_after`` cuts
+        the run after the named stage.
+        """
+        names = self.names
+        if stages is not None:
+            stages = list(stages)
+            if not stages:
+                raise PixcadeError("no stages selected")
+            for s in stages:
+                self.stage(s)
+            idx = [names.index(s) for s in stages]
+            if idx != list(range(idx[0], idx[0] + len(idx))):
+                raise PixcadeError(
+                    f"stages must be consecutive and in cascade order ({', '.join(names)}), "
+                    f"got {', '.join(stages)}"
+                )
+        else:
+            start = 0
+            if start_resolution is not None:
+                takes = [k for k, s in enumerate(self.stages) if s.config.lowres_resolution == start_resolution]
+                if not takes:
+                    sizes = ", ".join(
+                        f"{s.config.name} takes {s.config.lowres_resolution}px"
+                        for s in self.stages if s.config.is_super_resolution
+                    ) or "no stage takes an image"
+                    raise PixcadeError(
+                        f"no stage takes a {start_resolution}px start image ({sizes}); "
+                        "choose the stages to run and it will be resized"
+                    )
+                start = takes[0]
+            idx = list(range(start, len(names)))
+        if stop_after is not None:
+            k = names.index(self.stage(stop_after).config.name)
+            if k < idx[0]:
+                raise PixcadeError(f"stop after {stop_after!r}: that stage comes before {names[idx[0]]!r}")
+            idx = [j for j in idx if j <= k]
+        chosen = [self.stages[j] for j in idx]
+        first = chosen[0].config
+        if first.is_super_resolution and start_resolution is None:
+            raise PixcadeError(
+                f"stage {first.name!r} is a super-resolution stage: it needs a start image "
+                f"({first.lowres_resolution}px)"
+            )
+        if not first.is_super_resolution and start_resolution is not None:
+            raise PixcadeError(f"a start image was given but the first stage run, {first.name!r}, takes none")
+        return Plan(chosen, resolve_options([s.config for s in chosen], **options))
+
+    # -- sampling -------------------------------------------------------------------------
+
+    def start_tensor(self, plan: Plan, images: Sequence[StartImage]) -> torch.Tensor:
+        """Start images as the first stage's low-res input ``[B, 3, r, r]`` on the device."""
+        r = plan.stages[0].config.lowres_resolution
+        pil = [open_image(im) if not isinstance(im, Image.Image) else im for im in images]
+        return torch.stack([from_pil(im, r) for im in pil]).to(self.device)
+
+    @torch.no_grad()
+    def sample_batch(
+        self,
+        plan: Plan,
+        texts: Sequence[str],
+        jobs: Sequence[Job],
+        seed: int,
+        start: torch.Tensor | None = None,
+        bars: StageBars | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Run one batch (one image per job) through the plan; each stage's output, in order.
+
+        Each image's starting noise comes from (seed, stage, prompt index, image index),
+        drawn on the CPU, so it is the same whatever the batch or device. The rest of the
+        randomness (SR noise augmentation, DDPM's fresh noise) is drawn per batch from
+        (seed, stage, the batch's jobs): fixed batches give identical images.
+        """
+        if len(texts) != len(jobs):
+            raise PixcadeError("one text per job is needed")
+        if plan.needs_start != (start is not None):
+            raise PixcadeError("a start image is needed exactly when the first stage is SR")
+        device = self.device
+        unique = list(dict.fromkeys(texts))
+        emb, mask = self.encoder.encode(unique)
+        rows = torch.tensor([unique.index(t) for t in texts])
+        emb, mask = emb[rows].to(device), mask[rows].to(device)
+        x = start
+        out: dict[str, torch.Tensor] = {}
+        for stage in plan.stages:
+            c = stage.config
+            shape = (c.unet.out_channels, c.resolution, c.resolution)
+            noise = torch.stack([
+                torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, c.name, tuple(j))))
+                for j in jobs
+            ]).to(device)
+            gen = torch.Generator(device=device).manual_seed(
+                derive_seed(seed, c.name, "batch", [tuple(j) for j in jobs])
+            )
+            x = stage.sample(
+                emb, mask, x if c.is_super_resolution else None,
+                noise=noise, generator=gen,
+                callback=bars.callback(c.name) if bars else None,
+                **plan.options[c.name].as_kwargs(),
+            )
+            out[c.name] = x
+        return out
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        *,
+        sampler: PerStage = None,
+        steps: PerStage = None,
+        guidance_weight: PerStage = None,
+        threshold: PerStage = None,
+        aug_level: PerStage = None,
+        stages: Sequence[str] | None = None,
+        start_image: StartImage | Sequence[StartImage] | None = None,
+        stop_after: str | None = None,
+        batch_size: int | None = None,
+        return_stages: bool = False,
+        progress: bool = True,
+    ) -> list[Image.Image] | dict[str, list[Image.Image]]:
+        """``n`` images per prompt, prompt-major (prompt 0's images first).
+
+        Per-stage options (``sampler``, ``steps``, ``guidance_weight``, ``threshold``,
+        ``aug_level``) take one value for all stages or ``{stage name: value}``; unset ones
+        come from each stage's config. ``start_image`` (one image, or one per prompt) starts
+        the run at a super-resolution stage. With ``return_stages`` the result is
+        ``{stage name: images}`` for every stage run, in order (the last is the final one).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise PixcadeError("no prompts given")
+        if any(not isinstance(p, str) for p in prompts):
+            raise PixcadeError("prompts must be strings")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PixcadeError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
+        starts: list[StartImage] | None = None
+        if start_image is not None:
+            if isinstance(start_image, (Image.Image, str, os.PathLike)):
+                starts = [start_image] * len(prompts)
+            else:
+                starts = list(start_image)
+                if len(starts) != len(prompts):
+                    raise PixcadeError(f"{len(starts)} start images for {len(prompts)} prompts")
+            starts = [open_image(s) if not isinstance(s, Image.Image) else s for s in starts]
+        start_side = min(starts[0].size) if starts else None
+        plan = self.plan(
+            stages, stop_after, start_side, sampler=sampler, steps=steps,
+            guidance_weight=guidance_weight, threshold=threshold, aug_level=aug_level,
+        )
+        jobs = all_jobs(len(prompts), n)
+        chunks = batches(jobs, batch_size or len(jobs))
+        results: dict[str, list[Image.Image]] = {name: [] for name in plan.names}
+        with StageBars(plan, len(chunks), enabled=progress) as bars:
+            for chunk in chunks:
+                start = self.start_tensor(plan, [starts[j.prompt] for j in chunk]) if starts else None
+                out = self.sample_batch(plan, [prompts[j.prompt] for j in chunk], chunk, seed, start, bars)
+                for name, x in out.items():
+                    results[name].extend(to_pil(x))
+        return results if return_stages else results[plan.names[-1]]
+
+
+def assemble(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Cascade:
+    """Build a cascade from trainer exports and save it as one model directory."""
+    cascade = Cascade.from_stage_dirs(run_dirs)
+    cascade.save_pretrained(out_dir)
+    return cascade

@@ -1,0 +1,173 @@
+"""`pixcade generate`: prompts in, PNGs out; shards itself under torchrun and resumes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from importlib import resources
+from pathlib import Path
+from typing import NoReturn
+
+import torch
+
+from pixcade.errors import PixcadeError
+from pixcade.pipeline.cascade import Cascade, StageBars
+from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
+from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches, shard_from_env
+from pixcade.pipeline.options import parse_per_stage
+
+GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (columns)
+
+EPILOG = f"""\
+per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level):
+  VALUE                   the same for every stage run, e.g. --steps 30
+  NAME=VALUE,...          per stage by name, e.g. --sampler base=dpm++,sr=ddim;
+                          stages not named keep their saved defaults
+  VALUE,NAME=VALUE        all stages VALUE except those named, e.g. --steps 30,sr=20
+  samplers: ddpm, ddim, dpm++   thresholds: none, static, dynamic, dynamic:P (percentile)
+  --aug-level (noise augmentation of an SR stage's low-res input, in [0, 1]; 0 gives the
+  best FID, 0.1-0.3 the best-looking images) applies to super-resolution stages only.
+
+output (names depend only on prompt and image index, so reruns resume):
+  OUT/p0000_i00.png ...   final images (prompt 0 image 0, ...)
+  OUT/stages/NAME/...     each earlier stage's images, with --save-stages
+  OUT/grid.png            prompts x images (at most {GRID_MAX} x {GRID_MAX}), once all are done
+  OUT/prompts.jsonl       {{"index", "prompt", "images"}} per prompt; OUT/run.json the settings
+
+At scale: `torchrun --nproc-per-node K -m pixcade.cli generate --prompts FILE ...` - each
+rank (RANK / WORLD_SIZE) renders its share; rerunning skips the images already written.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one-line errors, exit status 2 via the CLI
+        raise PixcadeError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="pixcade generate", description="Generate images from text prompts with a cascade.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompts")
+    p.add_argument("--prompts", dest="prompts_file", metavar="FILE",
+                   help="a text file with one prompt per line (blank lines skipped)")
+    p.add_argument("--n", type=int, default=1, help="images per prompt (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--model", metavar="DIR",
+                   help="saved cascade directory (default: the shipped shapes model)")
+    p.add_argument("--stages", metavar="A,B", help="consecutive stages to run (default: all)")
+    p.add_argument("--stop-after", metavar="NAME", help="stop after this stage (e.g. the base)")
+    p.add_argument("--start-image", metavar="PNG",
+                   help="start from this low-res image at the stage that takes its size "
+                        "(or the first of --stages, resized)")
+    p.add_argument("--save-stages", action="store_true", help="also save every earlier stage's images")
+    p.add_argument("--sampler", help="ddpm | ddim | dpm++ (per-stage syntax below)")
+    p.add_argument("--steps", help="sampling steps, >= 1")
+    p.add_argument("--guidance", help="classifier-free guidance weight, >= 0 (1 = no guidance)")
+    p.add_argument("--threshold", help="none | static | dynamic | dynamic:P")
+    p.add_argument("--aug-level", help="SR noise-augmentation level in [0, 1]")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    return p
+
+
+def default_model_dir() -> Path:
+    path = Path(str(resources.files("pixcade").joinpath("weights", "shapes")))
+    if not (path / "cascade.json").is_file():
+        raise PixcadeError(f"the shipped default model is missing ({path}); pass --model DIR")
+    return path
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompts)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise PixcadeError(f"prompts file {path} not found")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise PixcadeError(f"prompts file {path} is not UTF-8 text") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise PixcadeError("no prompts given (pass PROMPT arguments or --prompts FILE)")
+    return prompts
+
+
+def pick_device(name: str | None) -> str:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise PixcadeError("--device cuda: CUDA is not available")
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return name
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    prompts = read_prompts(args)
+    if args.n < 1:
+        raise PixcadeError(f"--n must be at least 1, got {args.n}")
+    if args.batch_size < 1:
+        raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
+    rank, world = shard_from_env()
+    start = open_image(args.start_image) if args.start_image else None
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
+
+    stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    start_side = min(start.size) if start else None
+    names = cascade.plan(stage_list, args.stop_after, start_side).names
+    sr_names = [n for n in names if cascade.stage(n).config.is_super_resolution]
+    options = {}
+    for opt, flag, convert, targets in (
+        ("sampler", "sampler", str, names), ("steps", "steps", int, names),
+        ("guidance_weight", "guidance", float, names), ("threshold", "threshold", str, names),
+        ("aug_level", "aug-level", float, sr_names),
+    ):
+        text = getattr(args, opt if opt != "guidance_weight" else "guidance")
+        if text is not None:
+            options[opt] = parse_per_stage(text, flag, convert, targets)
+    plan = cascade.plan(stage_list, args.stop_after, start_side, **options)
+
+    layout = Layout(args.out, len(prompts), args.n)
+    settings = {
+        "model": str(model_dir.resolve()), "seed": args.seed, "n": args.n, "batch_size": args.batch_size,
+        "start_image": str(Path(args.start_image).resolve()) if args.start_image else None,
+        "options": {name: dataclasses.asdict(o) for name, o in plan.options.items()},
+    }
+    saved_stages = plan.names[:-1] if args.save_stages else []
+    layout.prepare(prompts, settings, saved_stages)
+
+    jobs = all_jobs(len(prompts), args.n)
+    mine = my_batches(batches(jobs, args.batch_size), rank, world)
+    todo = [b for b in mine if not all(layout.is_done(j) for j in b)]
+    written = 0
+    with StageBars(plan, len(todo), enabled=rank == 0) as bars:
+        for batch in todo:
+            start_t = cascade.start_tensor(plan, [start] * len(batch)) if start else None
+            out = cascade.sample_batch(plan, [prompts[j.prompt] for j in batch], batch, args.seed, start_t, bars)
+            images = {name: to_pil(x) for name, x in out.items()}
+            for k, job in enumerate(batch):
+                if layout.is_done(job):
+                    continue
+                for name in saved_stages:
+                    save_png_atomic(images[name][k], layout.stage_path(name, job))
+                save_png_atomic(images[plan.names[-1]][k], layout.image_path(job))  # last: marks done
+                written += 1
+    done = sum(layout.is_done(j) for j in jobs)
+    # Whichever rank finishes last sees every image and writes the grid.
+    if done == len(jobs):
+        rows = [
+            [open_image(layout.image_path(Job(p, i))) for i in range(min(args.n, GRID_MAX))]
+            for p in range(min(len(prompts), GRID_MAX))
+        ]
+        save_png_atomic(make_grid(rows), layout.out / "grid.png")
+    suffix = f" (rank {rank} of {world})" if world > 1 else ""
+    print(f"wrote {written} images to {layout.out}{suffix}; {done}/{len(jobs)} done")
+    return 0

@@ -1,0 +1,64 @@
+"""Converting between image tensors in [-1, 1] and PIL images, grids, atomic PNG writes."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixcade.errors import PixcadeError
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """``[B, 3, H, W]`` in [-1, 1] -> RGB uint8 images."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in x]
+
+
+def from_pil(image: Image.Image, resolution: int) -> torch.Tensor:
+    """An image as a ``[3, R, R]`` tensor in [-1, 1]: centre-cropped square, then resized."""
+    image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    if w != h:
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if side != resolution:
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    a = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return a.float() / 127.5 - 1.0
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise PixcadeError(f"cannot read image {path}: {err}") from None
+
+
+def make_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
+    """Rows of equally sized images on a white background (row = prompt, column = sample)."""
+    if not rows or not rows[0]:
+        raise PixcadeError("no images to put in a grid")
+    w, h = rows[0][0].size
+    cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            grid.paste(im, (pad + c * (w + pad), pad + r * (h + pad)))
+    return grid
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    """Write to a temporary name then rename: a file under the final name is always whole."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
