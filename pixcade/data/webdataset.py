@@ -107,6 +107,11 @@ def iter_tar_groups(shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
                 key, fields = k, {}
             data = tar.extractfile(member)
             fields[ext] = data.read() if data is not None else b""
+        # tarfile ends quietly when a file stops inside or between headers; a whole
+        # archive has a two-block end marker after its last member, so check for it
+        # (uncompressed shards only: offsets count decompressed bytes).
+        if getattr(tar.fileobj, "comptype", "tar") == "tar" and os.path.getsize(shard) < tar.offset + 1024:
+            raise tarfile.ReadError("truncated: no end-of-archive marker")
         if key is not None:
             yield key, fields
 
