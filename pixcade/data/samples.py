@@ -33,10 +33,6 @@ class Skipped:
     reason: str
 
 
-def is_skipped(item: Any) -> bool:
-    return isinstance(item, Skipped)
-
-
 def stable_seed(*parts: Any) -> int:
     """A seed from values, the same in every process (unlike `hash()` of a str)."""
     return zlib.crc32(repr(parts).encode("utf-8"))
