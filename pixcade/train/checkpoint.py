@@ -1,0 +1,172 @@
+"""Training checkpoints: safetensors for tensors, JSON for the rest, written atomically.
+
+A checkpoint is a directory ``RUN_DIR/checkpoints/step-00001000/`` holding
+``model.safetensors``, ``ema.safetensors``, ``optimizer.safetensors`` (the optimizer's
+tensors) and ``state.json`` (step, optimizer scalars and param groups, data positions,
+RNG states, counters). It is written into a temporary sibling directory, every file and
+the directory are fsynced, then the directory is renamed into place: a crash at any
+moment leaves either the old set of checkpoints or the old set plus the new one, never
+a half-written ``step-*`` directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pixcade.errors import PixcadeError
+
+_NAME = re.compile(r"^step-(\d{8,})$")
+_TMP_PREFIX = ".tmp-"
+# Test hook: seconds to sleep in the middle of a checkpoint write, so a test can kill -9
+# the process while the temporary directory is half written.
+_WRITE_SLEEP_ENV = "PIXCADE_TEST_CHECKPOINT_SLEEP"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    state: dict[str, Any]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints under ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    ckpts = list_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+# -- optimizer state <-> (tensors, JSON) ----------------------------------------------------
+
+
+def flatten_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into safetensors-storable tensors and JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in sd["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}/{key}"] = value.detach().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes the rename durable; not every platform allows it.
+    try:
+        _fsync_file(path)
+    except OSError:
+        pass
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    _fsync_file(path)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    *,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write a checkpoint for ``step`` atomically, then delete all but the newest ``keep``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / checkpoint_name(step)
+    if final.exists():  # saved at this very step already (e.g. a signal right after a save)
+        return final
+    for stale in directory.glob(_TMP_PREFIX + "*"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = directory / f"{_TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
+    tmp.mkdir()
+    opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
+    _save_tensors(model, tmp / "model.safetensors")
+    sleep = float(os.environ.get(_WRITE_SLEEP_ENV, "0") or 0)
+    if sleep > 0:
+        (tmp / "WRITING").touch()  # lets the test see that the write is in progress
+        time.sleep(sleep)
+        (tmp / "WRITING").unlink()
+    _save_tensors(ema, tmp / "ema.safetensors")
+    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    state_path = tmp / "state.json"
+    state_path.write_text(json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=1))
+    _fsync_file(state_path)
+    _fsync_dir(tmp)
+    os.rename(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# -- reading ----------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        opt_meta = state.pop("optimizer")
+        return Checkpoint(
+            path=path,
+            step=int(state["step"]),
+            model=load_file(str(path / "model.safetensors")),
+            ema=load_file(str(path / "ema.safetensors")),
+            optimizer=unflatten_optimizer_state(load_file(str(path / "optimizer.safetensors")), opt_meta),
+            state=state,
+        )
+    except (OSError, KeyError, ValueError, SafetensorError) as err:
+        raise PixcadeError(f"cannot read checkpoint {path}: {err}") from None

@@ -1,0 +1,215 @@
+"""Training configuration: a cascade file naming the text encoder and every stage.
+
+A config file (JSON, or TOML read with tomllib) looks like::
+
+    {
+      "text_encoder": "minilm", "max_length": 32,
+      "embedding_cache": "cache/embeddings",
+      "stages": [
+        {"stage": {"name": "base", "resolution": 32,
+                   "unet": {"preset": "tiny-base", "text_dim": 384}},
+         "train": {"data": "data/shapes", "batch_size": 16, "max_steps": 200}}
+      ]
+    }
+
+``stage`` is a `StageConfig` whose ``unet`` is either a full `UNetConfig` dict or
+``{"preset": NAME, **overrides}``; ``train`` is a `TrainConfig`. Relative paths are
+taken from the current directory. Unset training fields take the paper's recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pixcade.errors import PixcadeError
+
+OPTIMIZERS = ("adam", "adafactor")
+
+
+@dataclass
+class TrainConfig:
+    """How one stage trains. Defaults follow Imagen's recipe (batch 2048, lr 1e-4, 10k warmup)."""
+
+    data: str = ""
+    # Global batch: images per optimizer step over all ranks and accumulation steps, so a
+    # recipe means the same thing on one GPU or many.
+    batch_size: int = 2048
+    grad_accum: int = 1
+    max_steps: int = 2_500_000
+    optimizer: str = "adam"
+    lr: float = 1e-4
+    warmup_steps: int = 10_000
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    # Text is replaced by the null embedding (all-False mask) with this probability so the
+    # model also learns p(x) for classifier-free guidance.
+    cond_drop_prob: float = 0.1
+    min_snr_gamma: float | None = None
+    bf16: bool = True
+    seed: int = 0
+    num_workers: int = 4
+    log_every: int = 50
+    checkpoint_every: int = 5_000
+    keep_checkpoints: int = 3
+    sample_every: int = 5_000
+    # Prompts for a base stage's preview grid; empty means the captions of the first
+    # training samples. Super-resolution stages always preview the first samples' low-res
+    # images with their captions.
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_count: int = 8
+    sample_steps: int | None = None
+    # Consecutive non-finite losses tolerated before the run stops.
+    max_nonfinite: int = 20
+    # Write each batch's sample keys to RUN_DIR/sample_keys/rank-R.jsonl (data audits).
+    log_sample_keys: bool = False
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)  # JSON gives a list
+        if self.optimizer not in OPTIMIZERS:
+            raise PixcadeError(
+                f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"
+            )
+        positive = ("batch_size", "grad_accum", "max_steps", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "sample_every", "max_nonfinite", "sample_count")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise PixcadeError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise PixcadeError("train.warmup_steps and train.num_workers must be >= 0")
+        if not self.lr > 0:
+            raise PixcadeError(f"train.lr must be positive, got {self.lr}")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise PixcadeError(f"train.cond_drop_prob must be in [0, 1), got {self.cond_drop_prob}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise PixcadeError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise PixcadeError(f"train.adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
+        if self.grad_clip < 0:
+            raise PixcadeError(f"train.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise PixcadeError(f"train.min_snr_gamma must be positive, got {self.min_snr_gamma}")
+
+    def micro_batch(self, world_size: int) -> int:
+        """Images per forward pass on one rank."""
+        per_step = world_size * self.grad_accum
+        if self.batch_size % per_step:
+            raise PixcadeError(
+                f"batch_size {self.batch_size} is not divisible by world_size x grad_accum "
+                f"= {world_size} x {self.grad_accum}"
+            )
+        return self.batch_size // per_step
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        _check_keys(cls, d, "train")
+        return cls(**d)
+
+
+@dataclass
+class StageEntry:
+    """One stage of the cascade file: its model (a `StageConfig` dict) and its training."""
+
+    stage: dict[str, Any]
+    train: TrainConfig
+
+    def stage_config(self):  # -> StageConfig; imported lazily (it pulls in the U-Net)
+        from pixcade.stage import StageConfig
+
+        return StageConfig.from_dict(resolve_unet(self.stage))
+
+    @property
+    def name(self) -> str:
+        return str(self.stage.get("name", ""))
+
+
+@dataclass
+class CascadeTrainConfig:
+    text_encoder: str
+    max_length: int
+    embedding_cache: str
+    stages: list[StageEntry]
+
+    def stage(self, name: str) -> StageEntry:
+        for entry in self.stages:
+            if entry.name == name:
+                return entry
+        names = ", ".join(e.name for e in self.stages) or "none"
+        raise PixcadeError(f"no stage named {name!r} in the config (stages: {names})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text_encoder": self.text_encoder,
+            "max_length": self.max_length,
+            "embedding_cache": self.embedding_cache,
+            "stages": [{"stage": e.stage, "train": e.train.to_dict()} for e in self.stages],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CascadeTrainConfig":
+        _check_keys(cls, d, "config")
+        if not isinstance(d.get("stages"), list) or not d["stages"]:
+            raise PixcadeError("config needs a non-empty list 'stages'")
+        entries = []
+        for i, s in enumerate(d["stages"]):
+            if not isinstance(s, dict) or set(s) - {"stage", "train"} or "stage" not in s:
+                raise PixcadeError(f"config stages[{i}] must be {{'stage': {{...}}, 'train': {{...}}}}")
+            entries.append(StageEntry(stage=dict(s["stage"]), train=TrainConfig.from_dict(s.get("train", {}))))
+        max_length = int(d.get("max_length", 128))
+        if max_length < 1:
+            raise PixcadeError(f"max_length must be at least 1, got {max_length}")
+        return cls(
+            text_encoder=str(d.get("text_encoder", "minilm")),
+            max_length=max_length,
+            embedding_cache=str(d.get("embedding_cache", "cache/embeddings")),
+            stages=entries,
+        )
+
+
+def resolve_unet(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage dict whose ``unet`` may be ``{"preset": NAME, **overrides}`` -> full dict."""
+    stage = dict(stage)
+    unet = stage.get("unet")
+    if isinstance(unet, str):
+        unet = {"preset": unet}
+    if isinstance(unet, dict) and "preset" in unet:
+        from pixcade.nn.configs import get_preset
+
+        overrides = {k: v for k, v in unet.items() if k != "preset"}
+        stage["unet"] = get_preset(unet["preset"], **overrides)
+    return stage
+
+
+def load_config(path: str | Path) -> CascadeTrainConfig:
+    """Read a cascade training config from JSON or TOML (by extension)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PixcadeError(f"config file not found: {path}")
+    try:
+        if path.suffix.lower() == ".toml":
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        else:
+            data = json.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise PixcadeError(f"cannot parse config {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise PixcadeError(f"config {path} must hold an object at the top level")
+    return CascadeTrainConfig.from_dict(data)
+
+
+def _check_keys(cls: type, d: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise PixcadeError(f"{where} has unknown keys: {sorted(unknown)}")

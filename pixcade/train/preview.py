@@ -1,0 +1,73 @@
+"""Preview grids: samples of the EMA weights for fixed conditioning, every N steps."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from pixcade.stage import Stage
+from pixcade.train.ema import EMA
+
+
+def make_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
+    """Rows of images ``[N, 3, H, W]`` in [-1, 1] (same N, H, W) -> one RGB image."""
+    n, _, h, w = rows[0].shape
+    grid = torch.ones(3, len(rows) * (h + pad) + pad, n * (w + pad) + pad)
+    for r, row in enumerate(rows):
+        for i in range(n):
+            y, x = pad + r * (h + pad), pad + i * (w + pad)
+            grid[:, y : y + h, x : x + w] = row[i].float().cpu().clamp(-1, 1)
+    array = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+class Previewer:
+    """Holds the fixed conditioning (encoded once) and a spare network for the EMA weights.
+
+    Sampling uses its own seeded generator, so previews are comparable across steps and
+    never disturb the training's random state.
+    """
+
+    def __init__(
+        self,
+        stage: Stage,
+        net: nn.Module,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor | None,
+        out_dir: Path,
+        *,
+        steps: int | None,
+        seed: int,
+    ):
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.stage = Stage(stage.config, net=self.net)
+        self.text_emb, self.text_mask, self.lowres = text_emb, text_mask, lowres
+        self.out_dir = out_dir
+        self.steps = steps
+        self.seed = seed
+
+    @torch.no_grad()
+    def render(self, ema: EMA, step: int) -> tuple[Path, torch.Tensor]:
+        ema.copy_to(self.net)
+        device = next(self.net.parameters()).device
+        g = torch.Generator(device=device).manual_seed(self.seed)
+        lowres = self.lowres.to(device) if self.lowres is not None else None
+        images = self.stage.sample(
+            self.text_emb.to(device), self.text_mask.to(device), lowres, steps=self.steps, generator=g
+        )
+        rows = [images]
+        if lowres is not None:  # show what the stage was given above what it made
+            up = torch.nn.functional.interpolate(lowres, size=images.shape[-2:], mode="nearest")
+            rows = [up, images]
+        grid = make_grid(rows)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"step-{step:08d}.png"
+        grid.save(path)
+        chw = torch.from_numpy(np.asarray(grid)).permute(2, 0, 1)
+        return path, chw
