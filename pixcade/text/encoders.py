@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import warnings
 from pathlib import Path
@@ -56,7 +57,7 @@ def minilm_directory() -> Path:
 
 
 def directory_fingerprint(directory: Path) -> str:
-    """A content id for a model directory, independent of where the directory lives.
+    """A content id for a model directory ("t5@<hash>"), independent of where it lives.
 
     Used as the encoder's ``name`` (and so in embedding-cache keys). A path would make a
     moved or copied model look new, and the config alone can't tell two checkpoints of the
@@ -77,7 +78,11 @@ def directory_fingerprint(directory: Path) -> str:
             for start in (0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)):
                 f.seek(start)
                 digest.update(f.read(_SAMPLE_BYTES))
-    return f"{directory.name}@{digest.hexdigest()[:16]}"
+    try:
+        model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type", "model")
+    except (OSError, ValueError, AttributeError):
+        model_type = "model"  # loading will report the broken config
+    return f"{model_type}@{digest.hexdigest()[:16]}"
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
@@ -219,6 +224,29 @@ class TextEncoder:
         return [hidden[i, :n].clone() for i, n in enumerate(counts)]
 
 
+def _resolve(source: str | os.PathLike) -> tuple[str, Path | None]:
+    """(stable name, local directory or None for a hub id) of an encoder name or path."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise PixcadeError(f"text encoder must be a name or directory, got {source!r}")
+    source = os.fspath(source)
+    if source.lower() in _MINILM_ALIASES:
+        return DEFAULT_ENCODER, minilm_directory()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        directory = path.resolve()
+        return (DEFAULT_ENCODER if directory == minilm_directory() else directory_fingerprint(directory)), directory
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or path.exists():
+        # Looks like a path (a hub id is "name" or "owner/name"), so don't ask the hub for it.
+        raise PixcadeError(f"text encoder directory {source!r} does not exist")
+    return source, None
+
+
+def encoder_name(name_or_path: str | os.PathLike = DEFAULT_ENCODER) -> str:
+    """The ``.name`` that ``load_text_encoder(name_or_path)`` would have, without loading weights
+    (what a trainer needs to open an EmbeddingCache)."""
+    return _resolve(name_or_path)[0]
+
+
 def _from_pretrained(cls, source: str, local: bool, dtype: torch.dtype):
     import transformers
 
@@ -239,24 +267,12 @@ def load_text_encoder(name_or_path: str = DEFAULT_ENCODER, max_length: int = DEF
     """
     import transformers
 
-    if not isinstance(name_or_path, (str, os.PathLike)):
-        raise PixcadeError(f"text encoder must be a name or directory, got {name_or_path!r}")
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
         raise PixcadeError(f"text encoder max_length must be a positive integer, got {max_length!r}")
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype, device)
+    name, directory = _resolve(name_or_path)
     source = os.fspath(name_or_path)
-    if source.lower() in _MINILM_ALIASES:
-        directory: Path | None = minilm_directory()
-        name = DEFAULT_ENCODER
-    elif Path(source).expanduser().is_dir():
-        directory = Path(source).expanduser().resolve()
-        name = DEFAULT_ENCODER if directory == minilm_directory() else directory_fingerprint(directory)
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or Path(source).exists():
-        # Looks like a path (a hub id is "name" or "owner/name"), so don't ask the hub for it.
-        raise PixcadeError(f"text encoder directory {source!r} does not exist")
-    else:
-        directory, name = None, source
     location = str(directory) if directory is not None else source
     local = directory is not None
     try:

@@ -1,0 +1,282 @@
+"""Embedding cache: precomputed text-encoder outputs, so training never runs the encoder.
+
+Layout of a cache directory::
+
+    index.json                      shard list (sha256, size, encoder) + key -> (shard, offset, n)
+    shard-000001.safetensors        "embeddings" [total_tokens, D]: every caption's real tokens,
+    shard-000002.safetensors        concatenated; a caption is rows offset .. offset + n
+
+A key is a hash of (encoder name, max length, caption), so one directory can hold several
+encoders and a changed encoder or max length is a miss rather than a silent reuse. Only
+real tokens are stored (no padding to max length); an empty caption has n = 0.
+
+Shards are immutable: a build writes new shards and never rewrites old ones. Every write
+goes to a temporary file that is then renamed (``os.replace``), the index is rewritten after
+each shard, so an interrupted build keeps what it finished. Each shard's sha256 is in the
+index and is checked before a shard is first read, so a truncated or corrupted shard is
+detected (``build`` drops it and recomputes its captions; ``get`` refuses to read it).
+One writer at a time per directory; any number of readers.
+
+Storage precision: float16 (half the disk and page cache of float32). Its relative rounding
+error is at most 2**-11 ~ 5e-4, below the error of running the encoder in bfloat16 (2**-8)
+and far below what the U-Net's cross-attention can resolve. A shard whose values exceed
+float16's range (+-65504) is stored in float32 instead, so nothing overflows to inf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pixcade.errors import PixcadeError
+from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, _check_prompts, _short
+
+INDEX_NAME = "index.json"
+_FORMAT = "pixcade-embedding-cache"
+_VERSION = 1
+_TENSOR = "embeddings"
+_SHARD_RE = re.compile(r"^shard-(\d+)\.safetensors$")
+DEFAULT_SHARD_BYTES = 256 << 20
+
+
+def cache_key(encoder_name: str, max_length: int, caption: str) -> str:
+    """The cache key of one caption's embedding under one encoder configuration."""
+    payload = json.dumps([encoder_name, int(max_length), caption], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class EmbeddingCache:
+    """Per-caption embeddings of one encoder (``encoder_name``, ``max_length``) in ``directory``."""
+
+    def __init__(self, directory: str | os.PathLike, encoder_name: str, max_length: int) -> None:
+        self.directory = Path(directory)
+        self.encoder_name = encoder_name
+        self.max_length = int(max_length)
+        self._handles: dict[str, object] = {}  # shard name -> open safe_open handle
+        # Shards whose checksum this process (or the one that pickled us) already checked.
+        self._verified: set[str] = set()
+        self._index_problem: str | None = None
+        self._index = self._load_index()
+
+    # -- index ------------------------------------------------------------------------
+    def _empty_index(self) -> dict:
+        return {"format": _FORMAT, "version": _VERSION, "shards": {}, "entries": {}}
+
+    def _load_index(self) -> dict:
+        path = self.directory / INDEX_NAME
+        if not path.is_file():
+            return self._empty_index()
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            ok = (isinstance(index, dict) and index.get("format") == _FORMAT
+                  and isinstance(index.get("shards"), dict) and isinstance(index.get("entries"), dict))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            ok = False
+        if not ok:
+            self._index_problem = f"embedding cache index {path} is unreadable or not a pixcade cache index"
+            return self._empty_index()
+        if index.get("version") != _VERSION:
+            self._index_problem = f"embedding cache {self.directory} has format version {index.get('version')}, " \
+                                  f"this pixcade reads version {_VERSION}"
+            return self._empty_index()
+        return index
+
+    def _save_index(self) -> None:
+        text = json.dumps(self._index, separators=(",", ":"))
+        _atomic_write(self.directory / INDEX_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    def _key(self, caption: str) -> str:
+        return cache_key(self.encoder_name, self.max_length, caption)
+
+    def __len__(self) -> int:
+        """Captions cached for this encoder configuration."""
+        shards = {s for s, info in self._index["shards"].items()
+                  if info["encoder"] == self.encoder_name and info["max_length"] == self.max_length}
+        return sum(1 for shard, _, _ in self._index["entries"].values() if shard in shards)
+
+    def missing(self, captions: Iterable[str]) -> list[str]:
+        """The distinct captions (first-seen order) that have no embedding in the cache."""
+        entries = self._index["entries"]
+        return [c for c in dict.fromkeys(_check_prompts(list(captions))) if self._key(c) not in entries]
+
+    # -- reading ----------------------------------------------------------------------
+    def _hint(self) -> str:
+        return (f"run `pixcade embed --encoder {self.encoder_name} --max-length {self.max_length} "
+                f"--out {self.directory}` on your captions")
+
+    def _open(self, shard: str):
+        handle = self._handles.get(shard)
+        if handle is None:
+            if shard not in self._verified:
+                problem = self._shard_problem(shard)
+                if problem:
+                    raise PixcadeError(f"{problem}; {self._hint()} to rebuild it")
+                self._verified.add(shard)
+            handle = safe_open(str(self.directory / shard), framework="pt")
+            self._handles[shard] = handle
+        return handle
+
+    def _shard_problem(self, shard: str) -> str | None:
+        """Why ``shard`` can't be trusted (missing, wrong size, checksum mismatch), or None."""
+        info = self._index["shards"][shard]
+        path = self.directory / shard
+        if not path.is_file():
+            return f"embedding cache shard {path} is missing"
+        if path.stat().st_size != info["bytes"]:
+            return f"embedding cache shard {path} is truncated or altered ({path.stat().st_size} bytes, expected {info['bytes']})"
+        if _sha256(path) != info["sha256"]:
+            return f"embedding cache shard {path} is corrupt (sha256 mismatch)"
+        return None
+
+    def get(self, captions: Sequence[str]) -> list[torch.Tensor]:
+        """One float32 ``[n_i, D]`` tensor of real-token embeddings per caption (in order)."""
+        captions = _check_prompts(captions)
+        if self._index_problem:
+            raise PixcadeError(f"{self._index_problem}; {self._hint()}")
+        entries = self._index["entries"]
+        keys = [self._key(c) for c in captions]
+        absent = list(dict.fromkeys(c for c, k in zip(captions, keys) if k not in entries))
+        if absent:
+            shown = ", ".join(repr(_short(c)) for c in absent[:3]) + (", ..." if len(absent) > 3 else "")
+            raise PixcadeError(
+                f"{len(absent)} caption(s) not in the embedding cache {self.directory} for encoder "
+                f"{self.encoder_name!r} with max_length {self.max_length}: {shown}; {self._hint()}"
+            )
+        out = []
+        for key in keys:
+            shard, offset, n = entries[key]
+            rows = self._open(shard).get_slice(_TENSOR)[offset: offset + n]
+            out.append(rows.float())
+        return out
+
+    # -- writing ----------------------------------------------------------------------
+    def build(self, captions: Iterable[str], encoder: TextEncoder, batch_size: int = DEFAULT_BATCH_SIZE,
+              progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES) -> int:
+        """Embed the captions not yet cached; returns how many were computed.
+
+        Shards holding any of ``captions`` are checksum-verified first; a bad one is deleted
+        and its captions recomputed. ``shard_bytes`` bounds the size of each new shard.
+        """
+        if encoder.name != self.encoder_name or encoder.max_length != self.max_length:
+            raise PixcadeError(
+                f"encoder {encoder.name!r} with max_length {encoder.max_length} does not match this cache's "
+                f"{self.encoder_name!r} with max_length {self.max_length}"
+            )
+        captions = list(dict.fromkeys(_check_prompts(list(captions))))
+        if self._index_problem:
+            warnings.warn(f"{self._index_problem}; starting a fresh index", stacklevel=2)
+            self._index_problem = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_orphans()
+        self._drop_bad_shards(captions)
+        entries = self._index["entries"]
+        todo = [c for c in captions if self._key(c) not in entries]
+        if not todo:
+            return 0
+        # Neighbours of similar length batch with little padding.
+        todo.sort(key=len)
+        from tqdm.auto import tqdm
+
+        pending: list[tuple[str, torch.Tensor]] = []
+        pending_bytes = 0
+        with tqdm(total=len(todo), desc=f"embedding captions ({self.encoder_name})", unit="caption",
+                  disable=not progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start: start + batch_size]
+                for caption, emb in zip(chunk, encoder.encode_each(chunk, batch_size=batch_size)):
+                    pending.append((caption, emb))
+                    pending_bytes += emb.numel() * 2
+                if pending_bytes >= shard_bytes:
+                    self._write_shard(pending, encoder.dim)
+                    pending, pending_bytes = [], 0
+                bar.update(len(chunk))
+            if pending:
+                self._write_shard(pending, encoder.dim)
+        return len(todo)
+
+    def _write_shard(self, items: list[tuple[str, torch.Tensor]], dim: int) -> None:
+        numbers = [int(m.group(1)) for p in self.directory.iterdir() if (m := _SHARD_RE.match(p.name))]
+        numbers += [int(_SHARD_RE.match(s).group(1)) for s in self._index["shards"] if _SHARD_RE.match(s)]
+        name = f"shard-{max(numbers, default=0) + 1:06d}.safetensors"
+        rows = torch.cat([e for _, e in items], dim=0) if items else torch.zeros(0, dim)
+        # float16 unless something would overflow it (see module docstring).
+        fits = rows.numel() == 0 or rows.abs().max().item() <= torch.finfo(torch.float16).max
+        rows = rows.to(torch.float16 if fits else torch.float32).contiguous()
+        metadata = {"encoder": self.encoder_name, "max_length": str(self.max_length)}
+        path = self.directory / name
+        _atomic_write(path, lambda tmp: save_file({_TENSOR: rows}, tmp, metadata=metadata))
+        self._index["shards"][name] = {"sha256": _sha256(path), "bytes": path.stat().st_size,
+                                       "encoder": self.encoder_name, "max_length": self.max_length,
+                                       "dim": dim, "dtype": str(rows.dtype).removeprefix("torch.")}
+        self._verified.add(name)
+        offset = 0
+        for caption, emb in items:
+            self._index["entries"][self._key(caption)] = [name, offset, int(emb.shape[0])]
+            offset += int(emb.shape[0])
+        self._save_index()
+
+    def _drop_bad_shards(self, captions: list[str]) -> None:
+        entries = self._index["entries"]
+        wanted = {entries[k][0] for k in (self._key(c) for c in captions) if k in entries}
+        bad = {}
+        for shard in sorted(wanted):
+            if shard in self._verified:
+                continue
+            problem = self._shard_problem(shard)
+            if problem:
+                bad[shard] = problem
+            else:
+                self._verified.add(shard)
+        if not bad:
+            return
+        for shard, problem in bad.items():
+            warnings.warn(f"{problem}; dropping it and recomputing its captions", stacklevel=3)
+            (self.directory / shard).unlink(missing_ok=True)
+            del self._index["shards"][shard]
+        self._index["entries"] = {k: v for k, v in entries.items() if v[0] not in bad}
+        self._save_index()
+
+    def _remove_orphans(self) -> None:
+        """Delete leftovers of an interrupted build: temp files and shards the index never got."""
+        for path in self.directory.iterdir():
+            orphan_shard = _SHARD_RE.match(path.name) and path.name not in self._index["shards"]
+            if path.is_file() and (orphan_shard or (path.name.startswith(".") and path.name.endswith(".tmp"))):
+                path.unlink(missing_ok=True)
+
+    # DataLoader workers get a copy without open file handles (each reopens lazily) but
+    # with the set of verified shards, so N workers don't re-hash the whole cache N times.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state

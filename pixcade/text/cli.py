@@ -1,0 +1,79 @@
+"""`pixcade embed`: precompute a dataset's caption embeddings into an EmbeddingCache."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Iterator
+
+from pixcade.errors import PixcadeError
+from pixcade.text.cache import DEFAULT_SHARD_BYTES, EmbeddingCache
+from pixcade.text.encoders import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, DEFAULT_MAX_LENGTH, load_text_encoder
+
+
+def read_caption_file(path: str) -> list[str]:
+    """One caption per line, stripped like dataset captions are; blank lines are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise PixcadeError(f"cannot read captions file {path}: {err}") from None
+
+
+def dataset_captions(source: str) -> Iterator[str]:
+    """Every caption of a dataset that `pixcade.data.datasets.open_dataset` can open."""
+    from pixcade.data import datasets
+
+    dataset = datasets.open_dataset(source)
+    entries = getattr(dataset, "entries", None)
+    if entries is not None:
+        # Folder/manifest: read captions without decoding any image; read_caption keeps the
+        # dataset's own text normalisation so cache keys match what training looks up.
+        for _key, _image, text, caption_path in entries:
+            yield text if text is not None else datasets._read_caption(caption_path)
+        return
+    for sample in dataset:
+        if isinstance(sample, dict):  # not a Skipped (unreadable image) marker
+            yield sample["caption"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pixcade embed",
+        description="Precompute text-encoder embeddings of captions into sharded safetensors files, "
+                    "so training reads them instead of running the encoder.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="SOURCE", help="dataset: image folder, .jsonl/.csv manifest or tar shards")
+    src.add_argument("--captions", metavar="FILE", help="text file with one caption per line")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER,
+                   help=f"text encoder: {DEFAULT_ENCODER!r} (offline default), a hub id such as "
+                        "google/t5-v1_1-xl, or a local model directory (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                   help="tokens per caption; longer captions are truncated (default: %(default)s)")
+    p.add_argument("--out", required=True, metavar="CACHE_DIR", help="cache directory (created if needed)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="captions per encoder forward")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="encoder precision; bfloat16 only takes effect on a GPU (default: %(default)s)")
+    p.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_BYTES / 2**20,
+                   help="approximate size of each shard file in MiB (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.shard_mb <= 0:
+        raise PixcadeError(f"--shard-mb must be positive, got {args.shard_mb}")
+    captions = read_caption_file(args.captions) if args.captions else list(dataset_captions(args.data))
+    if not captions:
+        raise PixcadeError(f"no captions in {args.captions or args.data}")
+    encoder = load_text_encoder(args.encoder, max_length=args.max_length, device=args.device, dtype=args.dtype)
+    cache = EmbeddingCache(args.out, encoder.name, encoder.max_length)
+    distinct = len(set(captions))
+    computed = cache.build(captions, encoder, batch_size=args.batch_size,
+                           shard_bytes=int(args.shard_mb * 2**20))
+    print(f"{len(captions)} captions ({distinct} distinct): {computed} embedded, {distinct - computed} already "
+          f"cached; encoder {encoder.name!r}, max_length {encoder.max_length}, cache {args.out}")
+    return 0
