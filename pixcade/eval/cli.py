@@ -1,0 +1,124 @@
+"""`pixcade eval`: FID/KID, CLIP score, the shapes benchmark.
+
+Every subcommand prints its result as JSON on stdout (for scripts; progress bars and a
+human summary go to stderr) and, with ``--out FILE``, writes the same JSON there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pixcade.errors import PixcadeError
+
+SUBCOMMANDS = {
+    "fid": "FID (and with --kid, KID) between a real and a generated image set",
+    "kid": "KID between a real and a generated image set",
+    "clip-score": "CLIP score of images against their prompts",
+    "train-shapes-features": "train pixcade's shapes-domain feature CNN (for --features shapes:FILE)",
+}
+
+
+def _emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")
+
+
+def _distance(argv: list[str], command: str) -> int:
+    p = argparse.ArgumentParser(prog=f"pixcade eval {command}", description=SUBCOMMANDS[command])
+    p.add_argument("--real", required=True, help="folder of images, or dataset shards (e.g. data/{000..009}.tar)")
+    p.add_argument("--fake", required=True, help="folder of generated images")
+    p.add_argument("--inception-weights", help="FID Inception-v3 weights (.safetensors or pytorch-fid's pt_inception-2015-12-05-*.pth)")
+    p.add_argument("--features", help="feature extractor when not the FID Inception: clip:DIR | shapes:FILE | py:MODULE:FACTORY")
+    if command == "fid":
+        p.add_argument("--kid", action="store_true", help="also compute KID")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="also write the JSON result here")
+    args = p.parse_args(argv)
+
+    from pixcade.eval.features import get_extractor
+    from pixcade.eval.fid import extract_features, fid_from_features, kernel_inception_distance
+
+    extractor = get_extractor(args.features, args.inception_weights, args.device)
+    real = extract_features(args.real, extractor, args.batch_size, args.device, desc="real features")
+    fake = extract_features(args.fake, extractor, args.batch_size, args.device, desc="fake features")
+    result: dict = {
+        "features": extractor.name,
+        "comparable_to_published": extractor.comparable,
+        "note": extractor.note,
+        "n_real": int(real.shape[0]),
+        "n_fake": int(fake.shape[0]),
+    }
+    if command == "fid":
+        result["fid"] = fid_from_features(real, fake)
+    if command == "kid" or args.kid:
+        mean, std = kernel_inception_distance(real, fake, args.kid_subsets, args.kid_subset_size)
+        result.update(kid=mean, kid_std=std)
+    label = "" if extractor.comparable else f"  [{extractor.note}]"
+    summary = ", ".join(f"{k}={result[k]:.4f}" for k in ("fid", "kid") if k in result)
+    print(f"{summary} ({extractor.name}){label}", file=sys.stderr)
+    _emit(result, args.out)
+    return 0
+
+
+def _clip_score(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval clip-score", description=SUBCOMMANDS["clip-score"])
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--prompts", help="prompts.txt (one per line; sorted images split evenly over them) "
+                   "or a .jsonl of {image, prompt}; default: the .txt caption beside each image")
+    p.add_argument("--clip", required=True, help="local CLIP model directory (Hugging Face or open_clip format)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="also write the JSON result here")
+    args = p.parse_args(argv)
+
+    from pixcade.eval.clip_score import clip_score_report, load_clip, pair_images_with_prompts
+
+    pairs = pair_images_with_prompts(args.images, args.prompts)
+    result = clip_score_report(load_clip(args.clip, args.device), pairs, args.batch_size)
+    print(f"CLIP score {result['mean']:.2f} over {result['n_prompts']} prompts", file=sys.stderr)
+    _emit(result, args.out)
+    return 0
+
+
+def _train_shapes_features(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval train-shapes-features", description=SUBCOMMANDS["train-shapes-features"])
+    p.add_argument("--out", required=True, help="where to write the weights (.safetensors)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from pixcade.eval.shapes_features import train_shapes_features
+
+    result = train_shapes_features(args.out, steps=args.steps, resolution=args.resolution, seed=args.seed)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _usage() -> str:
+    lines = ["usage: pixcade eval SUBCOMMAND [options]", "", "subcommands:"]
+    lines += [f"  {name:<22} {text}" for name, text in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in ("fid", "kid"):
+        return _distance(rest, command)
+    if command == "clip-score":
+        return _clip_score(rest)
+    if command == "train-shapes-features":
+        return _train_shapes_features(rest)
+    raise PixcadeError(f"unknown eval subcommand {command!r} (choose from {', '.join(SUBCOMMANDS)})")

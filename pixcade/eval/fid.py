@@ -1,0 +1,171 @@
+"""FID and KID between two image sets, from features of any extractor.
+
+FID (Heusel et al. 2017) fits a Gaussian to each set's features and takes the Fréchet
+distance between the two: ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``. KID
+(Binkowski et al. 2018) is the unbiased squared MMD with the cubic polynomial kernel
+``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets; unlike FID it is unbiased in
+the sample size, so it suits small sets. Which features make the number comparable to
+published ones is the feature extractor's business (see ``pixcade.eval.features``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pixcade.errors import PixcadeError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class GaussianStats:
+    mu: np.ndarray  # [D]
+    sigma: np.ndarray  # [D, D]
+    n: int
+
+    @classmethod
+    def from_features(cls, features: np.ndarray) -> "GaussianStats":
+        features = np.asarray(features, dtype=np.float64)
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise PixcadeError(f"need at least 2 feature vectors, got shape {features.shape}")
+        return cls(features.mean(0), np.cov(features, rowvar=False), features.shape[0])
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    When the product of covariances is singular (fewer samples than dimensions), its
+    square root is not finite; as is standard, ``eps`` is then added to both diagonals.
+    Round-off gives the square root tiny imaginary parts, which are dropped; large ones
+    mean the numbers are wrong and raise.
+    """
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise PixcadeError(f"feature dimensions differ: {mu1.shape} vs {mu2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            worst = np.max(np.abs(covmean.imag))
+            raise PixcadeError(f"Fréchet distance: matrix square root is complex ({worst:.3g})")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    a, b = GaussianStats.from_features(real), GaussianStats.from_features(fake)
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    d = x.shape[1]
+    kxx = (x @ x.T / d + 1) ** 3
+    kyy = (y @ y.T / d + 1) ** 3
+    kxy = (x @ y.T / d + 1) ** 3
+    m, n = x.shape[0], y.shape[0]
+    # Unbiased: the diagonals k(x_i, x_i) are left out of the within-set means.
+    sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+    syy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    return float(sxx + syy - 2 * kxy.mean())
+
+
+def kernel_inception_distance(
+    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID: mean and standard deviation of the unbiased MMD^2 over random subsets."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    size = min(subset_size, real.shape[0], fake.shape[0])
+    if size < 2:
+        raise PixcadeError("KID needs at least 2 images in each set")
+    rng = np.random.default_rng(seed)
+    values = [
+        _mmd2_unbiased(
+            real[rng.choice(real.shape[0], size, replace=False)],
+            fake[rng.choice(fake.shape[0], size, replace=False)],
+        )
+        for _ in range(subsets)
+    ]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def iter_images(source: str | Path) -> tuple[int | None, Iterator[Image.Image]]:
+    """(count if known, RGB images) from a folder (recursive) or dataset shards.
+
+    Anything that is not a folder (WebDataset tar shards, a manifest) is opened with
+    ``pixcade.data.datasets.open_dataset``.
+    """
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PixcadeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        return len(files), (_open_rgb(p) for p in files)
+    try:
+        from pixcade.data.datasets import open_dataset
+    except ImportError as err:
+        raise PixcadeError(f"{source} is not a folder and dataset shards can't be read: {err}") from None
+    return None, (sample["image"].convert("RGB") for sample in open_dataset(str(source)))
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as err:
+        raise PixcadeError(f"cannot read image {path}: {err}") from None
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images of one size -> float [B, 3, H, W] in [-1, 1]."""
+    arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _batches(images: Iterable[Image.Image], batch_size: int) -> Iterator[list[Image.Image]]:
+    batch: list[Image.Image] = []
+    for im in images:
+        # Images of a set may differ in size; a batch must not.
+        if batch and im.size != batch[0].size:
+            yield batch
+            batch = []
+        batch.append(im)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def extract_features(
+    source: str | Path,
+    extractor: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = 50,
+    device: str = "cpu",
+    desc: str = "features",
+) -> np.ndarray:
+    """Run ``extractor`` ([-1, 1] images -> [B, D]) over every image of ``source``."""
+    total, images = iter_images(source)
+    chunks = []
+    with tqdm(total=total, desc=desc, unit="img") as bar:
+        for batch in _batches(images, batch_size):
+            chunks.append(extractor(to_tensor(batch).to(device)).double().cpu().numpy())
+            bar.update(len(batch))
+    if not chunks:
+        raise PixcadeError(f"no images in {source}")
+    return np.concatenate(chunks)
