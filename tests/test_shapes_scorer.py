@@ -191,3 +191,13 @@ def test_held_out_evaluation_set_scores_true_renders(scenes):
     report = E.score([S.render(sc, 128) for sc in prompts], prompts)
     assert report["held_out"]["n"] == 20 and report["held_out"]["accuracy"] >= 0.95
     assert report["overall"]["accuracy"] >= 0.95
+
+
+def test_judging_from_caption_text_alone(scenes):
+    chosen = scenes[:40]
+    images = [S.render(sc, 128) for sc in chosen]
+    by_text = E.score(images, [sc.caption for sc in chosen])
+    by_scene = E.score(images, chosen)
+    assert by_text["overall"] == by_scene["overall"] and by_text["overall"]["accuracy"] >= 0.99
+    assert by_text["held_out"]["n"] == by_scene["held_out"]["n"]
+    assert not E.judge(images[0], "three black stars" if chosen[0].caption != "three black stars" else "a red circle").passed

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pixcade.data import shapes as S
-from pixcade.data.captions import caption
+from pixcade.data.captions import caption, parse_caption
 from pixcade.errors import PixcadeError
 
 SPEC_COLOURS = {
@@ -281,3 +281,18 @@ def test_evaluation_prompt_set():
     assert prompts == S.evaluation_prompts(300, held_out_fraction=1 / 3, seed=0)
     with pytest.raises(PixcadeError):
         S.evaluation_prompts(0)
+
+
+def _meaning(sc):
+    named = [(sh.colour, sh.kind, sh.size_class if sh.size_named else None) for sh in sc.shapes]
+    return sc.kind, named, sc.relation, sc.region
+
+
+def test_captions_parse_back_to_their_scene(many):
+    for sc in many[:2000] + S.sample_scenes(500, seed=3, exclude_pairs=()):
+        assert _meaning(parse_caption(sc.caption)) == _meaning(sc), sc.caption
+    parsed = parse_caption("A picture of 3 big red stars.")
+    assert _meaning(parsed) == ("counting", [("red", "star", "large")] * 3, None, None)
+    for bad in ("a pink circle", "hello", "a red circle and", "two red circle", "a red circle and a red circle"):
+        with pytest.raises(PixcadeError, match="not a shapes caption"):
+            parse_caption(bad)

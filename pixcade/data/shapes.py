@@ -14,6 +14,7 @@ from typing import Any, Collection, Iterable
 import numpy as np
 from PIL import Image
 
+from pixcade.data.captions import caption, parse_caption  # noqa: F401  (part of this module's API)
 from pixcade.errors import PixcadeError
 
 BACKGROUND: tuple[int, int, int] = (235, 235, 235)
@@ -255,8 +256,6 @@ def sample_scene(
     the held-out half of an evaluation set); it overrides `exclude_pairs` for that shape.
     `plain_caption` uses the spec's own phrasing instead of a random one.
     """
-    from pixcade.data.captions import caption
-
     if kind is None:
         kind = SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
     if kind not in SCENE_KINDS:

@@ -32,6 +32,7 @@ from pixcade.data.shapes import (
     SIZE_RANGES,
     SMALL_LARGE_SPLIT,
     Scene,
+    parse_caption,
     region_holds,
     relation_holds,
 )
@@ -231,7 +232,10 @@ def judge_detections(found: Sequence[Detected], scene: Scene) -> Judgement:
     return Judgement(True, "ok")
 
 
-def judge(image: Image.Image | np.ndarray, scene: Scene) -> Judgement:
+def judge(image: Image.Image | np.ndarray, scene: Scene | str) -> Judgement:
+    """Whether `image` shows what `scene` (or a caption of ours, parsed) describes."""
+    if isinstance(scene, str):
+        scene = parse_caption(scene)
     return judge_detections(detect(image), scene)
 
 
@@ -241,13 +245,15 @@ def _tally(passed: Sequence[bool]) -> dict[str, Any]:
     return {"n": n, "passed": k, "accuracy": (k / n) if n else None}
 
 
-def score(images: Sequence[Image.Image | np.ndarray], scenes: Sequence[Scene]) -> dict[str, Any]:
+def score(images: Sequence[Image.Image | np.ndarray], scenes: Sequence[Scene | str]) -> dict[str, Any]:
     """Accuracy overall, per scene kind, and for seen vs held-out pairs (a JSON-able dict).
 
-    `results` lists every image's verdict, so failures can be looked at.
+    `scenes` may be captions of ours instead (parsed). `results` lists every image's
+    verdict, so failures can be looked at.
     """
     if len(images) != len(scenes):
         raise PixcadeError(f"{len(images)} images for {len(scenes)} scenes")
+    scenes = [parse_caption(sc) if isinstance(sc, str) else sc for sc in scenes]
     results = []
     for i, (image, scene) in enumerate(zip(images, scenes)):
         verdict = judge(image, scene)
