@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Iterator
 
 from pixcade.errors import PixcadeError
@@ -26,10 +27,15 @@ def dataset_captions(source: str) -> Iterator[str]:
     dataset = datasets.open_dataset(source)
     entries = getattr(dataset, "entries", None)
     if entries is not None:
-        # Folder/manifest: read captions without decoding any image; read_caption keeps the
-        # dataset's own text normalisation so cache keys match what training looks up.
+        # Folder/manifest: read captions without decoding any image, stripped as the
+        # dataset strips them, so cache keys match the captions training looks up.
         for _key, _image, text, caption_path in entries:
-            yield text if text is not None else datasets._read_caption(caption_path)
+            if text is None:
+                try:
+                    text = Path(caption_path).read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as err:
+                    raise PixcadeError(f"cannot read caption {caption_path}: {err}") from None
+            yield text
         return
     for sample in dataset:
         if isinstance(sample, dict):  # not a Skipped (unreadable image) marker
