@@ -3,6 +3,7 @@ end to end or from any stage to any later one."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,14 @@ class StageBars:
             bar.close()
 
 
+@functools.lru_cache(maxsize=4)
+def _load_encoder(name: str, max_length: int, device: str) -> Any:
+    """Encoders are frozen, so cascades loaded in one process (a server, tests) share them."""
+    from pixcade.text.encoders import load_text_encoder
+
+    return load_text_encoder(name, max_length=max_length, device=device)
+
+
 class Cascade:
     """Text encoder + stages. Networks are put in eval mode: a cascade is for sampling."""
 
@@ -103,9 +112,7 @@ class Cascade:
     def encoder(self) -> Any:
         """The text encoder, loaded on first use (saving or planning doesn't need it)."""
         if self._encoder is None:
-            from pixcade.text.encoders import load_text_encoder
-
-            enc = load_text_encoder(self.text_encoder, max_length=self.max_length, device=str(self.device))
+            enc = _load_encoder(self.text_encoder, self.max_length, str(self.device))
             for s in self.stages:
                 if s.config.unet.text_dim != enc.dim:
                     raise PixcadeError(
