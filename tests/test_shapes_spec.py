@@ -296,3 +296,11 @@ def test_captions_parse_back_to_their_scene(many):
     for bad in ("a pink circle", "hello", "a red circle and", "two red circle", "a red circle and a red circle"):
         with pytest.raises(PixcadeError, match="not a shapes caption"):
             parse_caption(bad)
+
+
+def test_size_named_probability():
+    never = S.sample_scenes(200, seed=2, size_named_prob=0.0)
+    always = S.sample_scenes(200, seed=2, size_named_prob=1.0)
+    assert not any(sh.size_named for sc in never for sh in sc.shapes)
+    assert all(sh.size_named for sc in always for sh in sc.shapes)
+    assert all({"small", "large", "big"} & set(sc.caption.split()) for sc in always)

@@ -8,7 +8,7 @@ Everything random comes from a numpy Generator passed in, so a seed fixes a data
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Collection, Iterable
 
 import numpy as np
@@ -82,7 +82,6 @@ class Scene:
     caption: str = ""
     relation: str | None = None  # for kind "relation": shapes[0] <relation> shapes[1]
     region: str | None = None  # for kind "position"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def held_out(self) -> bool:
@@ -103,7 +102,6 @@ class Scene:
                 caption=d.get("caption", ""),
                 relation=d.get("relation"),
                 region=d.get("region"),
-                extra=dict(d.get("extra", {})),
             )
         except (KeyError, TypeError) as err:
             raise PixcadeError(f"not a shapes scene: {err}") from None
@@ -247,14 +245,13 @@ def sample_scene(
     exclude_pairs: Collection[tuple[str, str]] = HELD_OUT,
     feature_pairs: Collection[tuple[str, str]] | None = None,
     size_named_prob: float = 0.4,
-    plain_caption: bool = False,
 ) -> Scene:
     """One random scene of `kind` (random kind if None), with its caption.
 
     `exclude_pairs` never appear (default: the held-out pairs; pass () for all pairs).
     `feature_pairs`, if given, forces one shape's pair to come from it (e.g. HELD_OUT for
     the held-out half of an evaluation set); it overrides `exclude_pairs` for that shape.
-    `plain_caption` uses the spec's own phrasing instead of a random one.
+    `size_named_prob`: how often a caption names a shape's size.
     """
     if kind is None:
         kind = SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
@@ -298,7 +295,7 @@ def sample_scene(
         for (col, k), cls, (cx, cy), s, nm in zip(pairs, classes, centres, sizes, named)
     )
     scene = Scene(kind=kind, shapes=shapes, relation=relation, region=region)
-    return replace(scene, caption=caption(scene, None if plain_caption else rng))
+    return replace(scene, caption=caption(scene, rng))
 
 
 def scene_for_index(seed: int, index: int, **kwargs: Any) -> Scene:

@@ -16,7 +16,7 @@ Follows the Scoring section of `shared/SHAPES_SPEC.md`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -295,6 +295,3 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines.append(row("**overall**", report["overall"]))
     return "\n".join(lines)
 
-
-def detections_to_dicts(found: Sequence[Detected]) -> list[dict[str, Any]]:
-    return [asdict(d) | {"size_class": d.size_class} for d in found]
