@@ -69,5 +69,5 @@ class Previewer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step-{step:08d}.png"
         grid.save(path)
-        chw = torch.from_numpy(np.asarray(grid)).permute(2, 0, 1)
+        chw = torch.from_numpy(np.array(grid)).permute(2, 0, 1)
         return path, chw

@@ -1,0 +1,51 @@
+"""Shared helpers for the trainer tests: shapes data, its embedding cache, tiny configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixcade.train.config import CascadeTrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "tiny-shapes.json"
+
+
+def make_shapes(directory: Path, n: int, resolution: int = 32, seed: int = 0) -> Path:
+    """A folder dataset of ``n`` shapes scenes: NNNNN.png + NNNNN.txt."""
+    from pixcade.data.shapes import render, sample_scenes
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(sample_scenes(n, seed=seed)):
+        render(scene, resolution).save(directory / f"{i:05d}.png")
+        (directory / f"{i:05d}.txt").write_text(scene.caption)
+    return directory
+
+
+def build_cache(cache_dir: Path, data_dir: Path, max_length: int = 32) -> None:
+    from pixcade.text.cache import EmbeddingCache
+    from pixcade.text.encoders import load_text_encoder
+
+    captions = sorted({p.read_text() for p in data_dir.glob("*.txt")})
+    EmbeddingCache(cache_dir, "minilm", max_length).build(captions, load_text_encoder("minilm", max_length),
+                                                          progress=False)
+
+
+def tiny_config_dict(data: Path, cache: Path, stage: str, **train: Any) -> dict[str, Any]:
+    """configs/tiny-shapes.json with one stage, pointed at ``data``/``cache``, train overrides."""
+    d = json.loads(TINY_CONFIG.read_text())
+    d["embedding_cache"] = str(cache)
+    d["stages"] = [s for s in d["stages"] if s["stage"]["name"] == stage]
+    d["stages"][0]["train"].update({"data": str(data), **train})
+    return d
+
+
+def tiny_config(data: Path, cache: Path, stage: str, **train: Any) -> CascadeTrainConfig:
+    return CascadeTrainConfig.from_dict(tiny_config_dict(data, cache, stage, **train))
+
+
+def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
