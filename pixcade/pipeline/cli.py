@@ -64,14 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this low-res image at the stage that takes its size "
                         "(or the first of --stages, resized)")
     p.add_argument("--save-stages", action="store_true", help="also save every earlier stage's images")
-    p.add_argument("--sampler", help="ddpm | ddim | dpm++ (per-stage syntax below)")
-    p.add_argument("--steps", help="sampling steps, >= 1")
-    p.add_argument("--guidance", help="classifier-free guidance weight, >= 0 (1 = no guidance)")
-    p.add_argument("--threshold", help="none | static | dynamic | dynamic:P")
-    p.add_argument("--aug-level", help="SR noise-augmentation level in [0, 1]")
+    p.add_argument("--sampler", metavar="SPEC", help="ddpm | ddim | dpm++ (per-stage syntax below)")
+    p.add_argument("--steps", metavar="SPEC", help="sampling steps, >= 1")
+    p.add_argument("--guidance", metavar="SPEC", help="classifier-free guidance weight, >= 0 (1 = no guidance)")
+    p.add_argument("--threshold", metavar="SPEC", help="none | static | dynamic | dynamic:P")
+    p.add_argument("--aug-level", metavar="SPEC", help="SR noise-augmentation level in [0, 1]")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (default 16)")
     return p
 
 
