@@ -1,0 +1,180 @@
+"""`pixcade drawbench`: DrawBench side-by-side human evaluation, as in Imagen.
+
+    pixcade drawbench generate --prompts ../shared/drawbench.csv --model A --model B --n 4 --out DIR
+    pixcade drawbench rate --dir DIR [--db DIR/votes.sqlite] [--host 127.0.0.1 --port 8000]
+    pixcade drawbench report --dir DIR [--db ...]
+
+``generate`` writes, under DIR, ``manifest.json`` (models, prompts with categories, n)
+and per model a folder ``model-<i>/`` of ``<prompt index:04d>_<k>.png`` images plus a
+``prompts.jsonl`` (image, prompt) that ``pixcade eval clip-score --prompts`` reads. It
+resumes: prompts whose images all exist are skipped. ``rate`` serves the blind rating
+page; ``report`` writes ``report.json`` and ``report.md`` and prints the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pixcade.errors import PixcadeError
+
+MANIFEST = "manifest.json"
+
+
+def read_prompts(path: str | Path, categories: list[str] | None = None) -> list[dict]:
+    """DrawBench's CSV (columns Prompt, Category) -> [{"index", "prompt", "category"}]."""
+    path = Path(path)
+    if not path.is_file():
+        raise PixcadeError(f"prompts file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"Prompt", "Category"} <= set(reader.fieldnames):
+            raise PixcadeError(f"{path}: expected a CSV with columns Prompt,Category")
+        rows = [(r["Prompt"].strip(), r["Category"].strip()) for r in reader if (r["Prompt"] or "").strip()]
+    if categories:
+        unknown = set(categories) - {c for _, c in rows}
+        if unknown:
+            raise PixcadeError(f"{path}: no prompts in categories {sorted(unknown)}")
+        rows = [r for r in rows if r[1] in categories]
+    if not rows:
+        raise PixcadeError(f"{path}: no prompts")
+    return [{"index": i, "prompt": p, "category": c} for i, (p, c) in enumerate(rows)]
+
+
+def load_manifest(directory: str | Path) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise PixcadeError(f"{directory} has no {MANIFEST}: make it with `pixcade drawbench generate`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if len(manifest["models"]) < 2 or not manifest["prompts"] or int(manifest["n"]) < 1:
+            raise ValueError("needs two models, prompts and n")
+    except (ValueError, KeyError, TypeError) as err:
+        raise PixcadeError(f"{path} is not a DrawBench manifest: {err}") from None
+    return manifest
+
+
+def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, seed: int = 0,
+             device: str = "cpu", batch_size: int | None = None) -> dict:
+    """``n`` images per prompt per model (each a saved cascade directory) under ``out``."""
+    from pixcade.pipeline.cascade import Cascade
+
+    if len(models) < 2 or len(set(models)) != len(models):
+        raise PixcadeError("give at least two different --model")
+    if n < 1:
+        raise PixcadeError(f"--n must be >= 1, got {n}")
+    out = Path(out)
+    manifest = {
+        "n": n, "seed": seed,
+        "models": [{"name": m, "dir": f"model-{i}"} for i, m in enumerate(models)],
+        "prompts": prompts,
+    }
+    if (out / MANIFEST).is_file():
+        old = load_manifest(out)
+        if (old["models"], old["prompts"], old["n"], old.get("seed")) != (
+                manifest["models"], prompts, n, seed):
+            raise PixcadeError(f"{out} holds a different DrawBench run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    for entry in manifest["models"]:
+        folder = out / entry["dir"]
+        folder.mkdir(exist_ok=True)
+        todo = [p for p in prompts
+                if not all((folder / f"{p['index']:04d}_{k}.png").is_file() for k in range(n))]
+        if todo:
+            cascade = Cascade.from_pretrained(entry["name"], device=device)
+            for p in tqdm(todo, desc=f"drawbench {entry['name']}", unit="prompt"):
+                # A seed per prompt: a resumed run draws the same images as an uninterrupted one.
+                images = cascade.generate([p["prompt"]], n=n, seed=seed + p["index"],
+                                          batch_size=batch_size, progress=False)
+                for k, im in enumerate(images):
+                    im.save(folder / f"{p['index']:04d}_{k}.png")
+        rows = [{"image": f"{p['index']:04d}_{k}.png", "prompt": p["prompt"], "category": p["category"]}
+                for p in prompts for k in range(n)]
+        (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return manifest
+
+
+def _generate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade drawbench generate",
+                                description="write N images per prompt per model for side-by-side rating")
+    p.add_argument("--prompts", required=True, help="DrawBench CSV (Prompt,Category), e.g. ../shared/drawbench.csv")
+    p.add_argument("--model", action="append", required=True, help="saved cascade directory (give two or more)")
+    p.add_argument("--n", type=int, default=4, help="images per prompt per model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--category", action="append", help="only these categories (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    prompts = read_prompts(args.prompts, args.category)
+    manifest = generate(prompts, args.model, args.n, args.out, args.seed, args.device, args.batch_size)
+    print(json.dumps({"out": str(args.out), "models": [m["name"] for m in manifest["models"]],
+                      "prompts": len(prompts), "n": args.n}))
+    return 0
+
+
+def _rate_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade drawbench rate", description="serve the blind rating page")
+    p.add_argument("--dir", required=True, help="the folder `pixcade drawbench generate` wrote")
+    p.add_argument("--db", help="votes database (default DIR/votes.sqlite)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    args = p.parse_args(argv)
+    from pixcade.eval.drawbench_server import RatingServer, RatingSession
+    from pixcade.eval.drawbench_votes import VoteStore
+
+    store = VoteStore(args.db or Path(args.dir) / "votes.sqlite")
+    session = RatingSession(args.dir, store, load_manifest(args.dir))
+    try:
+        server = RatingServer(session, args.host, args.port)
+    except OSError as err:
+        raise PixcadeError(f"cannot listen on {args.host}:{args.port}: {err}") from None
+    print(f"rating page on {server.url} ({store.count()} votes in {store.path}); Ctrl-C to stop",
+          file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _report_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade drawbench report",
+                                description="per-category preference rates with 95% intervals")
+    p.add_argument("--dir", required=True, help="the DrawBench folder (report.json/.md are written here)")
+    p.add_argument("--db", help="votes database (default DIR/votes.sqlite)")
+    args = p.parse_args(argv)
+    from pixcade.eval.drawbench_votes import VoteStore, build_report, report_markdown
+
+    directory = Path(args.dir)
+    db = Path(args.db) if args.db else directory / "votes.sqlite"
+    if not db.is_file():
+        raise PixcadeError(f"no votes database at {db}")
+    order = [m["name"] for m in load_manifest(directory)["models"]] if (directory / MANIFEST).is_file() else None
+    report = build_report(VoteStore(db).rows(), order)
+    markdown = report_markdown(report)
+    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (directory / "report.md").write_text(markdown + "\n", encoding="utf-8")
+    print(markdown, file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+COMMANDS = {"generate": _generate_main, "rate": _rate_main, "report": _report_main}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[1].rstrip() if __doc__ else "")
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        raise PixcadeError(f"unknown drawbench subcommand {argv[0]!r} (choose from {', '.join(COMMANDS)})")
+    return COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,219 @@
+"""DrawBench: prompts, generation layout, the rating API's refusals, the preference report."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+
+import pytest
+from drawbench_fixtures import MODELS, N, PROMPTS, LiveServer, make_run
+from PIL import Image
+
+from pixcade.errors import PixcadeError
+from pixcade.eval import drawbench
+from pixcade.eval.drawbench_votes import build_report, report_markdown, wilson_interval
+
+
+@pytest.fixture
+def live(tmp_path):
+    server = LiveServer(make_run(tmp_path / "run"))
+    yield server
+    server.close()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _post(url: str, data: bytes) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _next(live) -> dict:
+    status, body = _get(live.url + "api/next")
+    assert status == 200
+    return json.loads(body)
+
+
+def _vote(live, token, fidelity="A", quality="B") -> tuple[int, dict]:
+    return _post(live.url + "api/vote", json.dumps({"token": token, "fidelity": fidelity, "quality": quality}).encode())
+
+
+def test_read_prompts_of_the_shared_drawbench_csv(tmp_path):
+    csv = tmp_path / "p.csv"
+    csv.write_text("Prompt,Category\nA red car.,Colors\n\"Two, dogs.\",Counting\n")
+    assert drawbench.read_prompts(csv) == [
+        {"index": 0, "prompt": "A red car.", "category": "Colors"},
+        {"index": 1, "prompt": "Two, dogs.", "category": "Counting"},
+    ]
+    assert [p["category"] for p in drawbench.read_prompts(csv, ["Counting"])] == ["Counting"]
+    with pytest.raises(PixcadeError, match="categories"):
+        drawbench.read_prompts(csv, ["Nope"])
+    (tmp_path / "bad.csv").write_text("text,kind\na,b\n")
+    with pytest.raises(PixcadeError, match="Prompt,Category"):
+        drawbench.read_prompts(tmp_path / "bad.csv")
+
+
+def test_comparisons_are_anonymous_and_both_orders_occur(live):
+    seen_orders = set()
+    model_pixels = {}
+    for i in range(len(MODELS)):
+        model_pixels[i] = Image.open(live.session.root / f"model-{i}" / "0000_0.png").getpixel((0, 0))
+    for _ in range(24):
+        c = _next(live)
+        text = json.dumps(c)
+        assert not any(m in text or m.split("/")[-1] in text for m in MODELS)
+        assert "model-" not in text
+        assert len(c["images"]["A"]) == len(c["images"]["B"]) == N
+        # Which model's images were served as A: tell them by their colour.
+        status, png = _get(live.url + c["images"]["A"][0].lstrip("/"))
+        assert status == 200
+        import io
+        red, green, _ = Image.open(io.BytesIO(png)).convert("RGB").getpixel((0, 0))
+        seen_orders.add("model-0 first" if red > green else "model-1 first")
+    assert seen_orders == {"model-0 first", "model-1 first"}
+    assert _get(live.url + "images/notatoken12345/A/0")[0] == 404
+    assert _get(live.url + "api/secret")[0] == 404
+
+
+def test_vote_is_stored_with_models_resolved_server_side(live):
+    c = _next(live)
+    status, reply = _vote(live, c["token"], "A", "indifferent")
+    assert status == 200 and reply == {"ok": True, "rated": 1}
+    (row,) = live.store.rows()
+    assert row["prompt"] == c["prompt"] and {row["model_a"], row["model_b"]} == set(MODELS)
+    assert (row["fidelity"], row["quality"]) == ("A", "indifferent")
+
+
+def test_unknown_replayed_and_malformed_votes_store_nothing(live):
+    c = _next(live)
+    assert _vote(live, c["token"])[0] == 200
+    assert _vote(live, c["token"], "B", "B")[0] == 409  # replay, even with other answers
+    assert _vote(live, "x" * 22)[0] == 404  # never served
+    other = _next(live)["token"]
+    bad_bodies = [
+        b"{not json", b"\xff\xfe", b"[]", b"null",
+        json.dumps({"token": other, "fidelity": "A"}).encode(),  # missing field
+        json.dumps({"token": other, "fidelity": "A", "quality": "B", "model": "x"}).encode(),  # extra field
+        json.dumps({"token": other, "fidelity": "C", "quality": "B"}).encode(),  # bad choice
+        json.dumps({"token": other, "fidelity": None, "quality": "B"}).encode(),
+        json.dumps({"token": 5, "fidelity": "A", "quality": "B"}).encode(),
+        b"x" * 5000,  # too large
+    ]
+    for body in bad_bodies:
+        status, reply = _post(live.url + "api/vote", body)
+        assert status == 400, body
+        assert "error" in reply
+    assert _post(live.url + "api/other", b"{}")[0] == 404
+    assert live.store.count() == 1
+    with sqlite3.connect(live.store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 1
+    # The malformed attempts did not burn the token: a proper vote on it still counts.
+    assert _vote(live, other)[0] == 200
+    assert live.store.count() == 2
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    lo, hi = wilson_interval(10, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.7225, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_report_counts_preferences_per_category():
+    a, b = MODELS
+
+    def row(cat, model_a, model_b, fidelity, quality):
+        return {"category": cat, "model_a": model_a, "model_b": model_b, "fidelity": fidelity, "quality": quality}
+
+    rows = [
+        row("Colors", a, b, "A", "B"),            # fidelity: a wins; quality: b wins
+        row("Colors", b, a, "B", "B"),            # shown swapped: fidelity a wins; quality a wins
+        row("Colors", a, b, "indifferent", "A"),  # fidelity tie; quality a wins
+        row("Counting", b, a, "A", "indifferent"),  # fidelity b wins; quality tie
+    ]
+    report = build_report(rows, model_order=[a, b])
+    (pair,) = report["pairs"]
+    assert (pair["model"], pair["versus"], pair["n_votes"]) == (a, b, 4)
+    fid = pair["questions"]["fidelity"]
+    colors = fid["categories"]["Colors"]
+    assert (colors["n"], colors["wins"], colors["losses"], colors["indifferent"]) == (3, 2, 0, 1)
+    assert colors["preference"] == pytest.approx(2.5 / 3)
+    assert colors["ci95"] == pytest.approx(list(wilson_interval(2.5, 3)))
+    assert fid["categories"]["Counting"]["preference"] == 0.0
+    assert fid["overall"]["preference"] == pytest.approx(2.5 / 4)
+    assert pair["questions"]["quality"]["overall"]["preference"] == pytest.approx(2.5 / 4)
+    md = report_markdown(report)
+    assert "| Colors | 3 | 83.3% [" in md and "**overall**" in md
+
+
+class FakeCascade:
+    """Stands in for a saved cascade: a flat image whose shade encodes (model, seed, k)."""
+
+    loaded: list[str] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, directory, device="cpu"):
+        cls.loaded.append(str(directory))
+        return cls(str(directory))
+
+    def generate(self, prompts, n=1, seed=0, batch_size=None, progress=True):
+        assert len(prompts) == 1
+        shade = (MODELS.index(self.name) * 100 + seed * 10) % 256
+        return [Image.new("RGB", (8, 8), (shade, k, 0)) for k in range(n)]
+
+
+def test_generate_layout_manifest_and_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", FakeCascade)
+    FakeCascade.loaded = []
+    csv = tmp_path / "p.csv"
+    csv.write_text("Prompt,Category\n" + "".join(f"\"{p['prompt']}\",{p['category']}\n" for p in PROMPTS))
+    out = tmp_path / "gen"
+    argv = ["generate", "--prompts", str(csv), "--model", MODELS[0], "--model", MODELS[1], "--n", "3", "--out", str(out)]
+    assert drawbench.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["prompts"] == 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == MODELS and manifest["prompts"] == PROMPTS
+    for i in range(2):
+        for p in PROMPTS:
+            for k in range(3):
+                im = Image.open(out / f"model-{i}" / f"{p['index']:04d}_{k}.png")
+                assert im.getpixel((0, 0)) == ((i * 100 + p["index"] * 10) % 256, k, 0)
+        rows = [json.loads(x) for x in (out / f"model-{i}" / "prompts.jsonl").read_text().splitlines()]
+        assert len(rows) == 9 and rows[0] == {"image": "0000_0.png", "prompt": PROMPTS[0]["prompt"], "category": "Colors"}
+    assert FakeCascade.loaded == MODELS
+    # Resume: with every image present nothing is loaded or drawn again.
+    (out / "model-1" / "0002_1.png").unlink()
+    assert drawbench.main(argv) == 0
+    assert FakeCascade.loaded == MODELS + [MODELS[1]]
+    # A different run into the same folder is refused.
+    with pytest.raises(PixcadeError, match="different DrawBench run"):
+        drawbench.main(argv[:-3] + ["2", "--out", str(out)])
+    with pytest.raises(PixcadeError, match="two different"):
+        drawbench.main(["generate", "--prompts", str(csv), "--model", "m", "--model", "m", "--out", str(tmp_path / "x")])
+
+
+def test_report_cli_writes_json_and_markdown(live, capsys):
+    c = _next(live)
+    assert _vote(live, c["token"], "indifferent", "indifferent")[0] == 200
+    assert drawbench.main(["report", "--dir", str(live.session.root)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((live.session.root / "report.json").read_text())
+    assert printed["n_votes"] == 1
+    assert printed["pairs"][0]["questions"]["fidelity"]["overall"]["preference"] == 0.5
+    assert "# DrawBench" in (live.session.root / "report.md").read_text()
