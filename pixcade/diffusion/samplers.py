@@ -18,9 +18,11 @@ from pixcade.errors import PixcadeError
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
 
-# DPM-Solver++'s grid ends here: sigma ~ 0.007, under one 8-bit level of a [-1, 1] image,
-# so finer levels would spend steps on invisible noise.
-DPM_LOG_SNR_END = 10.0
+# DPM-Solver++'s grid is uniform in log-SNR over this range. At +10, sigma ~ 0.007 is under
+# one 8-bit level of a [-1, 1] image; below -10, alpha < 0.007 and x0^ barely moves, so the
+# first step jumps there from t = 1 in one (exact for constant x0^) exponential-integrator
+# step instead of spending evenly spaced steps on it.
+DPM_LOG_SNR_RANGE = (-10.0, 10.0)
 
 
 def _check_steps(steps: int) -> None:
@@ -52,7 +54,8 @@ def _ddim_step(
     the posterior q(z_s | z_t, x0) draws afresh; eta = 1 draws exactly that (ancestral
     DDPM), eta = 0 none (deterministic DDIM).
     """
-    (a_t, a_s), (s_t, s_s) = alpha_sigma(torch.tensor([lam_t, lam_s], dtype=torch.float64)).tolist()
+    alpha, sigma = alpha_sigma(torch.tensor([lam_t, lam_s], dtype=torch.float64))
+    (a_t, a_s), (s_t, s_s) = alpha.tolist(), sigma.tolist()
     c = -math.expm1(lam_t - lam_s)
     eps = (z - a_t * x0) / s_t
     z = a_s * x0 + s_s * math.sqrt(1.0 - eta * eta * c) * eps
@@ -116,14 +119,14 @@ def sample_dpmpp_2m(
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): a deterministic multistep solver of
     the probability-flow ODE, second order in lambda = log(alpha / sigma) = log-SNR / 2.
 
-    The grid is uniform in log-SNR from t = 1 to DPM_LOG_SNR_END (where the solver's steps
-    are most even). ``generator`` is unused (the solver draws no noise); it is accepted so
+    The grid is uniform in log-SNR over DPM_LOG_SNR_RANGE, its first point moved to t = 1
+    (uniform in log-SNR suits a solver whose steps are exact in it). ``generator`` is unused (the solver draws no noise); it is accepted so
     all samplers share one signature.
     """
     _check_steps(steps)
     del generator
-    end = min(DPM_LOG_SNR_END, LOG_SNR_MAX)
-    start = schedule.log_snr(torch.ones((), dtype=torch.float64)).item()
+    lam_one = schedule.log_snr(torch.ones((), dtype=torch.float64)).item()
+    start, end = max(DPM_LOG_SNR_RANGE[0], lam_one), min(DPM_LOG_SNR_RANGE[1], LOG_SNR_MAX)
     ts = schedule.t_from_log_snr(torch.linspace(start, end, steps, dtype=torch.float64))
     ts[0] = 1.0
     lam = schedule.log_snr(ts)  # the exact log-SNR of each t the denoiser sees
