@@ -341,11 +341,13 @@ class Trainer:
         return TrainResult(self.step, None, last_ckpt, final, self.skipped_total)
 
     def _nonfinite_stop(self, consecutive: int, last_ckpt: Path | None) -> None:
+        # Checkpoints written during the streak hold the same (finite) weights as the
+        # last update: no step of the streak changed them.
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
         raise NonFiniteLossError(
             f"stopped: {consecutive} consecutive steps had a non-finite loss or gradient "
             f"(steps {self.step - consecutive + 1}..{self.step}, no update made; "
-            f"{self.skipped_total} skipped in all); {where} "
+            f"{self.skipped_total} skipped in all; last update at step {self.step - consecutive}); {where} "
             "(resume from it with --resume, perhaps with a lower lr or bf16 off)"
         )
 

@@ -1,0 +1,198 @@
+"""The trainer end to end on the tiny shapes config: learning, exact resume, signals,
+non-finite losses, and a kill -9 in the middle of a checkpoint write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pixcade.errors import PixcadeError
+from pixcade.nn.unet import EfficientUNet
+from pixcade.stage import StageConfig
+from pixcade.train import checkpoint as ckpt
+from pixcade.train.trainer import NonFiniteLossError, Trainer
+from train_support import REPO, build_cache, make_shapes, state_equal, tiny_config, tiny_config_dict
+
+# Small and quick: 8 images a step, no sample grids except at the end.
+QUICK = dict(batch_size=8, log_every=1, checkpoint_every=1000, sample_every=1000, warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    data = make_shapes(root / "data", 40, resolution=32)
+    build_cache(root / "cache", data)
+    return data, root / "cache"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The test machine's few cores are shared: more threads only make tiny ops slower.
+    # (Module scope: it must be in force before the module's shared runs. Bit-exact
+    # comparisons also need one thread count, since it changes CPU reduction order.)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_on_tiny_shapes(shapes, tmp_path):
+    data, cache = shapes
+    cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=40, log_every=5, sample_every=40,
+                      warmup_steps=5)
+    result = Trainer(cfg, "base", tmp_path / "run").run()
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert len(losses) == 8 and result.step == 40 and result.stopped_by is None
+    # From ~1 (an untrained eps-prediction) to well under half within 40 steps.
+    assert losses[0] > 0.6 and max(losses[-2:]) < 0.5 * losses[0], losses
+    # The export the cascade loads: stage.json + EMA weights that fit the stage's U-Net.
+    final = json.loads((tmp_path / "run/final/stage.json").read_text())
+    assert final["text_encoder"] == "minilm" and final["max_length"] == 32
+    net = EfficientUNet(StageConfig.from_dict(final["stage"]).unet)
+    net.load_state_dict(load_file(tmp_path / "run/final/ema.safetensors"))
+    assert (tmp_path / "run/samples/step-00000040.png").is_file()
+    m = metrics(tmp_path / "run")[-1]
+    assert m["images_per_s"] > 0 and m["skipped_nonfinite"] == 0 and 0 < m["lr"] <= 2e-3
+
+
+def _final_state(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    c = ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints"))
+    opt = {f"{i}/{k}": v for i, s in c.optimizer["state"].items() for k, v in s.items()}
+    return {"model": c.model, "ema": c.ema, "optimizer": opt, "final": load_file(run / "final/ema.safetensors")}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = _final_state(a), _final_state(b)
+    for part in sa:
+        assert state_equal(sa[part], sb[part]), part
+    # The per-step losses match too (both runs log every step).
+    la = {m["step"]: m["loss"] for m in metrics(a)}
+    lb = {m["step"]: m["loss"] for m in metrics(b)}
+    assert la == lb
+
+
+SR = dict(QUICK, max_steps=8, num_workers=2)  # the SR stage: random crops + noise augmentation
+
+
+@pytest.fixture(scope="module")
+def straight_sr(shapes, tmp_path_factory):
+    data, cache = shapes
+    run = tmp_path_factory.mktemp("straight") / "run"
+    Trainer(tiny_config(data, cache, "sr", **SR), "sr", run).run()
+    return run
+
+
+def test_resume_is_bit_exact(shapes, straight_sr, tmp_path):
+    data, cache = shapes
+    cfg = tiny_config(data, cache, "sr", **SR)
+    first = Trainer(cfg, "sr", tmp_path / "run").run(max_steps=4)
+    assert first.step == 4 and first.last_checkpoint.name == "step-00000004"
+    second = Trainer(cfg, "sr", tmp_path / "run", resume=True).run()
+    assert second.step == 8
+    _assert_same_run(straight_sr, tmp_path / "run")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_writes_a_checkpoint_and_resume_continues_exactly(shapes, straight_sr, tmp_path, monkeypatch, sig):
+    data, cache = shapes
+    cfg = tiny_config(data, cache, "sr", **SR)
+    original = Trainer._train_step
+
+    def step_then_signal(self):
+        out = original(self)
+        if self.step == 2:  # arrives during step 3, like a Ctrl-C would
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
+    result = Trainer(cfg, "sr", tmp_path / "run").run()
+    assert result.stopped_by == sig.name and result.step == 3
+    assert result.last_checkpoint.name == "step-00000003" and result.final_dir is None
+    assert signal.getsignal(sig) is not None  # handlers restored
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    Trainer(cfg, "sr", tmp_path / "run", resume=True).run()
+    _assert_same_run(straight_sr, tmp_path / "run")
+
+
+def test_non_finite_loss_skips_the_update(shapes, tmp_path, monkeypatch):
+    data, cache = shapes
+    monkeypatch.setenv("PIXCADE_TEST_NAN_STEPS", "3,4")
+    cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=6))
+    result = Trainer(cfg, "base", tmp_path / "run").run()
+    assert result.step == 6 and result.skipped_nonfinite == 2
+    c = ckpt.load_checkpoint(result.last_checkpoint)
+    assert all(int(s["step"]) == 4 for s in c.optimizer["state"].values())  # 6 steps, 4 updates
+    assert all(torch.isfinite(v).all() for v in c.model.values())
+    logged = {m["step"]: m for m in metrics(tmp_path / "run")}
+    assert logged[2]["skipped_nonfinite"] == 0 and logged[4]["skipped_nonfinite"] == 2
+    assert logged[3]["loss"] != logged[3]["loss"] and logged[5]["loss"] == logged[5]["loss"]  # NaN, then not
+
+
+def test_many_non_finite_losses_stop_naming_the_last_good_checkpoint(shapes, tmp_path, monkeypatch):
+    data, cache = shapes
+    monkeypatch.setenv("PIXCADE_TEST_NAN_STEPS", ",".join(str(s) for s in range(3, 20)))
+    cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=20, checkpoint_every=2, max_nonfinite=3))
+    with pytest.raises(NonFiniteLossError, match=r"3 consecutive .*steps 3\.\.5.*update at step 2") as err:
+        Trainer(cfg, "base", tmp_path / "run").run()
+    named = Path(str(err.value).split("last good checkpoint is ")[1].split(" ")[0])
+    assert named == ckpt.latest_checkpoint(tmp_path / "run/checkpoints")
+    assert all(torch.isfinite(v).all() for v in ckpt.load_checkpoint(named).model.values())
+
+
+def test_existing_run_needs_resume(shapes, tmp_path):
+    data, cache = shapes
+    cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=1))
+    Trainer(cfg, "base", tmp_path / "run").run()
+    with pytest.raises(PixcadeError, match="--resume"):
+        Trainer(cfg, "base", tmp_path / "run").run()
+
+
+def _digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+def test_kill_9_during_checkpoint_write_keeps_the_previous_one(shapes, tmp_path):
+    data, cache = shapes
+    conf = tiny_config_dict(data, cache, "base", **dict(QUICK, max_steps=2, checkpoint_every=2))
+    run = tmp_path / "run"
+    Trainer(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2, checkpoint_every=2)), "base", run).run()
+    good = ckpt.latest_checkpoint(run / "checkpoints")
+    before = _digest(good)
+    (tmp_path / "c.json").write_text(json.dumps(conf))
+    env = dict(os.environ, PIXCADE_TEST_CHECKPOINT_SLEEP="120", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pixcade.cli", "train", "--config", str(tmp_path / "c.json"), "--stage", "base",
+         "--out", str(run), "--resume", "--max-steps", "4"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list((run / "checkpoints").glob(".tmp-*/WRITING")):
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "the checkpoint write never started"
+            time.sleep(0.05)
+        assert (run / "checkpoints").glob(".tmp-*/model.safetensors")  # half written
+    finally:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert ckpt.list_checkpoints(run / "checkpoints") == [good] and _digest(good) == before
+    assert ckpt.load_checkpoint(good).step == 2
+    result = Trainer(tiny_config(data, cache, "base", **dict(QUICK, max_steps=4, checkpoint_every=2)), "base", run,
+                     resume=True).run()
+    assert result.step == 4 and result.last_checkpoint.name == "step-00000004"
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # the debris is cleaned up
