@@ -1,0 +1,101 @@
+"""`pixcade serve`: a local web page and HTTP API over one cascade."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from pixcade.errors import PixcadeError
+from pixcade.serve.jobs import JobManager
+from pixcade.serve.requests import Limits
+from pixcade.serve.server import make_server
+
+EPILOG = """\
+The page at http://HOST:PORT/ takes a prompt, seed, guidance, steps and number of images,
+shows each stage's progress and images as they finish, and links each image as a PNG.
+API: POST /api/jobs {"prompt", "n", "seed", "guidance", "steps", "stages"} -> 202 {"id", ...};
+GET /api/jobs/ID (status), /api/jobs/ID/events (Server-Sent Events),
+/api/jobs/ID/images/STAGE/K.png; GET /api/config (stages, limits).
+One model is loaded and one job runs at a time; at most --max-queue jobs wait, further
+requests are refused (HTTP 503) until the queue drains.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one-line errors, exit status 2 via the CLI
+        raise PixcadeError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Limits()
+    p = _Parser(prog="pixcade serve", description="Serve a web page and HTTP API for generation.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="DIR", help="saved cascade directory (default: the shipped shapes model)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
+                   help=f"jobs that may wait; more are refused with 503 (default {d.max_queue})")
+    p.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars, metavar="N",
+                   help=f"longest prompt accepted (default {d.max_prompt_chars})")
+    p.add_argument("--max-images", type=int, default=d.max_images, metavar="N",
+                   help=f"most images per job (default {d.max_images})")
+    p.add_argument("--max-steps", type=int, default=d.max_steps, metavar="N",
+                   help=f"most sampling steps per stage (default {d.max_steps})")
+    p.add_argument("--stages", metavar="A,B",
+                   help="the stages requests may run, e.g. `base` to never run the SR stages "
+                        "(default: all)")
+    p.add_argument("--keep-jobs", type=int, default=64, metavar="N",
+                   help="finished jobs kept for viewing/download, least recently used dropped first "
+                        "(default 64)")
+    p.add_argument("--job-ttl", type=float, default=3600.0, metavar="SECONDS",
+                   help="finished jobs are dropped after this long (default 3600)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    return p
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.pipeline.cli import default_model_dir, pick_device
+    from pixcade.serve.model import CascadeModel
+
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
+    limits = Limits(
+        max_prompt_chars=args.max_prompt_chars, max_images=args.max_images, max_steps=args.max_steps,
+        stages=stages, max_queue=args.max_queue,
+    )
+    if args.keep_jobs < 1 or not args.job_ttl > 0:
+        raise PixcadeError("--keep-jobs must be at least 1 and --job-ttl positive")
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
+    cascade.encoder  # load the text encoder now: a mismatch fails here, not on the first request
+    manager = JobManager(CascadeModel(cascade), max_queue=limits.max_queue, keep=args.keep_jobs, ttl=args.job_ttl)
+    server = make_server(manager, limits, args.host, args.port)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if not _is_loopback(args.host):
+        print(f"pixcade serve: warning: listening on {args.host}, reachable from other machines; "
+              "there is no authentication", file=sys.stderr)
+    manager.start()
+    print(f"pixcade serve: {model_dir} (stages {', '.join(cascade.names)}) at {server.url}/", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("pixcade serve: stopping", file=sys.stderr)
+    finally:
+        manager.stop(timeout=0)  # don't wait for a running job: the process is ending
+        server.server_close()
+    return 0

@@ -1,0 +1,198 @@
+"""What a client may ask the server for, and the server's limits on it.
+
+A generation request arrives as JSON. It is checked here, completely, before it is queued:
+a request the server would refuse never takes a queue slot or a job id. Each refusal is a
+`RequestError` carrying the HTTP status, a one-line message and, for a configured limit,
+the limit's name and value, so a client can show exactly what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from pixcade.errors import PixcadeError
+
+FIELDS = ("prompt", "n", "seed", "guidance", "steps", "stages")
+MAX_SEED = 2**63 - 1
+
+
+class RequestError(PixcadeError):
+    """A refused request: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str, limit: str | None = None, value: Any = None):
+        super().__init__(message)
+        self.status = status
+        self.limit = limit
+        self.value = value
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": str(self)}
+        if self.limit is not None:
+            body["limit"] = self.limit
+            body["max"] = self.value
+        return body
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's configured limits. ``stages`` = the stages a request may run (None: all)."""
+
+    max_prompt_chars: int = 500
+    max_images: int = 4
+    max_steps: int = 100
+    stages: tuple[str, ...] | None = None
+    max_queue: int = 8
+    max_body_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_chars", "max_images", "max_steps", "max_queue", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise PixcadeError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.stages is not None and not self.stages:
+            raise PixcadeError("the allowed stages must not be empty")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "max_prompt_chars": self.max_prompt_chars, "max_images": self.max_images,
+            "max_steps": self.max_steps, "stages": list(self.stages) if self.stages else None,
+            "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A checked request. ``guidance``/``steps``: None (stage defaults), one value, or per stage."""
+
+    prompt: str
+    n: int = 1
+    seed: int = 0
+    guidance: float | dict[str, float] | None = None
+    steps: int | dict[str, int] | None = None
+    stages: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt, "n": self.n, "seed": self.seed, "guidance": self.guidance,
+            "steps": self.steps, "stages": list(self.stages),
+        }
+
+
+def _bad(message: str) -> RequestError:
+    return RequestError(400, message)
+
+
+def _over(message: str, limit: str, value: Any) -> RequestError:
+    return RequestError(422, message, limit, value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _per_stage(value: Any, name: str, stages: Sequence[str], check: Any) -> Any:
+    """One value for every stage run, or ``{stage: value}`` naming only stages that run."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        stray = [k for k in value if k not in stages]
+        if stray:
+            raise RequestError(
+                422, f"{name} names stage(s) {', '.join(map(repr, stray))} that this request does "
+                f"not run (stages: {', '.join(stages)})",
+            )
+        return {k: check(v) for k, v in value.items()}
+    return check(value)
+
+
+def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> GenerationRequest:
+    """Check a decoded JSON body against the limits; raise RequestError on the first problem."""
+    if not isinstance(payload, dict):
+        raise _bad(f"the request body must be a JSON object, got {type(payload).__name__}")
+    unknown = sorted(set(payload) - set(FIELDS))
+    if unknown:
+        raise _bad(f"unknown field(s): {', '.join(unknown)} (fields: {', '.join(FIELDS)})")
+
+    prompt = payload.get("prompt")
+    if not isinstance(prompt, str):
+        raise _bad("prompt must be a string")
+    if not prompt.strip():
+        raise RequestError(422, "prompt is empty")
+    if len(prompt) > limits.max_prompt_chars:
+        raise _over(
+            f"prompt is {len(prompt)} characters; this server's limit (max_prompt_chars) is "
+            f"{limits.max_prompt_chars}", "max_prompt_chars", limits.max_prompt_chars,
+        )
+
+    n = payload.get("n", 1)
+    if not _is_int(n):
+        raise _bad("n (images) must be an integer")
+    if n < 1:
+        raise RequestError(422, f"n (images) must be at least 1, got {n}")
+    if n > limits.max_images:
+        raise _over(
+            f"{n} images asked for; this server's limit (max_images) is {limits.max_images} per job",
+            "max_images", limits.max_images,
+        )
+
+    seed = payload.get("seed", 0)
+    if not _is_int(seed):
+        raise _bad("seed must be an integer")
+    if not 0 <= seed <= MAX_SEED:
+        raise RequestError(422, f"seed must be in [0, 2**63 - 1], got {seed}")
+
+    allowed = list(limits.stages) if limits.stages else list(model_stages)
+    stages = payload.get("stages")
+    if stages is None:
+        stages = allowed
+    elif not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        raise _bad("stages must be a list of stage names")
+    elif not stages:
+        raise RequestError(422, "stages is empty")
+    refused = [s for s in stages if s not in allowed]
+    if refused:
+        raise _over(
+            f"stage(s) {', '.join(map(repr, refused))} not allowed on this server "
+            f"(allowed stages: {', '.join(allowed)})", "stages", allowed,
+        )
+
+    def check_guidance(v: Any) -> float:
+        if not _is_number(v):
+            raise _bad("guidance must be a finite number (or {stage: number})")
+        if v < 0:
+            raise RequestError(422, f"guidance must be >= 0, got {v}")
+        return float(v)
+
+    def check_steps(v: Any) -> int:
+        if not _is_int(v):
+            raise _bad("steps must be an integer (or {stage: integer})")
+        if v < 1:
+            raise RequestError(422, f"steps must be at least 1, got {v}")
+        if v > limits.max_steps:
+            raise _over(
+                f"{v} steps asked for; this server's limit (max_steps) is {limits.max_steps}",
+                "max_steps", limits.max_steps,
+            )
+        return v
+
+    return GenerationRequest(
+        prompt=prompt, n=n, seed=seed,
+        guidance=_per_stage(payload.get("guidance"), "guidance", stages, check_guidance),
+        steps=_per_stage(payload.get("steps"), "steps", stages, check_steps),
+        stages=tuple(stages),
+    )
+
+
+def check_resolved_steps(steps_by_stage: Mapping[str, int], limits: Limits) -> None:
+    """A stage's saved default may exceed the server's step limit: refuse rather than run it."""
+    for stage, steps in steps_by_stage.items():
+        if steps > limits.max_steps:
+            raise _over(
+                f"stage {stage!r} defaults to {steps} steps; this server's limit (max_steps) is "
+                f"{limits.max_steps}: ask for fewer steps", "max_steps", limits.max_steps,
+            )

@@ -1,0 +1,169 @@
+// pixcade serve page: submit a job, follow it (Server-Sent Events, polling as fallback),
+// show each stage's progress and images as soon as they exist, link each image as a PNG.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MIN_DISPLAY_PX = 128; // small stage images are scaled up (pixelated) to stay visible
+let current = null; // id of the job shown; events of any other job are ignored
+let stream = null;
+let pollTimer = null;
+
+function showMessage(text, isError) {
+  const el = $("message");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+
+async function loadConfig() {
+  try {
+    const res = await fetch("/api/config");
+    const cfg = await res.json();
+    const lim = cfg.limits;
+    $("prompt").maxLength = lim.max_prompt_chars;
+    $("n").max = lim.max_images;
+    $("steps").max = lim.max_steps;
+    const allowed = cfg.stages.filter((s) => s.allowed);
+    $("model").textContent = "stages: " + allowed.map((s) => `${s.name} (${s.resolution}px, ` +
+      `${s.steps} steps, guidance ${s.guidance})`).join(" \u2192 ") +
+      ` \u00b7 up to ${lim.max_images} images, ${lim.max_steps} steps, ${lim.max_prompt_chars} characters`;
+  } catch (err) {
+    $("model").textContent = "could not read the server's settings: " + err;
+  }
+}
+
+function readForm() {
+  const body = { prompt: $("prompt").value, n: Number($("n").value || 1), seed: Number($("seed").value || 0) };
+  if ($("guidance").value !== "") body.guidance = Number($("guidance").value);
+  if ($("steps").value !== "") body.steps = Number($("steps").value);
+  return body;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const button = $("generate");
+  button.disabled = true;
+  showMessage("submitting\u2026", false);
+  try {
+    const res = await fetch("/api/jobs", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(readForm()),
+    });
+    const data = await res.json();
+    if (!res.ok) {
+      showMessage(data.error || `refused (HTTP ${res.status})`, true);
+      return;
+    }
+    showMessage("", false);
+    follow(data);
+  } catch (err) {
+    showMessage("request failed: " + err, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function stopFollowing() {
+  if (stream) { stream.close(); stream = null; }
+  if (pollTimer) { clearTimeout(pollTimer); pollTimer = null; }
+}
+
+function follow(job) {
+  stopFollowing();
+  current = job.id;
+  $("stages").replaceChildren();
+  $("job").hidden = false;
+  render(job);
+  if (!window.EventSource) { poll(job.id); return; }
+  let ended = false;
+  stream = new EventSource(`/api/jobs/${job.id}/events`);
+  stream.addEventListener("status", (e) => render(JSON.parse(e.data)));
+  stream.addEventListener("end", () => { ended = true; stopFollowing(); });
+  stream.onerror = () => {
+    // The stream broke before the job ended (proxy, network): keep going by polling.
+    if (!ended && current === job.id) { stopFollowing(); poll(job.id); }
+  };
+}
+
+async function poll(id) {
+  if (current !== id) return;
+  try {
+    const res = await fetch(`/api/jobs/${id}`);
+    const data = await res.json();
+    if (!res.ok) { showMessage(data.error, true); return; }
+    render(data);
+    if (data.state === "done" || data.state === "failed") return;
+  } catch (err) {
+    showMessage("lost contact with the server, retrying\u2026", true);
+  }
+  pollTimer = setTimeout(() => poll(id), 500);
+}
+
+function stateText(job) {
+  if (job.state === "queued") return `queued (position ${job.queue_position})`;
+  if (job.state === "failed") return "failed: " + job.error;
+  if (job.state === "running") {
+    const s = job.stages.find((st) => !st.done);
+    return s ? `running: ${s.name}, step ${s.step} of ${s.total}` : "running";
+  }
+  return "done";
+}
+
+function stageBox(job, stage) {
+  let box = document.querySelector(`.stage[data-stage="${CSS.escape(stage.name)}"]`);
+  if (box) return box;
+  box = document.createElement("div");
+  box.className = "stage";
+  box.dataset.stage = stage.name;
+  const title = document.createElement("h2");
+  title.textContent = stage.name;
+  const bar = document.createElement("progress");
+  const steps = document.createElement("span");
+  steps.className = "steps";
+  const images = document.createElement("div");
+  images.className = "images";
+  box.append(title, bar, steps, images);
+  $("stages").append(box);
+  return box;
+}
+
+function addImage(container, job, stage, k, image) {
+  const fig = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = image.url;
+  img.alt = `${job.request.prompt} (${stage.name}, image ${k + 1})`;
+  img.dataset.stage = stage.name;
+  img.dataset.index = String(k);
+  const scale = Math.max(1, Math.ceil(MIN_DISPLAY_PX / image.width));
+  img.width = image.width * scale;
+  img.height = image.height * scale;
+  const link = document.createElement("a");
+  link.href = image.url + "?download=1";
+  link.download = `pixcade-${job.id}-${stage.name}-${k}.png`;
+  link.className = "download";
+  link.textContent = `download PNG (${image.width}\u00d7${image.height})`;
+  fig.append(img, link);
+  container.append(fig);
+}
+
+function render(job) {
+  if (job.id !== current) return;
+  $("job").dataset.state = job.state;
+  $("job-state").textContent = stateText(job);
+  for (const stage of job.stages) {
+    const box = stageBox(job, stage);
+    box.dataset.done = String(stage.done);
+    const bar = box.querySelector("progress");
+    bar.max = stage.total;
+    bar.value = stage.step;
+    box.querySelector(".steps").textContent = stage.done ? "done" : `${stage.step} / ${stage.total} steps`;
+    const images = box.querySelector(".images");
+    for (let k = images.children.length; k < stage.images.length; k++) {
+      addImage(images, job, stage, k, stage.images[k]);
+    }
+  }
+}
+
+$("random-seed").addEventListener("click", () => {
+  $("seed").value = String(Math.floor(Math.random() * 2 ** 31));
+});
+$("form").addEventListener("submit", submit);
+loadConfig();
