@@ -196,3 +196,16 @@ def test_kill_9_during_checkpoint_write_keeps_the_previous_one(shapes, tmp_path)
                      resume=True).run()
     assert result.step == 4 and result.last_checkpoint.name == "step-00000004"
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the debris is cleaned up
+
+
+def test_bf16_adafactor_and_accumulation(shapes, tmp_path):
+    data, cache = shapes
+    cfg = tiny_config(data, cache, "sr", **dict(QUICK, max_steps=3, bf16=True, optimizer="adafactor",
+                                                grad_accum=2, log_sample_keys=True))
+    result = Trainer(cfg, "sr", tmp_path / "run").run()
+    c = ckpt.load_checkpoint(result.last_checkpoint)
+    assert result.skipped_nonfinite == 0 and all(int(s["step"]) == 3 for s in c.optimizer["state"].values())
+    assert all(torch.isfinite(v).all() for v in c.model.values())
+    # Two micro-batches of 4 per optimizer step (global batch 8).
+    batches = (tmp_path / "run/sample_keys/rank-0.jsonl").read_text().splitlines()
+    assert [len(json.loads(b)["keys"]) for b in batches] == [4] * 6
