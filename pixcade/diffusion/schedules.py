@@ -52,7 +52,8 @@ class CosineSchedule(Schedule):
     _hi = math.atan(math.exp(-LOG_SNR_MIN / 2))  # angle at t = 1
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        return -2.0 * torch.log(torch.tan(self._lo + t * (self._hi - self._lo)))
+        log_snr = -2.0 * torch.log(torch.tan(self._lo + t * (self._hi - self._lo)))
+        return log_snr.clamp(LOG_SNR_MIN, LOG_SNR_MAX)  # float32 tan near pi/2 overshoots
 
     def t_from_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         angle = torch.atan(torch.exp(-0.5 * log_snr))
