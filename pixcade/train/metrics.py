@@ -41,13 +41,14 @@ class MetricsLog:
         self._file.flush()
         if self._tb is not None:
             for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):  # None: skipped
                     self._tb.add_scalar(f"train/{k}", v, step)
 
-    def progress(self, step: int, loss: float, images_per_s: float) -> None:
+    def progress(self, step: int, loss: float | None, images_per_s: float) -> None:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
-            self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
+            shown = "skipped" if loss is None else f"{loss:.4f}"
+            self._bar.set_postfix(loss=shown, img_s=f"{images_per_s:.1f}", refresh=False)
 
     def message(self, text: str) -> None:
         if not self.enabled:

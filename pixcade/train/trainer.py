@@ -180,8 +180,8 @@ class Trainer:
             if batch["key"]:
                 return batch
 
-    def _train_step(self) -> tuple[float | None, float, int]:
-        """(mean loss or None when skipped, grad norm, images) for one optimizer step."""
+    def _train_step(self) -> tuple[float | None, float | None, int]:
+        """(mean loss, grad norm, images) for one optimizer step; None, None when skipped."""
         t, dev = self.tcfg, self.info.device
         losses, images = [], 0
         for i in range(t.grad_accum):
@@ -212,7 +212,7 @@ class Trainer:
         bad = dist.any_true(self.info, not (torch.isfinite(loss) and torch.isfinite(grad_norm)))
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
-            return None, float("nan"), images
+            return None, None, images
         lr = setup.lr_at(t, self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -314,7 +314,8 @@ class Trainer:
                     window_n += 1
                 if self.step % t.log_every == 0 or self.step == max_steps:
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    mean_loss = dist.mean(info, window_loss / window_n if window_n else float("nan"))
+                    # Ranks skip steps together, so window_n agrees and None means "all skipped".
+                    mean_loss = dist.mean(info, window_loss / window_n) if window_n else None
                     ips = window_images * info.world_size / elapsed
                     self.log.log(self.step, {
                         "loss": mean_loss, "lr": setup.lr_at(t, self.step), "grad_norm": grad_norm,
