@@ -217,3 +217,19 @@ def test_report_cli_writes_json_and_markdown(live, capsys):
     assert printed["n_votes"] == 1
     assert printed["pairs"][0]["questions"]["fidelity"]["overall"]["preference"] == 0.5
     assert "# DrawBench" in (live.session.root / "report.md").read_text()
+
+
+def test_generate_with_real_tiny_cascades(tmp_path, capsys):
+    from tiny_cascade import save_tiny_cascade
+
+    a, b = save_tiny_cascade(tmp_path / "a", seed=0), save_tiny_cascade(tmp_path / "b", seed=1)
+    csv = tmp_path / "p.csv"
+    csv.write_text("Prompt,Category\nA red colored car.,Colors\nThree cats.,Counting\n")
+    out = tmp_path / "gen"
+    assert drawbench.main(["generate", "--prompts", str(csv), "--model", str(a), "--model", str(b),
+                           "--n", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    images = {i: [Image.open(out / f"model-{i}" / f"0001_{k}.png").convert("RGB") for k in range(2)] for i in (0, 1)}
+    assert all(im.size == (32, 32) for ims in images.values() for im in ims)
+    # Different models (different weights) draw different images for the same prompt and seed.
+    assert images[0][0].tobytes() != images[1][0].tobytes()

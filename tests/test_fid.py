@@ -175,6 +175,10 @@ def test_inception_rejects_wrong_files(tmp_path, random_inception):
         load_inception(tmp_path / "shape.safetensors")
     with pytest.raises(PixcadeError, match="not found"):
         load_inception(tmp_path / "nope.safetensors")
+    for name in ("garbage.safetensors", "garbage.pth"):
+        (tmp_path / name).write_bytes(b"not a weights file at all")
+        with pytest.raises(PixcadeError, match="cannot read"):
+            load_inception(tmp_path / name)
 
 
 # ---- the CLI on image folders --------------------------------------------------------------
@@ -227,3 +231,37 @@ def test_cli_without_features_is_an_error(tmp_path):
     _write_set(tmp_path / "a", 2, 120, 0)
     with pytest.raises(PixcadeError, match="inception-weights"):
         eval_main(["fid", "--real", str(tmp_path / "a"), "--fake", str(tmp_path / "a")])
+
+
+# ---- pixcade's own shapes-domain features --------------------------------------------------
+
+def test_shapes_features_train_save_load_and_fid(tmp_path, capsys):
+    from pixcade.data.shapes import render, sample_scenes
+    from pixcade.eval.shapes_features import load_shapes_features
+
+    weights = tmp_path / "shapes.safetensors"
+    assert eval_main(["train-shapes-features", "--out", str(weights), "--steps", "6", "--resolution", "16",
+                      "--batch-size", "8"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["steps"] == 6 and np.isfinite(trained["last_loss"])
+    net = load_shapes_features(weights)
+    probe = torch.rand(3, 3, 40, 40) * 2 - 1
+    with torch.no_grad():
+        assert net(probe).shape == (3, net.config.feature_dim)
+        torch.testing.assert_close(load_shapes_features(weights)(probe), net(probe))
+
+    for name, seed in (("real", 0), ("same", 1)):
+        (tmp_path / name).mkdir()
+        for i, scene in enumerate(sample_scenes(24, seed=seed)):
+            render(scene, 32).save(tmp_path / name / f"{i}.png")
+    _write_set(tmp_path / "noise", 24, 120, 0)
+    fid = {}
+    for name in ("same", "noise"):
+        assert eval_main(["fid", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / name),
+                          "--features", f"shapes:{weights}"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["comparable_to_published"] is False and res["features"].startswith("shapes-cnn")
+        fid[name] = res["fid"]
+    assert fid["noise"] > 3 * fid["same"]
+    with pytest.raises(PixcadeError, match="not a pixcade shapes"):
+        load_shapes_features(tmp_path / "real" / "0.png")

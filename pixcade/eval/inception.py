@@ -241,7 +241,10 @@ def load_inception(path: str | Path, device: str = "cpu") -> FIDInceptionV3:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type
+            raise PixcadeError(f"cannot read Inception weights {path}: {err}") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
