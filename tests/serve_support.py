@@ -75,7 +75,7 @@ def running_server(model: Any, limits: Limits | None = None, keep: int = 64, sta
     limits = limits or Limits()
     manager = JobManager(model, max_queue=limits.max_queue, keep=keep)
     server = make_server(manager, limits, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     if start_worker:
         manager.start()

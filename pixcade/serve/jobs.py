@@ -190,7 +190,7 @@ class JobManager:
         now = self.clock()
         finished = [j for j in self._jobs.values() if j.state in TERMINAL]
         for j in finished:
-            if now - (j.finished or now) > self.ttl:
+            if j.finished is not None and now - j.finished > self.ttl:
                 del self._jobs[j.id]
         finished = [j for j in self._jobs.values() if j.state in TERMINAL]
         for j in finished[: max(0, len(finished) - self.keep)]:
