@@ -35,15 +35,6 @@ CASES = [("dpm++", 20, 0.01, 0.05), ("ddim", 50, 0.01, 0.10), ("ddpm", 250, 0.04
 MIXTURE_MEAN_TOL = 0.035
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tensors are tiny; on a shared machine thread start-up costs more than the work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _noise(n: int, seed: int, whitened: bool) -> torch.Tensor:
     if whitened:
         return whitened_noise(n, 2, seed)

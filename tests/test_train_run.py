@@ -35,17 +35,6 @@ def shapes(tmp_path_factory):
     return data, root / "cache"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's few cores are shared: more threads only make tiny ops slower.
-    # (Module scope: it must be in force before the module's shared runs. Bit-exact
-    # comparisons also need one thread count, since it changes CPU reduction order.)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
