@@ -265,3 +265,22 @@ def test_shapes_features_train_save_load_and_fid(tmp_path, capsys):
     assert fid["noise"] > 3 * fid["same"]
     with pytest.raises(PixcadeError, match="not a pixcade shapes"):
         load_shapes_features(tmp_path / "real" / "0.png")
+
+
+def test_features_from_webdataset_shards_equal_the_folder(tmp_path):
+    import io
+    import tarfile
+
+    from pixcade.eval.fid import extract_features
+
+    _write_set(tmp_path / "imgs", 5, 120, 7)
+    with tarfile.open(tmp_path / "shard-000.tar", "w") as tar:
+        for png in sorted((tmp_path / "imgs").glob("*.png")):
+            for name, data in ((png.name, png.read_bytes()), (png.stem + ".txt", b"a caption")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    extractor = pixel_stats_features()
+    from_folder = extract_features(tmp_path / "imgs", extractor, batch_size=2)
+    from_shards = extract_features(tmp_path / "shard-000.tar", extractor, batch_size=2)
+    np.testing.assert_allclose(from_shards, from_folder)
