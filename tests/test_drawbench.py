@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import urllib.error
@@ -79,7 +80,6 @@ def test_comparisons_are_anonymous_and_both_orders_occur(live):
         # Which model's images were served as A: tell them by their colour.
         status, png = _get(live.url + c["images"]["A"][0].lstrip("/"))
         assert status == 200
-        import io
         red, green, _ = Image.open(io.BytesIO(png)).convert("RGB").getpixel((0, 0))
         seen_orders.add("model-0 first" if red > green else "model-1 first")
     assert seen_orders == {"model-0 first", "model-1 first"}
