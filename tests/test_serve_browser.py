@@ -54,9 +54,9 @@ def test_prompt_stage_images_appear_in_order_and_download(browser: DevTools, tmp
         browser.type_text("#prompt", "a red circle above a blue square")
         _set(browser, "n", "9")
         browser.click("#generate")
-        message = browser.wait_for("document.getElementById('message').textContent", "the refusal")
+        browser.wait_for("document.getElementById('message').className === 'error'", "the refusal")
+        message = browser.js("document.getElementById('message').textContent")
         assert "max_images" in message and "3" in message
-        assert browser.js("document.getElementById('message').className") == "error"
         assert server.manager.stats()["stored"] == 0 and not model.calls
 
         _set(browser, "n", "2")
