@@ -316,3 +316,16 @@ def test_cli_serves_a_saved_cascade_until_interrupted(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+
+
+def test_a_body_without_length_is_refused() -> None:
+    import socket
+
+    model = FakeModel()
+    with running_server(model) as server:
+        with socket.create_connection(server.server_address[:2], timeout=30) as sock:
+            sock.sendall(b"POST /api/jobs HTTP/1.0\r\nContent-Type: application/json\r\n\r\n")
+            reply = b"".join(iter(lambda: sock.recv(65536), b""))
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 411") and "Content-Length" in json.loads(body)["error"]
+        assert server.manager.stats()["stored"] == 0 and not model.calls

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable
@@ -62,6 +61,7 @@ def _static(name: str) -> bytes:
 class Handler(BaseHTTPRequestHandler):
     server: "PixcadeServer"
     server_version = "pixcade-serve"
+    timeout = 30  # seconds a socket read/write may stall: a dead client can't pin a thread
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -98,7 +98,8 @@ class Handler(BaseHTTPRequestHandler):
             handler: Callable[..., None] = getattr(self, "route_" + methods[method])
             try:
                 return handler(query=parse_qs(url.query), **m.groupdict())
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True
                 return None
         self._error(404, f"no such path: {url.path}")
 
