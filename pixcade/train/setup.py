@@ -17,7 +17,7 @@ from pixcade.data.transforms import stage_transform
 from pixcade.errors import PixcadeError
 from pixcade.stage import StageConfig
 from pixcade.text.cache import EmbeddingCache
-from pixcade.text.encoders import directory_fingerprint, load_text_encoder, minilm_directory, pad_embeddings
+from pixcade.text.encoders import encoder_name, load_text_encoder, pad_embeddings
 from pixcade.train.config import CascadeTrainConfig, TrainConfig
 
 
@@ -35,21 +35,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     if cfg.warmup_steps <= 0:
         return cfg.lr
     return cfg.lr * min(1.0, step / cfg.warmup_steps)
-
-
-def encoder_name(name_or_path: str) -> str:
-    """The id the embedding cache keys an encoder by, without loading the encoder.
-
-    Mirrors `load_text_encoder`'s naming: the bundled MiniLM is "minilm", a local
-    directory its content fingerprint, a hub id itself.
-    """
-    if name_or_path.lower() in ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
-        return "minilm"
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        path = path.resolve()
-        return "minilm" if path == minilm_directory() else directory_fingerprint(path)
-    return name_or_path
 
 
 def open_cache(cfg: CascadeTrainConfig) -> EmbeddingCache:
