@@ -2,110 +2,17 @@
 
 A rater loads the page, sees the prompt and both anonymised image sets, clicks one answer
 per question and submits; the vote must land in SQLite and be counted by the report.
-Needs Debian's `chromium` package; skipped (with the reason) only when it is missing.
+The browser comes from tests/browser.py.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import shutil
-import subprocess
-import time
-import urllib.request
 
-import pytest
+from browser import browser  # noqa: F401 (fixture)
 from drawbench_fixtures import MODELS, LiveServer, make_run
 
 from pixcade.eval import drawbench
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); rating page untested"
-)
-TIMEOUT = 60.0
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools protocol: commands and JS evaluation."""
-
-    def __init__(self, ws_url: str) -> None:
-        import websocket  # websocket-client, from the `test` extra
-
-        self.ws = websocket.create_connection(ws_url, timeout=TIMEOUT, suppress_origin=True)
-        self.ids = itertools.count(1)
-
-    def send(self, method: str, **params) -> dict:
-        msg_id = next(self.ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
-        while True:  # skip events until our reply
-            reply = json.loads(self.ws.recv())
-            if reply.get("id") == msg_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    def js(self, expression: str):
-        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, what: str):
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            value = self.js(expression)
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
-
-    def click(self, selector: str) -> None:
-        """A real mouse click at the element's centre (fails if it is hidden or covered)."""
-        box = self.js(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
-            " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
-        )
-        for kind in ("mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    profile = tmp_path / "profile"
-    proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-         "--window-size=1200,900", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + TIMEOUT
-        while not port_file.is_file() or not port_file.read_text().strip():
-            if proc.poll() is not None:
-                raise AssertionError(f"chromium exited: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list") as r:
-            page = next(t for t in json.loads(r.read()) if t["type"] == "page")
-        tools = DevTools(page["webSocketDebuggerUrl"])
-        yield tools
-        tools.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_rater_votes_in_a_real_browser(tmp_path, browser):

@@ -15,16 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import CHROMIUM, DevTools, browser, wait_for_download  # noqa: F401 (fixture)
+from browser import DevTools, browser, wait_for_download  # noqa: F401 (fixture)
 from PIL import Image
 from serve_support import FakeModel, fake_color, running_server
 
 from pixcade.serve.requests import Limits
-
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); page untested"
-)
-
 
 def _open_page(browser: DevTools, url: str) -> None:
     browser.send("Page.enable")
