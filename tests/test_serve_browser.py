@@ -14,7 +14,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 from browser import DevTools, browser, wait_for_download  # noqa: F401 (fixture)
 from PIL import Image
 from serve_support import FakeModel, fake_color, running_server
