@@ -1,0 +1,51 @@
+"""The benchmark harness runs end to end at a micro size (pixcade only, no peers, no timings asserted)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def run_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run
+
+        yield run
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_micro_run_produces_every_pixcade_number(run_module, tmp_path, capsys):
+    out = tmp_path / "micro.json"
+    tasks = "train-base,train-sr,sample-base,sample-sr,ddpm-step"
+    code = run_module.main(["--suite", "micro", "--device", "cpu", "--impls", "pixcade", "--in-process",
+                            "--repeats", "1", "--steps", "1", "--tasks", tasks, "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())["results"]["pixcade"]
+    assert not [t for t, r in res.items() if "error" in r]
+    for task in ("train-base", "train-sr"):
+        assert res[task]["images_per_s"] > 0
+        assert res[task]["params"] > 0
+    # Sampling is extrapolated from the steps run to the stage's default step count.
+    base = res["sample-base"]
+    assert base["steps_run"] == 1 and base["steps"] == 30
+    assert base["s_per_image"] == pytest.approx(base["s_per_image_run"] * 30)
+    assert res["cascade"]["s_per_image"] == pytest.approx(base["s_per_image"] + res["sample-sr"]["s_per_image"])
+    table = capsys.readouterr().out
+    assert "| base training, images/s" in table and "DPM-Solver++ at 30 steps" in table
+
+
+def test_matched_specs_translate_to_valid_pixcade_configs(run_module):
+    import impl_pixcade
+    from specs import SUITES
+
+    for suite in SUITES.values():
+        for spec in (suite.base, suite.sr):
+            cfg = impl_pixcade.unet_config(spec, suite.text_dim)
+            assert cfg.level_channels == spec.level_channels
+            assert cfg.lowres_cond == spec.is_sr
