@@ -318,3 +318,45 @@ def test_set_epoch_reshuffles_deterministically(tmp_path):
         assert sorted(order(source, 1)) == sorted(order(source, 2))
     plain = [s["key"] for s in open_dataset(tmp_path / "f")]
     assert plain == sorted(plain)
+
+
+# -- listing captions ---------------------------------------------------------------------
+
+
+def test_captions_lists_every_rank_s_captions_as_samples_carry_them_without_decoding(tmp_path):
+    make_folder(tmp_path / "f", 5, corrupt=(3,))
+    make_shards(tmp_path / "s", 3, 2, corrupt=("000010001",))
+    (tmp_path / "f" / "00000001.txt").write_text("  padded\r\n", encoding="utf-8")
+    lines = [json.dumps({"image": "f/00000000.png", "caption": " é "}), json.dumps({"image": "nope.png", "caption": "x"})]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines))
+    for source in (tmp_path / "f", tmp_path / "m.jsonl", tmp_path / "s"):
+        whole = open_dataset(source)
+        # Samples of the readable images carry exactly these captions, in the same order.
+        carried = [s["caption"] for s in whole if not isinstance(s, Skipped)]
+        listed = list(whole.captions())
+        # A corrupt or missing image is never decoded, so its caption is listed too.
+        assert len(listed) == len(carried) + 1
+        assert [c for c in listed if c in carried] == carried
+        # All ranks' captions, whichever rank's dataset lists them.
+        assert list(open_dataset(source, rank=1, world_size=2).captions()) == listed
+    assert open_dataset(tmp_path / "f").captions()[:2] == ["caption 0", "padded"]
+    assert open_dataset(tmp_path / "m.jsonl").captions() == ["é", "x"]
+    (tmp_path / "f" / "00000002.txt").write_bytes(b"\xff\xfe caption")
+    with pytest.raises(PixcadeError, match=r"cannot read caption .*00000002\.txt"):
+        open_dataset(tmp_path / "f").captions()
+
+
+def test_shard_captions_follow_the_sample_rules(tmp_path):
+    make_shards(tmp_path, 2, 2)
+    whole = (tmp_path / "00001.tar").read_bytes()
+    (tmp_path / "00001.tar").write_bytes(whole[: len(whole) // 2 + 100])  # truncated: loses its tail only
+    with tarfile.open(tmp_path / "00002.tar", "w") as tar:
+        for name, data in (("noimage.txt", b"lonely"), ("k.png", encode(0, "png")), ("k.txt", b"\xff")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds = open_dataset(tmp_path / "{00000..00001}.tar")
+    assert list(ds.captions()) == [s["caption"] for s in ds if not isinstance(s, Skipped)]
+    assert list(ds.captions())[:2] == ["shard 0 sample 0", "shard 0 sample 1"]
+    with pytest.raises(PixcadeError, match=r"caption of sample 'k' in shard .*00002\.tar is not UTF-8"):
+        list(open_dataset(tmp_path / "00002.tar").captions())

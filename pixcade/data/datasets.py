@@ -84,6 +84,12 @@ class CaptionedImages(Dataset):
     def __len__(self) -> int:
         return len(self._order)
 
+    def captions(self) -> list[str]:
+        """Every caption of the source (all ranks' shares, in listing order), read as
+        `__getitem__` reads them but without decoding any image: what to embed ahead."""
+        return [caption if caption is not None else _read_caption(caption_path)
+                for _key, _image, caption, caption_path in self.entries]
+
     def __getitem__(self, index: int) -> Any:
         key, image_path, caption, caption_path = self.entries[self._order[index]]
         if caption is None:

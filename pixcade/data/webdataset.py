@@ -116,17 +116,21 @@ def iter_tar_groups(shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
             yield key, fields
 
 
+def _caption(shard: str, key: str, fields: dict[str, Any]) -> str:
+    if "txt" not in fields:
+        raise PixcadeError(f"missing caption: sample {key!r} in shard {shard} has no .txt member")
+    try:
+        return fields["txt"].decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise PixcadeError(f"caption of sample {key!r} in shard {shard} is not UTF-8: {err}") from None
+
+
 def _decode_group(shard: str, key: str, fields: dict[str, Any]) -> dict[str, Any] | Skipped:
     name = f"{shard}:{key}"
     image_ext = next((e for e in IMAGE_EXTENSIONS if e in fields), None)
     if image_ext is None:
         return skip(name, f"no image field (found: {', '.join(sorted(fields)) or 'nothing'})")
-    if "txt" not in fields:
-        raise PixcadeError(f"missing caption: sample {key!r} in shard {shard} has no .txt member")
-    try:
-        caption = fields["txt"].decode("utf-8").strip()
-    except UnicodeDecodeError as err:
-        raise PixcadeError(f"caption of sample {key!r} in shard {shard} is not UTF-8: {err}") from None
+    caption = _caption(shard, key, fields)
     image = decode_image(fields[image_ext], name)
     if isinstance(image, Skipped):
         return image
@@ -163,6 +167,21 @@ class ShardDataset(IterableDataset):
         self.epoch = epoch
         if hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
+
+    def captions(self) -> Iterator[str]:
+        """Every caption of every shard (all ranks' shares, in shard order), read as the
+        samples' captions are but without decoding any image: what to embed ahead.
+
+        Like iteration, a sample without an image field is passed over and a corrupt or
+        truncated shard loses only its remaining samples.
+        """
+        for shard in self.shards:
+            try:
+                for key, fields in iter_tar_groups(shard):
+                    if any(e in fields for e in IMAGE_EXTENSIONS):
+                        yield _caption(shard, key, fields)
+            except (tarfile.TarError, OSError, EOFError):
+                continue
 
     def assignment(self, worker: int, num_workers: int) -> tuple[list[str], int, int]:
         """(shards this reader streams, n, j): it keeps the samples whose index % n == j."""

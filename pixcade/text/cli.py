@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Iterator
 
 from pixcade.errors import PixcadeError
 from pixcade.text.cache import DEFAULT_SHARD_BYTES, EmbeddingCache
@@ -18,28 +16,6 @@ def read_caption_file(path: str) -> list[str]:
             return [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise PixcadeError(f"cannot read captions file {path}: {err}") from None
-
-
-def dataset_captions(source: str) -> Iterator[str]:
-    """Every caption of a dataset that `pixcade.data.datasets.open_dataset` can open."""
-    from pixcade.data import datasets
-
-    dataset = datasets.open_dataset(source)
-    entries = getattr(dataset, "entries", None)
-    if entries is not None:
-        # Folder/manifest: read captions without decoding any image, stripped as the
-        # dataset strips them, so cache keys match the captions training looks up.
-        for _key, _image, text, caption_path in entries:
-            if text is None:
-                try:
-                    text = Path(caption_path).read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError) as err:
-                    raise PixcadeError(f"cannot read caption {caption_path}: {err}") from None
-            yield text
-        return
-    for sample in dataset:
-        if isinstance(sample, dict):  # not a Skipped (unreadable image) marker
-            yield sample["caption"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +48,14 @@ def main(argv: list[str]) -> int:
         raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.shard_mb <= 0:
         raise PixcadeError(f"--shard-mb must be positive, got {args.shard_mb}")
-    captions = read_caption_file(args.captions) if args.captions else list(dataset_captions(args.data))
+    if args.captions:
+        captions = read_caption_file(args.captions)
+    else:
+        from pixcade.data.datasets import open_dataset
+
+        # The dataset's own caption reading (UTF-8, stripped), so cache keys match the
+        # captions training looks up.
+        captions = list(open_dataset(args.data).captions())
     if not captions:
         raise PixcadeError(f"no captions in {args.captions or args.data}")
     encoder = load_text_encoder(args.encoder, max_length=args.max_length, device=args.device, dtype=args.dtype)

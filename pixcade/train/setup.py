@@ -44,17 +44,7 @@ def open_cache(cfg: CascadeTrainConfig) -> EmbeddingCache:
 def dataset_captions(dataset: Any) -> list[str] | None:
     """Every caption of a folder/manifest dataset (cheap: no image is decoded); None for
     a stream of shards, which can only be listed by reading it."""
-    if not isinstance(dataset, CaptionedImages):
-        return None
-    captions = []
-    for _key, _image, caption, caption_path in dataset.entries:
-        if caption is None:
-            try:
-                caption = Path(caption_path).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as err:
-                raise PixcadeError(f"cannot read caption {caption_path}: {err}") from None
-        captions.append(caption)
-    return captions
+    return dataset.captions() if isinstance(dataset, CaptionedImages) else None
 
 
 def ensure_cached(cfg: CascadeTrainConfig, cache: EmbeddingCache, captions: list[str] | None) -> int:
