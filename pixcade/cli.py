@@ -15,7 +15,8 @@ from pixcade.errors import PixcadeError
 # name -> (module exposing main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("pixcade.pipeline.cli", "generate images from prompts with a cascade"),
-    "train": ("pixcade.train.cli", "train one stage of a cascade"),
+    "train": ("pixcade.train.cli", "train one stage of a cascade (`pixcade train export`: a checkpoint)"),
+    "assemble": ("pixcade.pipeline.assemble_cli", "combine trained stage exports into a cascade directory"),
     "embed": ("pixcade.text.cli", "precompute text embeddings for a dataset's captions"),
     "data": ("pixcade.data.cli", "make datasets (e.g. `pixcade data shapes`)"),
     "eval": ("pixcade.eval.cli", "evaluate: fid, kid, clip-score, shapes"),

@@ -12,6 +12,8 @@ The same command runs under `torchrun --nproc_per_node N pixcade train ...` (one
 per GPU; gloo on CPU). Ctrl-C or SIGTERM writes a checkpoint; continue with --resume.
 Captions of a folder or manifest dataset that are missing from the embedding cache are
 embedded once before training starts; for tar shards run `pixcade embed` first.
+`pixcade train export --run RUN_DIR [--checkpoint step-N]` writes a checkpoint's EMA
+weights as a stage export (like RUN_DIR/final/), e.g. to evaluate a run still training.
 """
 
 
@@ -34,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["export"]:  # `pixcade train export`: a checkpoint as a stage export
+        from pixcade.train.export import main as export_main
+
+        return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     config = load_config(args.config)
     entry = config.stage(args.stage)

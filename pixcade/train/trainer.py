@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 
 from pixcade.data.samples import SkipStats
@@ -32,6 +30,7 @@ from pixcade.train import setup
 from pixcade.train.config import CascadeTrainConfig
 from pixcade.train.data import BatchStream, DataPosition
 from pixcade.train.ema import EMA
+from pixcade.train.export import write_stage_export
 from pixcade.train.metrics import MetricsLog
 from pixcade.train.preview import Previewer
 from pixcade.train.rng import capture_rng, restore_rng
@@ -156,20 +155,8 @@ class Trainer:
 
     def export_final(self) -> Path:
         """RUN_DIR/final/: stage.json + ema.safetensors, what `Cascade` loads."""
-        final = self.run_dir / "final"
-        tmp = self.run_dir / f".final-{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        meta = {"stage": self.stage_config.to_dict(), "text_encoder": self.config.text_encoder,
-                "max_length": self.config.max_length}
-        (tmp / "stage.json").write_text(json.dumps(meta, indent=1))
-        save_file({k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-        old = self.run_dir / f".final-old-{os.getpid()}"
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return write_stage_export(self.run_dir / "final", self.stage_config.to_dict(), self.config.text_encoder,
+                                  self.config.max_length, self.ema.state_dict(), self.step)
 
     # -- one optimizer step --------------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""`pixcade assemble`: the trainer's per-stage exports -> one saved cascade directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pixcade.pipeline import saving
+
+SOURCES = "sources.json"  # beside cascade.json; Cascade ignores it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pixcade assemble",
+        description="Combine stage exports (RUN_DIR/final/, or a `pixcade train export` directory), "
+                    "given base first, into a cascade directory that `pixcade generate --model` loads.",
+    )
+    p.add_argument("stages", nargs="+", metavar="STAGE_DIR",
+                   help="run directories (their final/) or export directories, in cascade order")
+    p.add_argument("--out", required=True, metavar="DIR", help="cascade directory to write")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from pixcade.pipeline.cascade import assemble  # torch only once the arguments are good
+
+    cascade = assemble(args.stages, args.out)
+    out = Path(args.out)
+    sources = []
+    for d in args.stages:
+        export = saving.read_stage_export(d)
+        meta = json.loads(export.weights.with_name(saving.EXPORT_CONFIG).read_text())
+        size = (out / f"{export.config.name}.safetensors").stat().st_size
+        sources.append({"stage": export.config.name, "export": str(export.weights.parent), "step": meta.get("step"),
+                        "weights_bytes": size})
+    # Which training step each stage's weights come from: the model card cites it.
+    saving.write_atomic(out / SOURCES, (json.dumps({"stages": sources}, indent=2) + "\n").encode())
+    print(json.dumps({"out": str(out), "text_encoder": cascade.text_encoder, "stages": sources,
+                      "total_bytes": sum(s["weights_bytes"] for s in sources)}, indent=2))
+    return 0

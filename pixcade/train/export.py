@@ -1,0 +1,113 @@
+"""Stage exports: the EMA weights of a run in the form `Cascade.from_stage_dirs` loads.
+
+The trainer writes ``RUN_DIR/final/`` when a run finishes; `export_checkpoint` writes the
+same thing from any of its checkpoints, so a model can be evaluated while it still trains.
+An export is a directory holding ``stage.json`` = ``{"stage": StageConfig, "text_encoder",
+"max_length", "step"}`` and ``ema.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import save_file
+
+from pixcade.errors import PixcadeError
+from pixcade.train import checkpoint as ckpt
+
+
+def write_stage_export(
+    out: str | Path,
+    stage: Mapping[str, Any],
+    text_encoder: str,
+    max_length: int,
+    ema: Mapping[str, torch.Tensor],
+    step: int,
+) -> Path:
+    """Write ``out/stage.json`` + ``out/ema.safetensors``, replacing ``out`` as a whole.
+
+    Written beside ``out`` first and renamed into place, so a reader (or a crash) never
+    sees a directory with new weights and an old config.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}-{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    meta = {"stage": dict(stage), "text_encoder": text_encoder, "max_length": max_length, "step": step}
+    (tmp / "stage.json").write_text(json.dumps(meta, indent=1))
+    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    old = out.with_name(f".{out.name}-old-{os.getpid()}")
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    try:
+        config = json.loads(path.read_text())["config"]
+        return {"text_encoder": str(config["text_encoder"]), "max_length": int(config["max_length"])}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise PixcadeError(f"{path}: cannot read the run's config ({err})") from None
+
+
+def find_checkpoint(run_dir: str | Path, checkpoint: str | None = None) -> Path:
+    """The run's checkpoint ``step-N`` (or ``N``), or by default its newest."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    have = ckpt.list_checkpoints(ckpt_dir)
+    if checkpoint is None:
+        if not have:
+            raise PixcadeError(f"{run_dir}: no checkpoint in {ckpt_dir}")
+        return have[-1]
+    m = re.fullmatch(r"(?:step-)?(\d+)", checkpoint)
+    path = ckpt_dir / ckpt.checkpoint_name(int(m.group(1))) if m else None
+    if path not in have:
+        names = ", ".join(p.name for p in have) or "none"
+        raise PixcadeError(f"{run_dir}: no checkpoint {checkpoint!r} (have: {names})")
+    return path
+
+
+def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None, out: str | Path | None = None) -> Path:
+    """Export a checkpoint's EMA weights (default: the newest) as a stage export.
+
+    ``out`` defaults to ``RUN_DIR/exports/step-N``; ``final/`` stays the trainer's.
+    A trainer still running may delete old checkpoints meanwhile: reading one that just
+    vanished is a PixcadeError naming it, never a half-read export.
+    """
+    run_dir = Path(run_dir)
+    encoder = _run_config(run_dir)
+    path = find_checkpoint(run_dir, checkpoint)
+    c = ckpt.load_checkpoint(path)
+    if "stage" not in c.state:
+        raise PixcadeError(f"{path}: state.json does not record the stage config")
+    out = Path(out) if out is not None else run_dir / "exports" / path.name
+    return write_stage_export(out, c.state["stage"], encoder["text_encoder"], encoder["max_length"], c.ema, c.step)
+
+
+def main(argv: list[str]) -> int:
+    """`pixcade train export`."""
+    p = argparse.ArgumentParser(
+        prog="pixcade train export",
+        description="write a run's checkpoint (EMA weights) as a stage export, like RUN_DIR/final/, "
+                    "for `pixcade assemble` or Cascade.from_stage_dirs",
+    )
+    p.add_argument("--run", required=True, help="run directory (as given to `pixcade train --out`)")
+    p.add_argument("--checkpoint", help="step-N or N (default: the newest checkpoint)")
+    p.add_argument("--out", help="export directory (default: RUN/exports/step-N)")
+    args = p.parse_args(argv)
+    out = export_checkpoint(args.run, args.checkpoint, args.out)
+    step = json.loads((out / "stage.json").read_text())["step"]
+    print(f"exported step {step} of {args.run} to {out}", file=sys.stderr)
+    print(out)
+    return 0
