@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a text file with one prompt per line (blank lines skipped)")
     p.add_argument("--n", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--out", default="out", metavar="DIR", help="output directory (default: ./out)")
     p.add_argument("--model", metavar="DIR",
                    help="saved cascade directory (default: the shipped shapes model)")
     p.add_argument("--stages", metavar="A,B", help="consecutive stages to run (default: all)")
