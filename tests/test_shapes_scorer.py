@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -148,6 +149,17 @@ def test_blank_unknown_colour_and_unknown_shape_fail():
     square = blank.copy()
     square[40:80, 40:80] = (220, 40, 40)
     assert E.judge(square, sc).passed  # ... while a plain square passes
+
+
+def test_noise_fails_without_numpy_warnings():
+    # Uniform noise, like an untrained model's output: speckled regions of every colour,
+    # some (seed 4) all anti-aliasing rim with no core to read a colour from.
+    for seed in range(6):
+        noise = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            verdict = E.judge(noise, "a red circle")
+        assert not verdict.passed
 
 
 def test_regions_below_a_third_of_the_smallest_triangle_are_ignored():

@@ -173,9 +173,13 @@ def detect(image: Image.Image | np.ndarray) -> list[Detected]:
             area = int(mask.sum())
             if area < smallest:
                 continue
-            core = arr[sl][ndimage.binary_erosion(mask) if mask.sum() > 9 else mask]
-            typical = np.median(core, axis=0)
-            colour = name if np.linalg.norm(typical - _PALETTE[ci]) <= COLOUR_TOLERANCE else "unknown"
+            # The colour is read inside the anti-aliased rim. A region that is all rim
+            # (a tangle of thin strands, as in noisy model output) has no core to read:
+            # its colour is unknown, which fails the image.
+            core = arr[sl][ndimage.binary_erosion(mask) if area > 9 else mask]
+            colour = "unknown"
+            if len(core) and np.linalg.norm(np.median(core, axis=0) - _PALETTE[ci]) <= COLOUR_TOLERANCE:
+                colour = name
             feats = _features(mask)
             y0, y1 = sl[0].start, sl[0].stop
             x0, x1 = sl[1].start, sl[1].stop
