@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -20,8 +21,14 @@ SUBCOMMANDS = {
     "kid": "KID between a real and a generated image set",
     "clip-score": "CLIP score of images against their prompts",
     "shapes": "the compositional benchmark on the shapes domain: per scene kind, seen vs held-out pairs",
+    "sr-psnr": "a super-resolution stage given the true low-res shapes render: PSNR vs bicubic upsampling",
     "train-shapes-features": "train pixcade's shapes-domain feature CNN (for --features shapes:FILE)",
 }
+
+
+def _command(subcommand: str, argv: list[str]) -> str:
+    """The command line that produced a result, recorded in it (the model card cites it)."""
+    return shlex.join(["pixcade", "eval", subcommand, *argv])
 
 
 def _emit(result: dict, out: str | None) -> None:
@@ -138,6 +145,39 @@ def _shapes(argv: list[str]) -> int:
     return 0
 
 
+def _sr_psnr(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval sr-psnr", description=SUBCOMMANDS["sr-psnr"])
+    p.add_argument("--model", required=True, help="saved cascade directory")
+    p.add_argument("--stage", help="the super-resolution stage (default: the cascade's last)")
+    p.add_argument("--n", type=int, default=200, help="number of scenes (the shapes benchmark's prompt set)")
+    p.add_argument("--prompt-seed", type=int, default=1234, help="seed of the prompt set")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="folder for sr_psnr.json, sr_psnr.md and examples.png")
+    args = p.parse_args(argv)
+
+    from pixcade.data.shapes import evaluation_prompts
+    from pixcade.eval.sr_psnr import evaluate_sr, examples_grid, markdown_table
+    from pixcade.pipeline.cascade import Cascade
+
+    scenes = evaluation_prompts(args.n, 1 / 3, args.prompt_seed)
+    cascade = Cascade.from_pretrained(args.model, device=args.device)
+    report, images = evaluate_sr(cascade, scenes, args.stage, seed=args.seed, batch_size=args.batch_size)
+    report = {"model": args.model, "command": _command("sr-psnr", argv), "prompt_seed": args.prompt_seed,
+              **report}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    examples_grid(images).save(out / "examples.png")
+    table = markdown_table(report)
+    (out / "sr_psnr.md").write_text(
+        f"# Super-resolution PSNR: {args.model}, stage {report['stage']}\n\n{table}\n\n"
+        "examples.png rows: low-res input (enlarged), bicubic, SR output, true render\n", encoding="utf-8")
+    print(table, file=sys.stderr)
+    _emit(report, str(out / "sr_psnr.json"))
+    return 0
+
+
 def _train_shapes_features(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="pixcade eval train-shapes-features", description=SUBCOMMANDS["train-shapes-features"])
     p.add_argument("--out", required=True, help="where to write the weights (.safetensors)")
@@ -172,6 +212,8 @@ def main(argv: list[str]) -> int:
         return _clip_score(rest)
     if command == "shapes":
         return _shapes(rest)
+    if command == "sr-psnr":
+        return _sr_psnr(rest)
     if command == "train-shapes-features":
         return _train_shapes_features(rest)
     raise PixcadeError(f"unknown eval subcommand {command!r} (choose from {', '.join(SUBCOMMANDS)})")
