@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pixcade.io import atomic_write_text
 from pixcade.pipeline import saving
 
 SOURCES = "sources.json"  # beside cascade.json; Cascade ignores it
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
         sources.append({"stage": export.config.name, "export": str(export.weights.parent), "step": meta.get("step"),
                         "weights_bytes": size})
     # Which training step each stage's weights come from: the model card cites it.
-    saving.write_atomic(out / SOURCES, (json.dumps({"stages": sources}, indent=2) + "\n").encode())
+    atomic_write_text(out / SOURCES, json.dumps({"stages": sources}, indent=2) + "\n")
     print(json.dumps({"out": str(out), "text_encoder": cascade.text_encoder, "stages": sources,
                       "total_bytes": sum(s["weights_bytes"] for s in sources)}, indent=2))
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -57,8 +57,4 @@ def make_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Imag
 
 def save_png_atomic(image: Image.Image, path: Path) -> None:
     """Write to a temporary name then rename: a file under the final name is always whole."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

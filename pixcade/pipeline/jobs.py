@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from pixcade.errors import PixcadeError
-from pixcade.pipeline.saving import write_atomic
+from pixcade.io import atomic_write_text
 
 
 class Job(NamedTuple):
@@ -101,12 +101,12 @@ class Layout:
                     "use a new --out directory"
                 )
         # Every rank writes the same bytes atomically, so no rank needs to wait for another.
-        write_atomic(run_path, (json.dumps(run, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        atomic_write_text(run_path, json.dumps(run, indent=2, sort_keys=True) + "\n")
         lines = [
             json.dumps({"index": p, "prompt": text, "images": [self.name(Job(p, i)) for i in range(self.n)]})
             for p, text in enumerate(prompts)
         ]
-        write_atomic(self.out / "prompts.jsonl", ("\n".join(lines) + "\n").encode("utf-8"))
+        atomic_write_text(self.out / "prompts.jsonl", "\n".join(lines) + "\n")
 
 
 def _digest(prompts: Sequence[str]) -> str:

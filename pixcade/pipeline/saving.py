@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write, atomic_write_text
 from pixcade.stage import StageConfig
 
 FORMAT_VERSION = 1
@@ -121,13 +122,6 @@ def read_json(path: Path) -> Any:
         raise PixcadeError(f"{path}: not valid JSON ({err})") from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def load_cascade_config(directory: str | os.PathLike) -> CascadeConfig:
     directory = Path(directory)
     if not directory.is_dir():
@@ -137,9 +131,7 @@ def load_cascade_config(directory: str | os.PathLike) -> CascadeConfig:
 
 
 def save_weights(net: torch.nn.Module, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_model(net, str(tmp))  # save_model drops the duplicate names of tied tensors
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_model(net, tmp))  # save_model drops the duplicate names of tied tensors
 
 
 def save_cascade(directory: str | os.PathLike, config: CascadeConfig, nets: Sequence[torch.nn.Module]) -> None:
@@ -150,7 +142,7 @@ def save_cascade(directory: str | os.PathLike, config: CascadeConfig, nets: Sequ
     for stage, net in zip(config.stages, nets, strict=True):
         save_weights(net, directory / f"{stage.name}.safetensors")
     text = json.dumps(config.to_dict(), indent=2) + "\n"
-    write_atomic(directory / CONFIG_NAME, text.encode("utf-8"))
+    atomic_write_text(directory / CONFIG_NAME, text)
 
 
 def load_weights(net: torch.nn.Module, path: Path, stage: str) -> None:

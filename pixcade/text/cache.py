@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -39,6 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write, atomic_write_text
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, _check_prompts, _short
 
 INDEX_NAME = "index.json"
@@ -61,19 +61,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class EmbeddingCache:
@@ -114,7 +101,7 @@ class EmbeddingCache:
 
     def _save_index(self) -> None:
         text = json.dumps(self._index, separators=(",", ":"))
-        _atomic_write(self.directory / INDEX_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write_text(self.directory / INDEX_NAME, text)
 
     def _key(self, caption: str) -> str:
         return cache_key(self.encoder_name, self.max_length, caption)
@@ -235,7 +222,7 @@ class EmbeddingCache:
         rows = rows.to(torch.float16 if fits else torch.float32).contiguous()
         metadata = {"encoder": self.encoder_name, "max_length": str(self.max_length)}
         path = self.directory / name
-        _atomic_write(path, lambda tmp: save_file({_TENSOR: rows}, tmp, metadata=metadata))
+        atomic_write(path, lambda tmp: save_file({_TENSOR: rows}, tmp, metadata=metadata))
         self._index["shards"][name] = {"sha256": _sha256(path), "bytes": path.stat().st_size,
                                        "encoder": self.encoder_name, "max_length": self.max_length,
                                        "dim": dim, "dtype": str(rows.dtype).removeprefix("torch.")}

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pixcade.errors import PixcadeError
+from pixcade.io import fsync_file
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
@@ -91,25 +92,17 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, 
 # -- writing ----------------------------------------------------------------------------
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(path: Path) -> None:
     # Directory fsync makes the rename durable; not every platform allows it.
     try:
-        _fsync_file(path)
+        fsync_file(path)
     except OSError:
         pass
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-    _fsync_file(path)
+    fsync_file(path)
 
 
 def save_checkpoint(
@@ -143,7 +136,7 @@ def save_checkpoint(
     _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
     state_path = tmp / "state.json"
     state_path.write_text(json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=1))
-    _fsync_file(state_path)
+    fsync_file(state_path)
     _fsync_dir(tmp)
     os.rename(tmp, final)
     _fsync_dir(directory)

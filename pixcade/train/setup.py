@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from pathlib import Path
 from typing import Any, Iterable
 
 import torch
@@ -113,9 +111,3 @@ def _first_samples(dataset: Any, n: int) -> list[dict[str, Any]]:
     if not out:
         raise PixcadeError("the dataset has no readable samples for the preview grid")
     return out
-
-
-def write_json_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pixcade.data.samples import SkipStats
 from pixcade.data.transforms import collate
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write_text
 from pixcade.stage import Stage
 from pixcade.nn.unet import EfficientUNet
 from pixcade.train import checkpoint as ckpt
@@ -226,7 +227,7 @@ class Trainer:
             for note in self.notes:
                 self.log.message(note)
             if info.is_main:
-                setup.write_json_atomic(self.run_dir / "config.json", json.dumps(
+                atomic_write_text(self.run_dir / "config.json", json.dumps(
                     {"stage": self.entry.name, "config": self.config.to_dict()}, indent=1))
             self._open_data()
             try:

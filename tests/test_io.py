@@ -1,0 +1,55 @@
+"""Atomic writes: the target is the old file or the whole new one, never anything else."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pixcade.io import atomic_write, atomic_write_bytes, atomic_write_text
+
+
+def test_round_trips_and_replaces(tmp_path):
+    path = tmp_path / "f.json"
+    atomic_write_text(path, "ünïcode\n")
+    assert path.read_bytes() == "ünïcode\n".encode("utf-8")
+    atomic_write_bytes(path, b"\x00\xff")
+    assert path.read_bytes() == b"\x00\xff"
+    assert os.listdir(tmp_path) == ["f.json"]  # no temporary file left beside it
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_debris(tmp_path):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(b"old")
+    seen = []
+
+    def half_then_fail(tmp: str) -> None:
+        seen.append(tmp)
+        with open(tmp, "wb") as f:
+            f.write(b"ne")
+        raise KeyboardInterrupt  # even an interrupt cleans up
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["weights.bin"]
+    # The temporary file is hidden, beside the target, and named after it.
+    name = os.path.basename(seen[0])
+    assert os.path.dirname(seen[0]) == str(tmp_path) and name.startswith(".weights.bin.") and name.endswith(".tmp")
+
+
+def test_temporary_names_differ_between_writes(tmp_path):
+    names = []
+    for _ in range(2):
+        atomic_write(tmp_path / "a", lambda tmp: (names.append(tmp), open(tmp, "wb").close()))
+    assert names[0] != names[1]
+
+
+def test_new_files_get_the_usual_permissions(tmp_path):
+    # A temporary file made by mkstemp is private (0600); the saved file must not be.
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "x", b"1")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
