@@ -22,8 +22,11 @@ SUBCOMMANDS = {
     "clip-score": "CLIP score of images against their prompts",
     "shapes": "the compositional benchmark on the shapes domain: per scene kind, seen vs held-out pairs",
     "sr-psnr": "a super-resolution stage given the true low-res shapes render: PSNR vs bicubic upsampling",
+    "grid": "a labelled PNG of prompts and each stage's image (base and final), e.g. for the README",
     "train-shapes-features": "train pixcade's shapes-domain feature CNN (for --features shapes:FILE)",
 }
+
+GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunk of `eval grid` images
 
 
 def _command(subcommand: str, argv: list[str]) -> str:
@@ -228,6 +231,39 @@ def _sr_psnr(argv: list[str]) -> int:
     return 0
 
 
+def _grid(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval grid", description=SUBCOMMANDS["grid"])
+    p.add_argument("--model", required=True, help="saved cascade directory")
+    p.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                   help="a prompt (repeatable; default: ten shapes prompts, two per scene kind)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--cell", type=int, help="side of each image in the grid (default: the final resolution)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="the PNG to write (it records this command in its metadata)")
+    args = p.parse_args(argv)
+    if args.cell is not None and args.cell < 8:
+        raise PixcadeError("--cell must be at least 8 pixels")
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from pixcade.eval.stage_grid import DEFAULT_PROMPTS, labelled_grid
+    from pixcade.pipeline.cascade import Cascade
+
+    prompts = args.prompts or list(DEFAULT_PROMPTS)
+    cascade = Cascade.from_pretrained(args.model, device=args.device)
+    stages = cascade.generate(prompts, seed=args.seed, return_stages=True)
+    grid = labelled_grid(prompts, stages, args.cell)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = _command("grid", argv)
+    info = PngInfo()
+    info.add_text(GRID_COMMAND_KEY, command)
+    grid.save(out, pnginfo=info)
+    print(json.dumps({"out": str(out), "command": command, "stages": list(stages), "prompts": prompts,
+                      "seed": args.seed, "size": list(grid.size)}, indent=2))
+    return 0
+
+
 def _train_shapes_features(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="pixcade eval train-shapes-features", description=SUBCOMMANDS["train-shapes-features"])
     p.add_argument("--out", required=True, help="where to write the weights (.safetensors)")
@@ -264,6 +300,8 @@ def main(argv: list[str]) -> int:
         return _shapes(rest)
     if command == "sr-psnr":
         return _sr_psnr(rest)
+    if command == "grid":
+        return _grid(rest)
     if command == "train-shapes-features":
         return _train_shapes_features(rest)
     raise PixcadeError(f"unknown eval subcommand {command!r} (choose from {', '.join(SUBCOMMANDS)})")

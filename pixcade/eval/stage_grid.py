@@ -1,0 +1,98 @@
+"""A labelled picture of a cascade at work: one row per prompt, the prompt's text, then
+each stage's image (the base enlarged to the final size), for the README."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from pixcade.errors import PixcadeError
+
+# Two prompts per scene kind; the second of each names a held-out colour-shape pair.
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "a red circle",
+    "a yellow star",
+    "three green triangles",
+    "two cyan squares",
+    "a blue square and a red star",
+    "an orange diamond and a black circle",
+    "a blue square to the left of a yellow circle",
+    "a purple triangle above a green star",
+    "a purple star in the top right corner",
+    "a green circle in the bottom left corner",
+)
+PAD = 6
+TEXT_WIDTH = 240
+FONT_SIZE = 14
+
+
+def _font() -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def wrap(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """Greedy word wrap to ``width`` pixels (a word longer than that gets a line of its own)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def prompt_label(prompt: str) -> str:
+    """The prompt, marked when it is a shapes caption naming a held-out pair."""
+    from pixcade.data.shapes import parse_caption
+
+    try:
+        held_out = parse_caption(prompt).held_out
+    except PixcadeError:  # not a shapes caption: shown as it is
+        held_out = False
+    return f"{prompt} (held-out pair)" if held_out else prompt
+
+
+def labelled_grid(prompts: Sequence[str], stages: dict[str, Sequence[Image.Image]], cell: int | None = None) -> Image.Image:
+    """Rows: prompt text, then each stage's image for it, in ``stages`` order.
+
+    Every image is shown ``cell`` pixels square (default: the last stage's size); smaller
+    ones are enlarged with nearest-neighbour, so their pixels stay visible. The header
+    names each stage and its real resolution.
+    """
+    if not prompts or not stages:
+        raise PixcadeError("a grid needs prompts and at least one stage")
+    for name, images in stages.items():
+        if len(images) != len(prompts):
+            raise PixcadeError(f"stage {name!r}: {len(images)} images for {len(prompts)} prompts")
+    cell = cell or max(next(reversed(stages.values()))[0].size)
+    font = _font()
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = int(scratch.textbbox((0, 0), "Ag", font=font)[3]) + 2
+    headers = [f"{name} ({images[0].size[0]} px)" for name, images in stages.items()]
+    if len(headers) > 1:
+        headers[-1] += ", final"
+    header_h = max(len(wrap(h, scratch, font, cell)) for h in headers) * line_h + PAD
+    row_h = max(cell, max(len(wrap(prompt_label(p), scratch, font, TEXT_WIDTH)) for p in prompts) * line_h)
+    width = PAD + TEXT_WIDTH + PAD + len(stages) * (cell + PAD)
+    height = PAD + header_h + len(prompts) * (row_h + PAD)
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    x0 = PAD + TEXT_WIDTH + PAD
+    draw.text((PAD, PAD), "prompt", fill="black", font=font)
+    for k, header in enumerate(headers):
+        for j, line in enumerate(wrap(header, draw, font, cell)):
+            draw.text((x0 + k * (cell + PAD), PAD + j * line_h), line, fill="black", font=font)
+    for i, prompt in enumerate(prompts):
+        y = PAD + header_h + i * (row_h + PAD)
+        for j, line in enumerate(wrap(prompt_label(prompt), draw, font, TEXT_WIDTH)):
+            draw.text((PAD, y + j * line_h), line, fill="black", font=font)
+        for k, images in enumerate(stages.values()):
+            image = images[i].convert("RGB")
+            if image.size != (cell, cell):
+                image = image.resize((cell, cell), Image.Resampling.NEAREST)
+            grid.paste(image, (x0 + k * (cell + PAD), y))
+    return grid
