@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -49,3 +52,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` as UTF-8."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file of ``tensors`` (detached, contiguous CPU copies where needed),
+    written atomically."""
+    # Imported here so that writing text and bytes does not load torch.
+    from safetensors.torch import save_file
+
+    cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))

@@ -53,3 +53,21 @@ def test_new_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "x").stat().st_mode & 0o777 == 0o644
+
+
+def test_save_tensors_round_trip_with_metadata(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pixcade.io import save_tensors
+
+    w = torch.arange(12.0).reshape(3, 4).requires_grad_()
+    tensors = {"w": w, "t": w.detach().t(), "h": torch.tensor([1, 2], dtype=torch.float16)}  # t: not contiguous
+    save_tensors(tmp_path / "m.safetensors", tensors, metadata={"kind": "test"})
+    back = load_file(str(tmp_path / "m.safetensors"))
+    assert back.keys() == tensors.keys()
+    assert all(torch.equal(back[k], tensors[k].detach()) and back[k].dtype == tensors[k].dtype for k in tensors)
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.metadata() == {"kind": "test"}
+    assert os.listdir(tmp_path) == ["m.safetensors"]

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pixcade.errors import PixcadeError
+from pixcade.io import save_tensors
 
 MAX_SHAPES = 4
 
@@ -82,8 +83,6 @@ def _batch(rng: np.random.Generator, n: int, resolution: int) -> tuple[torch.Ten
 def train_shapes_features(out: str | Path, steps: int = 2000, resolution: int = 64, seed: int = 0,
                           batch_size: int = 32, lr: float = 2e-3) -> dict:
     """Train on freshly rendered scenes and save ``out`` (.safetensors, config in metadata)."""
-    from safetensors.torch import save_file
-
     if steps < 1 or resolution < 16:
         raise PixcadeError("train-shapes-features needs steps >= 1 and resolution >= 16")
     torch.manual_seed(seed)
@@ -111,8 +110,7 @@ def train_shapes_features(out: str | Path, steps: int = 2000, resolution: int = 
         count_acc = (count_logits.argmax(1) == counts).float().mean().item()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out),
-              metadata={"pixcade": "shapes-features", "config": json.dumps(asdict(config))})
+    save_tensors(out, net.state_dict(), metadata={"pixcade": "shapes-features", "config": json.dumps(asdict(config))})
     k = max(1, min(50, steps // 10))
     return {"out": str(out), "steps": steps, "first_loss": float(np.mean(losses[:k])),
             "last_loss": float(np.mean(losses[-k:])), "val_pairs_exact": exact, "val_count_accuracy": count_acc}

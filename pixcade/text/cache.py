@@ -35,10 +35,9 @@ from typing import Iterable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write, atomic_write_text
+from pixcade.io import atomic_write_text, save_tensors
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, _check_prompts, _short
 
 INDEX_NAME = "index.json"
@@ -222,7 +221,7 @@ class EmbeddingCache:
         rows = rows.to(torch.float16 if fits else torch.float32).contiguous()
         metadata = {"encoder": self.encoder_name, "max_length": str(self.max_length)}
         path = self.directory / name
-        atomic_write(path, lambda tmp: save_file({_TENSOR: rows}, tmp, metadata=metadata))
+        save_tensors(path, {_TENSOR: rows}, metadata=metadata)
         self._index["shards"][name] = {"sha256": _sha256(path), "bytes": path.stat().st_size,
                                        "encoder": self.encoder_name, "max_length": self.max_length,
                                        "dim": dim, "dtype": str(rows.dtype).removeprefix("torch.")}

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pixcade.errors import PixcadeError
-from pixcade.io import fsync_file
+from pixcade.io import fsync_file, save_tensors
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
@@ -100,11 +100,6 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-    fsync_file(path)
-
-
 def save_checkpoint(
     directory: str | Path,
     step: int,
@@ -126,14 +121,14 @@ def save_checkpoint(
     tmp = directory / f"{_TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
     tmp.mkdir()
     opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
-    _save_tensors(model, tmp / "model.safetensors")
+    save_tensors(tmp / "model.safetensors", model)
     sleep = float(os.environ.get(_WRITE_SLEEP_ENV, "0") or 0)
     if sleep > 0:
         (tmp / "WRITING").touch()  # lets the test see that the write is in progress
         time.sleep(sleep)
         (tmp / "WRITING").unlink()
-    _save_tensors(ema, tmp / "ema.safetensors")
-    _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+    save_tensors(tmp / "ema.safetensors", ema)
+    save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     state_path = tmp / "state.json"
     state_path.write_text(json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=1))
     fsync_file(state_path)

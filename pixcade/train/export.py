@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import save_file
 
 from pixcade.errors import PixcadeError
+from pixcade.io import save_tensors
 from pixcade.train import checkpoint as ckpt
 
 
@@ -44,7 +44,7 @@ def write_stage_export(
     tmp.mkdir()
     meta = {"stage": dict(stage), "text_encoder": text_encoder, "max_length": max_length, "step": step}
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1))
-    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    save_tensors(tmp / "ema.safetensors", ema)
     old = out.with_name(f".{out.name}-old-{os.getpid()}")
     if out.exists():
         os.rename(out, old)
