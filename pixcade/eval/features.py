@@ -19,10 +19,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
-from PIL import Image
 
+from pixcade.data.transforms import to_pil
 from pixcade.errors import PixcadeError
 
 NOT_COMPARABLE = "NOT comparable to published FID/KID (features are not the TF-Inception pool3)"
@@ -66,7 +65,7 @@ def get_extractor(spec: str | None, inception_weights: str | None = None, device
         from pixcade.eval.clip_score import load_clip
 
         clip = load_clip(arg, device)
-        return FeatureExtractor(f"clip:{clip.name}", lambda x: clip.encode_images(_to_pil(x)), False)
+        return FeatureExtractor(f"clip:{clip.name}", lambda x: clip.encode_images([to_pil(im) for im in x]), False)
     if kind == "shapes" and arg:
         from pixcade.eval.shapes_features import load_shapes_features
 
@@ -84,8 +83,3 @@ def get_extractor(spec: str | None, inception_weights: str | None = None, device
     raise PixcadeError(
         f"unknown --features {spec!r} (use inception, clip:DIR, shapes:FILE or py:MODULE:FACTORY)"
     )
-
-
-def _to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pixcade.data import transforms
 from pixcade.errors import PixcadeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -132,8 +133,7 @@ def _open_rgb(path: Path) -> Image.Image:
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """RGB PIL images of one size -> float [B, 3, H, W] in [-1, 1]."""
-    arrays = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.stack([transforms.to_tensor(im) for im in images])
 
 
 def _batches(images: Iterable[Image.Image], batch_size: int) -> Iterator[list[Image.Image]]:

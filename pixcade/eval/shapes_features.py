@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pixcade.data.transforms import to_tensor
 from pixcade.errors import PixcadeError
 from pixcade.io import save_tensors
 
@@ -72,12 +73,11 @@ def _batch(rng: np.random.Generator, n: int, resolution: int) -> tuple[torch.Ten
     images, pairs, counts = [], torch.zeros(n, len(index)), torch.zeros(n, dtype=torch.long)
     for b in range(n):
         scene = sample_scene(rng, exclude_pairs=())
-        images.append(np.asarray(render(scene, resolution), dtype=np.float32))
+        images.append(to_tensor(render(scene, resolution)))
         for sh in scene.shapes:
             pairs[b, index[sh.pair]] = 1
         counts[b] = len(scene.shapes)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1
-    return x, pairs, counts
+    return torch.stack(images), pairs, counts
 
 
 def train_shapes_features(out: str | Path, steps: int = 2000, resolution: int = 64, seed: int = 0,

@@ -6,18 +6,17 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
+from pixcade.data import transforms
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """``[B, 3, H, W]`` in [-1, 1] -> RGB uint8 images."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB") for a in x]
+    return [transforms.to_pil(x) for x in images]
 
 
 def from_pil(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -30,8 +29,7 @@ def from_pil(image: Image.Image, resolution: int) -> torch.Tensor:
         image = image.crop((left, top, left + side, top + side))
     if side != resolution:
         image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    a = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return a.float() / 127.5 - 1.0
+    return transforms.to_tensor(image)
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:

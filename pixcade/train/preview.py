@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pixcade.data.transforms import to_pil
 from pixcade.stage import Stage
 from pixcade.train.ema import EMA
 
@@ -22,8 +23,7 @@ def make_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
         for i in range(n):
             y, x = pad + r * (h + pad), pad + i * (w + pad)
             grid[:, y : y + h, x : x + w] = row[i].float().cpu().clamp(-1, 1)
-    array = ((grid + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+    return to_pil(grid)
 
 
 class Previewer:
