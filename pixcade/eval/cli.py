@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pixcade.errors import PixcadeError
+from pixcade.eval.provenance import model_digest
 
 SUBCOMMANDS = {
     "fid": "FID (and with --kid, KID) between a real and a generated image set",
@@ -26,7 +27,8 @@ SUBCOMMANDS = {
     "train-shapes-features": "train pixcade's shapes-domain feature CNN (for --features shapes:FILE)",
 }
 
-GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunk of `eval grid` images
+GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunks of `eval grid` images
+GRID_DIGEST_KEY = "pixcade-model-digest"
 
 
 def _command(subcommand: str, argv: list[str]) -> str:
@@ -156,7 +158,8 @@ def _shapes(argv: list[str]) -> int:
         (out / setting.label / "shapes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         rows.append({"guidance_weight": eff.guidance_weight, "threshold": eff.threshold, "dir": setting.label,
                      **{k: report[k] for k in ("overall", "seen", "held_out", "by_kind")}})
-    result = {"model": args.model, "command": command, "stage": stage, "resolution": report["resolution"],
+    result = {"model": args.model, "model_digest": report["model_digest"], "command": command, "stage": stage,
+              "resolution": report["resolution"],
               "prompts": len(scenes), "images_per_prompt": args.images_per_prompt,
               "prompt_seed": args.prompt_seed, "seed": args.seed, "rows": rows}
     table = sweep.markdown_table(rows, stage)
@@ -184,7 +187,8 @@ def _shapes_run(cascade, scenes: list, args: argparse.Namespace, out: Path, opti
     for r in report["results"]:
         r["image"] = f"images/{names[r['index']]}"
     side = min(images[0].size)
-    report = {"model": args.model, "resolution": side, "prompts": len(scenes), "images_per_prompt": k,
+    report = {"model": args.model, "model_digest": model_digest(args.model), "resolution": side,
+              "prompts": len(scenes), "images_per_prompt": k,
               "prompt_seed": args.prompt_seed, "seed": args.seed, **report}
     if options:
         report["options"] = options
@@ -217,8 +221,8 @@ def _sr_psnr(argv: list[str]) -> int:
     scenes = evaluation_prompts(args.n, 1 / 3, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
     report, images = evaluate_sr(cascade, scenes, args.stage, seed=args.seed, batch_size=args.batch_size)
-    report = {"model": args.model, "command": _command("sr-psnr", argv), "prompt_seed": args.prompt_seed,
-              **report}
+    report = {"model": args.model, "model_digest": model_digest(args.model), "command": _command("sr-psnr", argv),
+              "prompt_seed": args.prompt_seed, **report}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     examples_grid(images).save(out / "examples.png")
@@ -258,6 +262,7 @@ def _grid(argv: list[str]) -> int:
     command = _command("grid", argv)
     info = PngInfo()
     info.add_text(GRID_COMMAND_KEY, command)
+    info.add_text(GRID_DIGEST_KEY, model_digest(args.model) or "")
     grid.save(out, pnginfo=info)
     print(json.dumps({"out": str(out), "command": command, "stages": list(stages), "prompts": prompts,
                       "seed": args.seed, "size": list(grid.size)}, indent=2))

@@ -1,0 +1,297 @@
+#!/usr/bin/env python
+"""Write the shipped model's card from measured outputs only: no number is typed by hand.
+
+    python scripts/model_card.py --model pixcade/weights/shapes --config configs/shapes.json \
+        --run ~/pixcade-runs/shapes-base --run ~/pixcade-runs/shapes-sr --data ~/pixcade-runs/data/shapes128 \
+        --shapes eval/shapes/shapes.json --sweep eval/sweep/sweep.json --sr-psnr eval/sr/sr_psnr.json \
+        --grid docs/images/grid.png --out pixcade/weights/shapes/MODEL_CARD.md
+
+Reads the assembled cascade (cascade.json, weights, sources.json from `pixcade assemble`),
+each stage's run directory (config.json, metrics.jsonl), and the JSON the evaluation
+commands wrote (each records the command that produced it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Targets of issue 7 (the shipped model must meet them; the card says whether it does).
+TARGET_OVERALL = 0.80
+TARGET_HELD_OUT = 0.50
+TARGET_PROMPTS = 300
+TARGET_SR_GAIN_DB = 3.0
+TARGET_FINAL_RESOLUTION = 128
+MAX_WEIGHTS_BYTES = 60 * 10**6
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"model_card: cannot read {path}: {err}")
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records; a line still being written by a live run is skipped."""
+    records = []
+    for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "step" in record and "time" in record:
+            records.append(record)
+    return records
+
+
+def training_seconds(records: list[dict[str, Any]], batch_size: int, log_every: int) -> float:
+    """Time spent training, summed window by window as steps x batch / images_per_s.
+
+    Not the spread of the timestamps: that would count the hours a run sat stopped
+    between an interruption and its --resume. A window that does not follow the previous
+    record (the first, or the first after resuming from an earlier checkpoint) is taken to
+    have started at the previous multiple of log_every, where the trainer starts windows.
+    """
+    total, prev = 0.0, None
+    for r in records:
+        ips = r.get("images_per_s")
+        if prev is not None and r["step"] > prev:
+            steps = r["step"] - prev
+        else:
+            steps = r["step"] - ((r["step"] - 1) // log_every) * log_every
+        prev = r["step"]
+        if ips:
+            total += steps * batch_size / ips
+    return total
+
+
+def training_summary(run: Path, upto_step: int | None = None) -> dict[str, Any]:
+    """Steps, images seen, seed, training time of one stage's run, up to ``upto_step``."""
+    config = read_json(run / "config.json")
+    stage = config["stage"]
+    entry = next(s for s in config["config"]["stages"] if s["stage"]["name"] == stage)
+    train = entry["train"]
+    batch = int(train.get("batch_size", 2048))
+    log_every = int(train.get("log_every", 50))
+    records = read_metrics(run)
+    if upto_step is not None:
+        records = [r for r in records if r["step"] <= upto_step]
+    if not records:
+        raise SystemExit(f"model_card: {run}/metrics.jsonl has no records" + (f" up to step {upto_step}" if upto_step else ""))
+    step = upto_step if upto_step is not None else max(r["step"] for r in records)
+    losses = [r["loss"] for r in records if r.get("loss") is not None][-5:]
+    return {
+        "run": str(run),
+        "stage": stage,
+        "step": step,
+        "batch_size": batch,
+        "images_seen": step * batch,
+        "seed": int(train.get("seed", 0)),
+        "lr": train.get("lr"),
+        "ema_decay": train.get("ema_decay"),
+        "data": train.get("data"),
+        "training_seconds": training_seconds(records, batch, log_every),
+        "elapsed_seconds": records[-1]["time"] - records[0]["time"],
+        "loss": sum(losses) / len(losses) if losses else None,
+    }
+
+
+def model_summary(model: Path) -> dict[str, Any]:
+    from pixcade.eval.provenance import model_digest
+    from pixcade.nn.unet import count_parameters
+    from pixcade.pipeline.saving import load_cascade_config
+
+    config = load_cascade_config(model)
+    sources_path = model / "sources.json"
+    sources = {s["stage"]: s for s in read_json(sources_path)["stages"]} if sources_path.is_file() else {}
+    stages = []
+    for sc in config.stages:
+        stages.append({
+            "name": sc.name, "resolution": sc.resolution, "lowres_resolution": sc.lowres_resolution,
+            "parameters": count_parameters(sc.unet), "bytes": (model / f"{sc.name}.safetensors").stat().st_size,
+            "sampler": sc.sampler, "steps": sc.steps, "guidance_weight": sc.guidance_weight,
+            "threshold": sc.threshold, "aug_level": sc.aug_level if sc.is_super_resolution else None,
+            "trained_step": sources.get(sc.name, {}).get("step"),
+        })
+    return {"dir": str(model), "digest": model_digest(model), "text_encoder": config.text_encoder, "max_length": config.max_length,
+            "stages": stages, "total_bytes": sum(s["bytes"] for s in stages)}
+
+
+def held_out_in_data(data: Path) -> dict[str, Any]:
+    """How many training captions name a held-out colour-shape pair (should be none)."""
+    from pixcade.data.shapes import HELD_OUT, parse_caption
+
+    files = sorted(data.rglob("*.txt"))
+    named = sum(parse_caption(p.read_text(encoding="utf-8")).held_out for p in files)
+    return {"dir": str(data), "captions": len(files), "naming_held_out": named,
+            "held_out_pairs": sorted(" ".join(p) for p in HELD_OUT)}
+
+
+# -- Markdown ------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _verdict(ok: bool) -> str:
+    return "meets the target" if ok else "**does not meet the target**"
+
+
+def _measured_on(result: dict, model: dict) -> str:
+    """Whether a result was measured on the very model this card describes."""
+    digest = result.get("model_digest")
+    where = f"`{result['model']}`" if result.get("model") else "a model"
+    if digest is None:
+        return f"**Measured on {where} whose weights were not recorded: not checked to be this model.**"
+    if digest != model["digest"]:
+        return f"**Measured on {where}, a different model from this one (digest {digest[:12]}).**"
+    return f"Measured on this model (digest {digest[:12]})."
+
+
+def _code(command: str) -> str:
+    return f"```bash\n{command}\n```"
+
+
+def card(model: dict, runs: list[dict], *, config: str | None, data_command: str | None, shapes: dict | None, sweep: dict | None,
+         sr: dict | None, grid: dict | None, data_check: dict | None) -> str:
+    from pixcade.eval.shapes import markdown_table as shapes_table
+    from pixcade.eval.sr_psnr import markdown_table as sr_table
+    from pixcade.eval.sweep import markdown_table as sweep_table
+
+    final = model["stages"][-1]["resolution"]
+    out = ["# Model card: pixcade shapes cascade", ""]
+    out += [f"A text-to-image cascade for the shapes domain (`shared/SHAPES_SPEC.md`), {len(model['stages'])} stages "
+            f"ending at {final} px, text encoder `{model['text_encoder']}` (max {model['max_length']} tokens). "
+            "Every number below was measured by the command shown beside it; this card is generated by "
+            "`scripts/model_card.py`.", ""]
+
+    out += ["## Stages", "",
+            "| stage | resolution | U-Net parameters | weights (MB) | trained steps | sampler, steps | guidance | threshold | noise aug. |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: | --- | ---: |"]
+    for s in model["stages"]:
+        res = f"{s['lowres_resolution']} -> {s['resolution']}" if s["lowres_resolution"] else f"{s['resolution']}"
+        aug = "-" if s["aug_level"] is None else f"{s['aug_level']:g}"
+        step = "-" if s["trained_step"] is None else f"{s['trained_step']}"
+        out.append(f"| {s['name']} | {res} | {s['parameters']:,} | {s['bytes'] / 1e6:.1f} | {step} | "
+                   f"{s['sampler']}, {s['steps']} | {s['guidance_weight']:g} | {s['threshold']} | {aug} |")
+    total = model["total_bytes"]
+    out += ["", f"Weights (EMA, safetensors): {total / 1e6:.1f} MB in all: "
+            f"{_verdict(total <= MAX_WEIGHTS_BYTES)} of at most {MAX_WEIGHTS_BYTES / 1e6:.0f} MB. "
+            f"Final resolution {final} px: {_verdict(final >= TARGET_FINAL_RESOLUTION)} of at least "
+            f"{TARGET_FINAL_RESOLUTION} px.", ""]
+
+    out += ["## Training", "",
+            "| stage | steps | batch | images seen | seed | lr | EMA decay | training time (h:mm:ss) | first to last log | final loss |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in runs:
+        loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+        out.append(f"| {r['stage']} | {r['step']:,} | {r['batch_size']} | {r['images_seen']:,} | {r['seed']} | "
+                   f"{r['lr']:g} | {r['ema_decay']:g} | {_duration(r['training_seconds'])} | "
+                   f"{_duration(r['elapsed_seconds'])} | {loss} |")
+    out += ["", "Training time sums each logging window's steps x batch / measured images per second (so a "
+            "pause between an interruption and `--resume` is not counted); the next column is the span of the "
+            "log's timestamps. Final loss: mean of the last five logged windows.", ""]
+    if data_check is not None:
+        ok = data_check["naming_held_out"] == 0
+        out += [f"Held-out pairs ({', '.join(data_check['held_out_pairs'])}): "
+                f"{data_check['naming_held_out']} of the {data_check['captions']:,} training captions in "
+                f"`{data_check['dir']}` name one ({'excluded' if ok else '**NOT excluded**'}).", ""]
+    if config:
+        out += ["Commands (the data, then each stage on its own; add `--resume` to continue after an "
+                "interruption; relative paths in the config are taken from the current directory):", ""]
+        lines = [data_command] if data_command else []
+        lines += [f"pixcade train --config {config} --stage {r['stage']} --out {r['run']}" for r in runs]
+        out += [_code("\n".join(lines)), ""]
+    steps = [(s["name"], s["trained_step"]) for s in model["stages"]]
+    if all(step is not None for _, step in steps):
+        runs_by_stage = {r["stage"]: r["run"] for r in runs}
+        exports = [f"pixcade train export --run {runs_by_stage.get(n, 'RUN_' + n)} --checkpoint step-{st} "
+                   f"--out exports/{n}" for n, st in steps]
+        exports.append(f"pixcade assemble {' '.join('exports/' + n for n, _ in steps)} --out {model['dir']}")
+        out += ["The shipped weights are those steps' EMA weights, exported and assembled with:", "",
+                _code("\n".join(exports)), ""]
+
+    out += ["## Evaluation", ""]
+    if shapes is not None:
+        acc, held = shapes["overall"]["accuracy"], shapes["held_out"]["accuracy"]
+        ok = (shapes["prompts"] >= TARGET_PROMPTS and acc is not None and acc >= TARGET_OVERALL
+              and held is not None and held >= TARGET_HELD_OUT)
+        out += ["### Shapes benchmark at the default settings", "",
+                f"{shapes['prompts']} prompts x {shapes['images_per_prompt']} image(s) at {shapes['resolution']} px, "
+                f"scored by `pixcade.eval.shapes` (held-out: prompts naming a held-out pair). Overall "
+                f"{acc:.3f} (target >= {TARGET_OVERALL:.2f}), held-out pairs {held:.3f} (target >= "
+                f"{TARGET_HELD_OUT:.2f}) on >= {TARGET_PROMPTS} prompts: {_verdict(ok)}. "
+                f"{_measured_on(shapes, model)}", "",
+                shapes_table(shapes), "", _code(shapes["command"]), ""]
+    if sr is not None:
+        out += [f"### Super-resolution ({sr['stage']}: {sr['lowres_resolution']} -> {sr['resolution']} px)", "",
+                f"Given the true {sr['lowres_resolution']} px render of {sr['n']} scenes, the SR stage's output vs "
+                f"the true {sr['resolution']} px render: {sr['psnr_sr']:.2f} dB against {sr['psnr_bicubic']:.2f} dB for "
+                f"bicubic upsampling, {sr['gain_db']:+.2f} dB (target >= +{TARGET_SR_GAIN_DB:g} dB): "
+                f"{_verdict(sr['gain_db'] >= TARGET_SR_GAIN_DB)}. {_measured_on(sr, model)}", "", sr_table(sr), "", _code(sr["command"]), ""]
+    if sweep is not None:
+        out += [f"### Guidance weight x thresholding (stage {sweep['stage']}; other stages at their defaults)", "",
+                f"Accuracy on {sweep['prompts']} prompts at {sweep['resolution']} px. {_measured_on(sweep, model)}", "",
+                sweep_table(sweep["rows"], sweep["stage"]), "", _code(sweep["command"]), ""]
+    if grid is not None:
+        out += ["### Samples", "", _measured_on(grid, model), "",
+                f"![prompts, base and final images]({grid['link']})", "",
+                _code(grid["command"]) if grid["command"] else "", ""]
+    return "\n".join(out)
+
+
+def grid_info(path: Path, card_path: Path) -> dict[str, Any]:
+    from PIL import Image
+
+    from pixcade.eval.cli import GRID_COMMAND_KEY, GRID_DIGEST_KEY
+
+    with Image.open(path) as im:
+        text = getattr(im, "text", {})
+    return {"link": os.path.relpath(path, card_path.parent), "command": text.get(GRID_COMMAND_KEY),
+            "model_digest": text.get(GRID_DIGEST_KEY) or None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="the assembled cascade directory")
+    p.add_argument("--run", action="append", required=True, help="a stage's training run directory (repeat, base first)")
+    p.add_argument("--config", help="the training config file, for the training commands")
+    p.add_argument("--data", help="the training data folder: check that no caption names a held-out pair")
+    p.add_argument("--data-command", help="the command that made the training data (shown before the training commands)")
+    p.add_argument("--shapes", help="shapes.json of `pixcade eval shapes` at default settings")
+    p.add_argument("--sweep", help="sweep.json of `pixcade eval shapes --guidance ... --threshold ...`")
+    p.add_argument("--sr-psnr", help="sr_psnr.json of `pixcade eval sr-psnr`")
+    p.add_argument("--grid", help="the PNG of `pixcade eval grid`")
+    p.add_argument("--out", required=True, help="where to write the Markdown (e.g. pixcade/weights/shapes/MODEL_CARD.md)")
+    args = p.parse_args(argv)
+
+    out = Path(args.out)
+    model = model_summary(Path(args.model))
+    trained = {s["name"]: s["trained_step"] for s in model["stages"]}
+    runs = []
+    for run in map(Path, args.run):
+        stage = read_json(run / "config.json")["stage"]
+        runs.append(training_summary(run, trained.get(stage)))
+    text = card(
+        model, runs, config=args.config, data_command=args.data_command,
+        shapes=read_json(args.shapes) if args.shapes else None,
+        sweep=read_json(args.sweep) if args.sweep else None,
+        sr=read_json(args.sr_psnr) if args.sr_psnr else None,
+        grid=grid_info(Path(args.grid), out) if args.grid else None,
+        data_check=held_out_in_data(Path(args.data)) if args.data else None,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

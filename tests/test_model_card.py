@@ -1,0 +1,166 @@
+"""scripts/model_card.py: the model card from measured outputs (runs, evaluation JSON, grid)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pixcade.cli import main as pixcade_main
+from pixcade.data.shapes import BACKGROUND, HELD_OUT, evaluation_prompts, render
+from pixcade.eval.cli import main as eval_main
+from pixcade.eval.provenance import model_digest
+from pixcade.stage import Stage
+from pixcade.train import checkpoint as ckpt
+from tiny_cascade import tiny_configs
+from train_support import REPO
+
+spec = importlib.util.spec_from_file_location("model_card", REPO / "scripts" / "model_card.py")
+model_card = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(model_card)
+
+DAY = 86400.0
+
+
+def rec(step, time, ips, loss=0.5):
+    return {"step": step, "time": time, "loss": loss, "images_per_s": ips}
+
+
+def test_training_time_counts_windows_not_pauses():
+    # batch 4, log every 10 steps: 40 images a window.
+    records = [rec(10, 100, 4.0), rec(20, 110, 4.0), rec(30, 120, 4.0),  # 10 s each
+               # killed after step 30, resumed a day later from the checkpoint at step 20:
+               rec(30, DAY + 5, 8.0), rec(40, DAY + 10, 8.0)]  # 5 s each
+    assert model_card.training_seconds(records, 4, 10) == pytest.approx(40.0)
+    # Stopped by a signal at step 25 (unlogged), resumed an hour later: the window to step 30
+    # is charged at the resumed rate for all of its 10 steps (40 images at 2 img/s).
+    records = [rec(10, 100, 4.0), rec(20, 110, 4.0), rec(30, 3720, 2.0)]
+    assert model_card.training_seconds(records, 4, 10) == pytest.approx(40.0)
+
+
+def make_run(root: Path, config, steps: int, batch: int, windows: list[tuple[float, float]]) -> Path:
+    """A run as the trainer leaves it: config.json, metrics.jsonl (log every 10), a checkpoint."""
+    run = root / config.name
+    run.mkdir(parents=True)
+    train = {"batch_size": batch, "seed": 7, "lr": 2e-3, "ema_decay": 0.99, "log_every": 10, "data": "data/x"}
+    (run / "config.json").write_text(json.dumps({"stage": config.name, "config": {
+        "text_encoder": "minilm", "max_length": 32,
+        "stages": [{"stage": config.to_dict(), "train": train}]}}))
+    lines = [json.dumps(rec(10 * (i + 1), t, ips, loss=1.0 / (i + 1))) for i, (t, ips) in enumerate(windows)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n{\"step\": 99")  # a line being written
+    net = Stage(config).net
+    ckpt.save_checkpoint(run / "checkpoints", steps, model=net.state_dict(), ema=net.state_dict(),
+                         optimizer=torch.optim.Adam(net.parameters()).state_dict(),
+                         state={"stage": config.to_dict(), "ranks": []}, keep=2)
+    return run
+
+
+class OracleCascade:
+    """Draws the truth for seen-pair prompts and nothing for held-out ones (128 px)."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.stages = [SimpleNamespace(config=c) for c in tiny_configs()]
+        self.names = ["base", "sr"]
+
+    @classmethod
+    def from_pretrained(cls, directory, device="cpu"):
+        return cls()
+
+    def stage(self, name):
+        return self.stages[self.names.index(name)]
+
+    def generate(self, prompts, n=1, seed=0, batch_size=None, **options):
+        scenes = {s.caption: s for n in (6, 30) for s in evaluation_prompts(n, 1 / 3, 1234)}
+        blank = Image.new("RGB", (128, 128), BACKGROUND)
+        return [blank if scenes[p].held_out else render(scenes[p], 128) for p in prompts for _ in range(n)]
+
+
+def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
+    from tiny_cascade import save_tiny_cascade
+
+    base_cfg, sr_cfg = tiny_configs()
+    # base: 3 windows of 10 steps x 4 images at 4 img/s = 30 s; sr: 2 windows at 8 img/s = 10 s.
+    base = make_run(tmp_path / "runs", base_cfg, 30, 4, [(0, 4.0), (10, 4.0), (DAY, 4.0)])
+    sr = make_run(tmp_path / "runs", sr_cfg, 20, 4, [(100, 8.0), (105, 8.0)])
+    for run in (base, sr):
+        assert pixcade_main(["train", "export", "--run", str(run), "--out", str(tmp_path / "exports" / run.name)]) == 0
+    model = tmp_path / "model"
+    assert pixcade_main(["assemble", str(tmp_path / "exports/base"), str(tmp_path / "exports/sr"),
+                         "--out", str(model)]) == 0
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "0.txt").write_text("a red circle")
+    (data / "1.txt").write_text("a yellow star")  # a held-out pair slipped in
+    capsys.readouterr()
+
+    # Evaluation outputs, written by the real commands.
+    real = save_tiny_cascade(tmp_path / "tiny")
+    assert eval_main(["sr-psnr", "--model", str(model), "--n", "2", "--out", str(tmp_path / "sr")]) == 0
+    assert eval_main(["grid", "--model", str(real), "--prompt", "a red circle", "--out", str(tmp_path / "docs/grid.png")]) == 0
+    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", OracleCascade)
+    assert eval_main(["shapes", "--model", "m", "--prompts", "30", "--out", str(tmp_path / "shapes")]) == 0
+    assert eval_main(["shapes", "--model", "m", "--prompts", "6", "--guidance", "1,8", "--threshold", "static",
+                      "--out", str(tmp_path / "sweep")]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "pkg/weights/MODEL_CARD.md"
+    assert model_card.main([
+        "--model", str(model), "--run", str(base), "--run", str(sr), "--config", "configs/shapes.json",
+        "--data", str(data), "--data-command", "pixcade data shapes --out data/x --n 2",
+        "--shapes", str(tmp_path / "shapes/shapes.json"), "--sweep", str(tmp_path / "sweep/sweep.json"),
+        "--sr-psnr", str(tmp_path / "sr/sr_psnr.json"), "--grid", str(tmp_path / "docs/grid.png"), "--out", str(out),
+    ]) == 0
+    text = out.read_text()
+    shapes = json.loads((tmp_path / "shapes/shapes.json").read_text())
+    sr_report = json.loads((tmp_path / "sr/sr_psnr.json").read_text())
+    sweep = json.loads((tmp_path / "sweep/sweep.json").read_text())
+
+    # Stages: sizes and trained steps from the assembled model.
+    sizes = {p.stem: p.stat().st_size for p in model.glob("*.safetensors")}
+    assert f"| base | 16 | " in text and f"| {sizes['base'] / 1e6:.1f} | 30 |" in text
+    assert f"| sr | 16 -> 32 | " in text and f"| {sizes['sr'] / 1e6:.1f} | 20 |" in text
+    assert "Final resolution 32 px: **does not meet the target**" in text
+    # Training: steps, images seen, seed, time from the windows (not the day-long timestamp span).
+    assert "| base | 30 | 4 | 120 | 7 | 0.002 | 0.99 | 0:00:30 | 24:00:00 | 0.6111 |" in text
+    assert "| sr | 20 | 4 | 80 | 7 | 0.002 | 0.99 | 0:00:10 | 0:00:05 | 0.7500 |" in text
+    assert "1 of the 2 training captions" in text and "**NOT excluded**" in text
+    assert all(" ".join(p) in text for p in HELD_OUT)
+    assert "pixcade data shapes --out data/x --n 2\npixcade train --config configs/shapes.json --stage base" in text
+    assert f"pixcade train export --run {base} --checkpoint step-30 --out exports/base" in text
+    assert f"pixcade assemble exports/base exports/sr --out {model}" in text
+    # Evaluation: the numbers and commands of each JSON.
+    assert shapes["overall"]["accuracy"] == pytest.approx(2 / 3, abs=0.01) and shapes["held_out"]["accuracy"] == 0
+    assert f"Overall {shapes['overall']['accuracy']:.3f}" in text and "held-out pairs 0.000" in text
+    assert "on >= 300 prompts: **does not meet the target**" in text  # 30 prompts only
+    assert shapes["command"] in text and sr_report["command"] in text and sweep["command"] in text
+    assert f"{sr_report['gain_db']:+.2f} dB (target >= +3 dB): **does not meet the target**" in text
+    assert "| guidance (base) | static: overall | static: held-out |" in text
+    assert "![prompts, base and final images](../../docs/grid.png)" in text
+    assert "pixcade eval grid --model" in text
+    # Which model each result was measured on: this one (by digest), another, or unknown.
+    assert sr_report["model_digest"] == model_digest(model) != model_digest(real)
+    assert f"Measured on this model (digest {model_digest(model)[:12]})" in text
+    assert f"**Measured on a model, a different model from this one (digest {model_digest(real)[:12]}).**" in text
+    assert "**Measured on `m` whose weights were not recorded" in text
+
+
+def test_model_digest_follows_the_weights_not_the_path(tmp_path):
+    import shutil
+
+    from tiny_cascade import save_tiny_cascade
+
+    a = save_tiny_cascade(tmp_path / "a")
+    shutil.copytree(a, tmp_path / "copy")
+    assert model_digest(a) == model_digest(tmp_path / "copy")
+    assert model_digest(save_tiny_cascade(tmp_path / "b", seed=1)) != model_digest(a)
+    data = bytearray((a / "sr.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "copy/sr.safetensors").write_bytes(bytes(data))
+    assert model_digest(tmp_path / "copy") != model_digest(a)
+    assert model_digest(tmp_path / "nowhere") is None
