@@ -176,9 +176,9 @@ def pair_images_with_prompts(images_dir: str | Path, prompts: str | Path | None)
 
 def clip_score_report(clip: ClipModel, pairs: list[tuple[Path, str]], batch_size: int = 32) -> dict:
     """Per-prompt mean CLIP score and the mean over prompts, as a JSON-ready dict."""
-    from pixcade.eval.fid import _open_rgb
+    from pixcade.pipeline.images import open_image
 
-    images = [_open_rgb(p) for p, _ in tqdm(pairs, desc="load images", unit="img")]
+    images = [open_image(p) for p, _ in tqdm(pairs, desc="load images", unit="img")]
     scores = clip_scores(clip, images, [t for _, t in pairs], batch_size)
     per_prompt: dict[str, list[float]] = {}
     for (_, prompt), s in zip(pairs, scores):

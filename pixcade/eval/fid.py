@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from pixcade.data import transforms
 from pixcade.errors import PixcadeError
+from pixcade.pipeline.images import open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -115,20 +116,12 @@ def iter_images(source: str | Path) -> tuple[int | None, Iterator[Image.Image]]:
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise PixcadeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-        return len(files), (_open_rgb(p) for p in files)
+        return len(files), (open_image(p) for p in files)
     try:
         from pixcade.data.datasets import open_dataset
     except ImportError as err:
         raise PixcadeError(f"{source} is not a folder and dataset shards can't be read: {err}") from None
     return None, (sample["image"].convert("RGB") for sample in open_dataset(str(source)))
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except OSError as err:
-        raise PixcadeError(f"cannot read image {path}: {err}") from None
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
