@@ -18,7 +18,7 @@ from pixcade.diffusion.losses import diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
 from pixcade.diffusion.samplers import SAMPLERS, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
-from pixcade.errors import PixcadeError
+from pixcade.errors import PixcadeError, check_known_keys
 from pixcade.nn.configs import UNetConfig
 from pixcade.nn.unet import EfficientUNet
 
@@ -68,10 +68,7 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise PixcadeError(f"stage config has unknown keys: {sorted(unknown)}")
+        check_known_keys(cls, d, "stage config")
         return cls(**d)
 
 

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pixcade.errors import PixcadeError
+from pixcade.errors import PixcadeError, check_known_keys
 
 
 @dataclass
@@ -88,10 +88,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise PixcadeError(f"U-Net config has unknown keys: {sorted(unknown)}")
+        check_known_keys(cls, d, "U-Net config")
         return cls(**d)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixcade.errors import PixcadeError
+from pixcade.errors import PixcadeError, check_known_keys
 
 OPTIMIZERS = ("adam", "adafactor")
 
@@ -112,7 +112,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        _check_keys(cls, d, "train")
+        check_known_keys(cls, d, "train")
         return cls(**d)
 
 
@@ -157,7 +157,7 @@ class CascadeTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CascadeTrainConfig":
-        _check_keys(cls, d, "config")
+        check_known_keys(cls, d, "config")
         if not isinstance(d.get("stages"), list) or not d["stages"]:
             raise PixcadeError("config needs a non-empty list 'stages'")
         entries = []
@@ -206,10 +206,3 @@ def load_config(path: str | Path) -> CascadeTrainConfig:
     if not isinstance(data, dict):
         raise PixcadeError(f"config {path} must hold an object at the top level")
     return CascadeTrainConfig.from_dict(data)
-
-
-def _check_keys(cls: type, d: dict[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise PixcadeError(f"{where} has unknown keys: {sorted(unknown)}")
