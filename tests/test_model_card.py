@@ -132,8 +132,10 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     assert "1 of the 2 training captions" in text and "**NOT excluded**" in text
     assert all(" ".join(p) in text for p in HELD_OUT)
     assert "pixcade data shapes --out data/x --n 2\npixcade train --config configs/shapes.json --stage base" in text
-    assert f"pixcade train export --run {base} --checkpoint step-30 --out exports/base" in text
-    assert f"pixcade assemble exports/base exports/sr --out {model}" in text
+    exports = tmp_path / "exports"
+    assert f"pixcade train export --run {base} --checkpoint step-30 --out {exports}/base" in text
+    assert f"pixcade assemble {exports}/base {exports}/sr --out {model}" in text
+    assert "2 stages ending at 32 px" in text
     # Evaluation: the numbers and commands of each JSON.
     assert shapes["overall"]["accuracy"] == pytest.approx(2 / 3, abs=0.01) and shapes["held_out"]["accuracy"] == 0
     assert f"Overall {shapes['overall']['accuracy']:.3f}" in text and "held-out pairs 0.000" in text
