@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "assemble": ("pixcade.pipeline.assemble_cli", "combine trained stage exports into a cascade directory"),
     "embed": ("pixcade.text.cli", "precompute text embeddings for a dataset's captions"),
     "data": ("pixcade.data.cli", "make datasets (e.g. `pixcade data shapes`)"),
-    "eval": ("pixcade.eval.cli", "evaluate: fid, kid, clip-score, shapes"),
+    "eval": ("pixcade.eval.cli", "evaluate: fid, kid, clip-score, shapes, sr-psnr, grid"),
     "drawbench": ("pixcade.eval.drawbench", "DrawBench: generate image sets, rate them side by side"),
     "serve": ("pixcade.serve.cli", "serve a web page and HTTP API for generation"),
 }
