@@ -7,23 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from pixcade.data.transforms import to_pil
+from pixcade.pipeline.images import make_grid, to_pil
 from pixcade.stage import Stage
 from pixcade.train.ema import EMA
-
-
-def make_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
-    """Rows of images ``[N, 3, H, W]`` in [-1, 1] (same N, H, W) -> one RGB image."""
-    n, _, h, w = rows[0].shape
-    grid = torch.ones(3, len(rows) * (h + pad) + pad, n * (w + pad) + pad)
-    for r, row in enumerate(rows):
-        for i in range(n):
-            y, x = pad + r * (h + pad), pad + i * (w + pad)
-            grid[:, y : y + h, x : x + w] = row[i].float().cpu().clamp(-1, 1)
-    return to_pil(grid)
 
 
 class Previewer:
@@ -65,7 +53,7 @@ class Previewer:
         if lowres is not None:  # show what the stage was given above what it made
             up = torch.nn.functional.interpolate(lowres, size=images.shape[-2:], mode="nearest")
             rows = [up, images]
-        grid = make_grid(rows)
+        grid = make_grid([to_pil(row) for row in rows])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step-{step:08d}.png"
         grid.save(path)
