@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from pixcade.errors import PixcadeError
 from pixcade.eval.cli import main as eval_main
-from pixcade.eval.fid import fid_from_features, frechet_distance, kernel_inception_distance
+from pixcade.eval.fid import extract_features, fid_from_features, frechet_distance, kernel_inception_distance
 from pixcade.eval.inception import FIDInceptionV3, load_inception
 
 
@@ -267,20 +267,47 @@ def test_shapes_features_train_save_load_and_fid(tmp_path, capsys):
         load_shapes_features(tmp_path / "real" / "0.png")
 
 
-def test_features_from_webdataset_shards_equal_the_folder(tmp_path):
+def _write_shard(path, members):
+    """A WebDataset tar of (name, bytes) members."""
     import io
     import tarfile
 
-    from pixcade.eval.fid import extract_features
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
+
+def _image_members(folder):
+    return [(name, data) for png in sorted(folder.glob("*.png"))
+            for name, data in ((png.name, png.read_bytes()), (png.stem + ".txt", b"a caption"))]
+
+
+def test_features_from_webdataset_shards_equal_the_folder(tmp_path):
     _write_set(tmp_path / "imgs", 5, 120, 7)
-    with tarfile.open(tmp_path / "shard-000.tar", "w") as tar:
-        for png in sorted((tmp_path / "imgs").glob("*.png")):
-            for name, data in ((png.name, png.read_bytes()), (png.stem + ".txt", b"a caption")):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    _write_shard(tmp_path / "shard-000.tar", _image_members(tmp_path / "imgs"))
     extractor = pixel_stats_features()
     from_folder = extract_features(tmp_path / "imgs", extractor, batch_size=2)
     from_shards = extract_features(tmp_path / "shard-000.tar", extractor, batch_size=2)
     np.testing.assert_allclose(from_shards, from_folder)
+
+
+def test_cli_leaves_out_and_counts_unreadable_shard_images(tmp_path, capsys):
+    _write_set(tmp_path / "imgs", 5, 120, 7)
+    _write_set(tmp_path / "fake", 5, 130, 8)
+    members = _image_members(tmp_path / "imgs")
+    truncated = (tmp_path / "imgs" / "000.png").read_bytes()[:40]
+    # Sorted between the good samples, so the stream goes on after it.
+    members[2:2] = [("001b.png", truncated), ("001b.txt", b"a broken caption")]
+    _write_shard(tmp_path / "shard-000.tar", members)
+
+    assert eval_main(["fid", "--real", str(tmp_path / "shard-000.tar"), "--fake", str(tmp_path / "fake"),
+                      "--features", "py:test_fid:pixel_stats_features"]) == 0
+    out, err = capsys.readouterr()
+    res = json.loads(out)
+    assert (res["n_real"], res["skipped_real"], res["n_fake"], res["skipped_fake"]) == (5, 1, 5, 0)
+    assert "real images: skipped 1 unreadable image(s)" in err and "shard-000.tar:001b" in err
+    # The measured set is exactly the readable images.
+    real, fake = (extract_features(tmp_path / name, pixel_stats_features()) for name in ("imgs", "fake"))
+    assert res["fid"] == pytest.approx(fid_from_features(real, fake), rel=1e-9)

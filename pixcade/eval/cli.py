@@ -59,18 +59,25 @@ def _distance(argv: list[str], command: str) -> int:
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
 
+    from pixcade.data.samples import SkipStats
     from pixcade.eval.features import get_extractor
     from pixcade.eval.fid import extract_features, fid_from_features, kernel_inception_distance
 
     extractor = get_extractor(args.features, args.inception_weights, args.device)
-    real = extract_features(args.real, extractor, args.batch_size, args.device, desc="real features")
-    fake = extract_features(args.fake, extractor, args.batch_size, args.device, desc="fake features")
+    skips = {"real": SkipStats(), "fake": SkipStats()}
+    real = extract_features(args.real, extractor, args.batch_size, args.device, desc="real features",
+                            skips=skips["real"])
+    fake = extract_features(args.fake, extractor, args.batch_size, args.device, desc="fake features",
+                            skips=skips["fake"])
     result: dict = {
         "features": extractor.name,
         "comparable_to_published": extractor.comparable,
         "note": extractor.note,
         "n_real": int(real.shape[0]),
         "n_fake": int(fake.shape[0]),
+        # Unreadable dataset images left out: the n above are what was measured.
+        "skipped_real": skips["real"].count,
+        "skipped_fake": skips["fake"].count,
     }
     if command == "fid":
         result["fid"] = fid_from_features(real, fake)
@@ -80,6 +87,9 @@ def _distance(argv: list[str], command: str) -> int:
     label = "" if extractor.comparable else f"  [{extractor.note}]"
     summary = ", ".join(f"{k}={result[k]:.4f}" for k in ("fid", "kid") if k in result)
     print(f"{summary} ({extractor.name}){label}", file=sys.stderr)
+    for name, stats in skips.items():
+        if stats.count:
+            print(f"{name} images: {stats.summary()}", file=sys.stderr)
     _emit(result, args.out)
     return 0
 

@@ -20,6 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pixcade.data import transforms
+from pixcade.data.samples import SkipStats
 from pixcade.errors import PixcadeError
 from pixcade.pipeline.images import open_image
 
@@ -105,11 +106,15 @@ def kernel_inception_distance(
     return float(np.mean(values)), float(np.std(values))
 
 
-def iter_images(source: str | Path) -> tuple[int | None, Iterator[Image.Image]]:
+def iter_images(
+    source: str | Path, skips: SkipStats | None = None
+) -> tuple[int | None, Iterator[Image.Image]]:
     """(count if known, RGB images) from a folder (recursive) or dataset shards.
 
     Anything that is not a folder (WebDataset tar shards, a manifest) is opened with
-    ``pixcade.data.datasets.open_dataset``.
+    ``pixcade.data.datasets.open_dataset``; its unreadable images are left out and counted
+    in ``skips`` (a corrupt file in a large shard set should cost one image, not the run).
+    In a folder every file was put there to be measured, so an unreadable one is an error.
     """
     path = Path(source)
     if path.is_dir():
@@ -121,7 +126,9 @@ def iter_images(source: str | Path) -> tuple[int | None, Iterator[Image.Image]]:
         from pixcade.data.datasets import open_dataset
     except ImportError as err:
         raise PixcadeError(f"{source} is not a folder and dataset shards can't be read: {err}") from None
-    return None, (sample["image"].convert("RGB") for sample in open_dataset(str(source)))
+    skips = SkipStats() if skips is None else skips
+    samples = skips.track(open_dataset(str(source)))
+    return None, (sample["image"].convert("RGB") for sample in samples)
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -151,9 +158,13 @@ def extract_features(
     batch_size: int = 50,
     device: str = "cpu",
     desc: str = "features",
+    skips: SkipStats | None = None,
 ) -> np.ndarray:
-    """Run ``extractor`` ([-1, 1] images -> [B, D]) over every image of ``source``."""
-    total, images = iter_images(source)
+    """Run ``extractor`` ([-1, 1] images -> [B, D]) over every readable image of ``source``.
+
+    Pass ``skips`` to learn which dataset images were unreadable and left out.
+    """
+    total, images = iter_images(source, skips)
     chunks = []
     with tqdm(total=total, desc=desc, unit="img") as bar:
         for batch in _batches(images, batch_size):
