@@ -208,6 +208,51 @@ def test_generate_layout_manifest_and_resume(tmp_path, monkeypatch, capsys):
         drawbench.main(["generate", "--prompts", str(csv), "--model", "m", "--model", "m", "--out", str(tmp_path / "x")])
 
 
+class Crash(BaseException):
+    """The process dying mid-write (nothing may catch it)."""
+
+
+def test_generate_resume_after_a_crash_mid_write_redraws_the_cut_off_image(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", FakeCascade)
+    FakeCascade.loaded = []
+    csv = tmp_path / "p.csv"
+    csv.write_text("Prompt,Category\n" + "".join(f"\"{p['prompt']}\",{p['category']}\n" for p in PROMPTS))
+    out = tmp_path / "gen"
+    argv = ["generate", "--prompts", str(csv), "--model", MODELS[0], "--model", MODELS[1], "--n", "3", "--out", str(out)]
+    # Model 0's last image of prompt 1 (the last file of that prompt) is cut off mid-write.
+    victim = ((0 * 100 + 1 * 10) % 256, 2, 0)
+    real_save = Image.Image.save
+
+    def save(self, fp, format=None, **params):
+        if self.getpixel((0, 0)) != victim:
+            return real_save(self, fp, format, **params)
+        whole = io.BytesIO()
+        real_save(self, whole, format="PNG")
+        if hasattr(fp, "write"):
+            fp.write(whole.getvalue()[:20])
+        else:
+            with open(fp, "wb") as f:
+                f.write(whole.getvalue()[:20])
+        raise Crash
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(Crash):
+        drawbench.main(argv)
+    assert not (out / "model-0" / "0001_2.png").exists()
+    assert sorted(f.name for f in (out / "model-0").iterdir()) == [f"0000_{k}.png" for k in range(3)] + [
+        f"0001_{k}.png" for k in range(2)]  # no temporary file left behind either
+    monkeypatch.setattr(Image.Image, "save", real_save)
+
+    assert drawbench.main(argv) == 0
+    capsys.readouterr()
+    for i in range(2):
+        for p in PROMPTS:
+            for k in range(3):
+                with Image.open(out / f"model-{i}" / f"{p['index']:04d}_{k}.png") as im:
+                    assert im.convert("RGB").getpixel((0, 0)) == ((i * 100 + p["index"] * 10) % 256, k, 0)
+    assert FakeCascade.loaded == [MODELS[0], MODELS[0], MODELS[1]]
+
+
 def test_report_cli_writes_json_and_markdown(live, capsys):
     c = _next(live)
     assert _vote(live, c["token"], "indifferent", "indifferent")[0] == 200

@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write_text
 
 MANIFEST = "manifest.json"
 
@@ -63,6 +64,7 @@ def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, se
              device: str = "cpu", batch_size: int | None = None) -> dict:
     """``n`` images per prompt per model (each a saved cascade directory) under ``out``."""
     from pixcade.pipeline.cascade import Cascade
+    from pixcade.pipeline.images import save_png_atomic
 
     if len(models) < 2 or len(set(models)) != len(models):
         raise PixcadeError("give at least two different --model")
@@ -80,7 +82,7 @@ def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, se
                 manifest["models"], prompts, n, seed):
             raise PixcadeError(f"{out} holds a different DrawBench run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
     for entry in manifest["models"]:
         folder = out / entry["dir"]
         folder.mkdir(exist_ok=True)
@@ -93,10 +95,11 @@ def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, se
                 images = cascade.generate([p["prompt"]], n=n, seed=seed + p["index"],
                                           batch_size=batch_size, progress=False)
                 for k, im in enumerate(images):
-                    im.save(folder / f"{p['index']:04d}_{k}.png")
+                    # Resuming trusts any file under a final name: never leave a cut-off one.
+                    save_png_atomic(im, folder / f"{p['index']:04d}_{k}.png")
         rows = [{"image": f"{p['index']:04d}_{k}.png", "prompt": p["prompt"], "category": p["category"]}
                 for p in prompts for k in range(n)]
-        (folder / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        atomic_write_text(folder / "prompts.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return manifest
 
 
