@@ -25,7 +25,9 @@ from serve_support import FakeModel, fake_color, request, request_json, running_
 
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import DONE, JobManager
-from pixcade.serve.requests import GenerationRequest, Limits
+from pixcade.pipeline import options
+from pixcade.pipeline.images import png_bytes, save_png_atomic
+from pixcade.serve.requests import GenerationRequest, Limits, RequestError, parse_request
 
 LIMITS = Limits(max_prompt_chars=40, max_images=3, max_steps=5, max_queue=2, max_body_bytes=2048)
 
@@ -68,6 +70,33 @@ def test_refused_requests_name_the_problem_and_leave_nothing(body, status, limit
         if limit is not None:
             assert data["max"] == getattr(LIMITS, limit) and str(getattr(LIMITS, limit)) in data["error"]
         _nothing_left(server, model, before)
+
+
+@pytest.mark.parametrize("field, value, pipeline_check", [
+    ("steps", 0, lambda: options.check_steps(0)),
+    ("steps", {"sr": -2}, lambda: options.check_steps(-2)),
+    ("guidance", -0.5, lambda: options.check_guidance_weight(-0.5, "guidance")),
+    ("guidance", {"base": 1.0, "nope": 2.0},
+     lambda: options.check_stage_names("guidance", {"base": 1.0, "nope": 2.0}, ["base", "sr"])),
+])
+def test_option_values_are_refused_by_the_pipelines_rules(field, value, pipeline_check) -> None:
+    # The server has no rules of its own on these values: it refuses what the pipeline
+    # refuses, with the pipeline's words, and as a request the model can't run (422).
+    with pytest.raises(PixcadeError) as expected:
+        pipeline_check()
+    with pytest.raises(RequestError) as refused:
+        parse_request({"prompt": "a", field: value}, LIMITS, ["base", "sr"])
+    assert refused.value.status == 422 and refused.value.limit is None
+    assert str(refused.value) == str(expected.value)
+
+
+def test_png_bytes_round_trip_and_the_atomic_writer_writes_the_same(tmp_path: Path) -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    data = png_bytes(Image.fromarray(arr))
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG" and (np.asarray(im.convert("RGB")) == arr).all()
+    save_png_atomic(Image.fromarray(arr), tmp_path / "a.png")
+    assert (tmp_path / "a.png").read_bytes() == data and os.listdir(tmp_path) == ["a.png"]
 
 
 def test_limits_are_inclusive() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +12,7 @@ from PIL import Image
 
 from pixcade.data import transforms
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write
+from pixcade.io import atomic_write_bytes
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -53,6 +54,13 @@ def make_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Imag
     return grid
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """The image as a PNG file's bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png_atomic(image: Image.Image, path: Path) -> None:
     """Write to a temporary name then rename: a file under the final name is always whole."""
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write_bytes(path, png_bytes(image))

@@ -41,6 +41,29 @@ def _samplers() -> Sequence[str]:
     return tuple(SAMPLERS)
 
 
+def check_steps(steps: Any, name: str = "steps") -> None:
+    """Raise PixcadeError unless ``steps`` is an integer >= 1 (``name``: the caller's spelling)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PixcadeError(f"{name} must be an integer >= 1, got {steps!r}")
+
+
+def check_guidance_weight(weight: float, name: str = "guidance weight") -> None:
+    """Raise PixcadeError unless ``weight`` >= 0 (``name``: the caller's spelling)."""
+    if not weight >= 0:  # also rejects NaN
+        raise PixcadeError(f"{name} must be >= 0, got {weight}")
+
+
+def check_stage_names(option: str, setting: PerStage, names: Sequence[str]) -> None:
+    """A ``{stage: value}`` setting of ``option`` may name only the stages run, ``names``."""
+    if isinstance(setting, Mapping):
+        stray = [k for k in setting if k not in names]
+        if stray:
+            raise PixcadeError(
+                f"{option} names stage(s) {', '.join(map(repr, stray))} that are not run "
+                f"(stages: {', '.join(names)})"
+            )
+
+
 def validate_options(stage: str, opts: StageOptions, is_sr: bool) -> None:
     """Raise PixcadeError naming the stage and the bad option."""
     samplers = _samplers()
@@ -48,15 +71,11 @@ def validate_options(stage: str, opts: StageOptions, is_sr: bool) -> None:
         raise PixcadeError(
             f"stage {stage!r}: unknown sampler {opts.sampler!r} (choose from {', '.join(samplers)})"
         )
-    if isinstance(opts.steps, bool) or not isinstance(opts.steps, int) or opts.steps < 1:
-        raise PixcadeError(f"stage {stage!r}: steps must be an integer >= 1, got {opts.steps!r}")
-    if not opts.guidance_weight >= 0:  # also rejects NaN
-        raise PixcadeError(
-            f"stage {stage!r}: guidance weight must be >= 0, got {opts.guidance_weight}"
-        )
     from pixcade.diffusion.guidance import parse_threshold
 
     try:
+        check_steps(opts.steps)
+        check_guidance_weight(opts.guidance_weight)
         parse_threshold(opts.threshold)
     except PixcadeError as err:
         raise PixcadeError(f"stage {stage!r}: {err}") from None
@@ -89,13 +108,7 @@ def resolve_options(configs: Sequence[StageConfig], **settings: PerStage) -> dic
         raise PixcadeError(f"unknown sampling option(s): {', '.join(sorted(unknown_opts))}")
     names = [c.name for c in configs]
     for opt, setting in settings.items():
-        if isinstance(setting, Mapping):
-            stray = [k for k in setting if k not in names]
-            if stray:
-                raise PixcadeError(
-                    f"{opt} names stage(s) {', '.join(map(repr, stray))} that are not run "
-                    f"(stages: {', '.join(names)})"
-                )
+        check_stage_names(opt, setting, names)
     resolved = {}
     for c in configs:
         aug_setting = settings.get("aug_level")

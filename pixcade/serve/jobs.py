@@ -9,7 +9,6 @@ runs is never evicted. Every change to a job bumps its version and wakes the wai
 
 from __future__ import annotations
 
-import io
 import logging
 import secrets
 import threading
@@ -59,12 +58,6 @@ class Job:
     @property
     def stored_bytes(self) -> int:
         return sum(len(b) for s in self.stages.values() for b in s.images)
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class JobManager:
@@ -204,6 +197,8 @@ class JobManager:
             self._cond.notify_all()
 
     def _on_stage_done(self, job: Job, stage: str, images: list[Image.Image]) -> None:
+        from pixcade.pipeline.images import png_bytes  # here: the pipeline loads torch
+
         files = [png_bytes(im) for im in images]  # encoded outside the lock
         with self._cond:
             s = job.stages[stage]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from pixcade.errors import PixcadeError
 
@@ -95,17 +95,23 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def _per_stage(value: Any, name: str, stages: Sequence[str], check: Any) -> Any:
+def _runnable(check: Callable[..., None], *args: Any) -> None:
+    """Run one of the pipeline's option checks: what it refuses, the model could not run (422)."""
+    try:
+        check(*args)
+    except PixcadeError as err:
+        raise RequestError(422, str(err)) from None
+
+
+def _per_stage(value: Any, name: str, stages: Sequence[str], check: Callable[[Any], Any]) -> Any:
     """One value for every stage run, or ``{stage: value}`` naming only stages that run."""
+    # Imported when used: the pipeline loads torch, which importing the server must not.
+    from pixcade.pipeline import options
+
     if value is None:
         return None
+    _runnable(options.check_stage_names, name, value, stages)
     if isinstance(value, Mapping):
-        stray = [k for k in value if k not in stages]
-        if stray:
-            raise RequestError(
-                422, f"{name} names stage(s) {', '.join(map(repr, stray))} that this request does "
-                f"not run (stages: {', '.join(stages)})",
-            )
         return {k: check(v) for k, v in value.items()}
     return check(value)
 
@@ -161,18 +167,20 @@ def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> 
             f"(allowed stages: {', '.join(allowed)})", "stages", allowed,
         )
 
+    # The rules on values are the pipeline's (Cascade.plan applies them again to the
+    # resolved options); here they run before the request takes a queue slot.
+    from pixcade.pipeline import options
+
     def check_guidance(v: Any) -> float:
         if not _is_number(v):
             raise _bad("guidance must be a finite number (or {stage: number})")
-        if v < 0:
-            raise RequestError(422, f"guidance must be >= 0, got {v}")
+        _runnable(options.check_guidance_weight, v, "guidance")
         return float(v)
 
     def check_steps(v: Any) -> int:
         if not _is_int(v):
             raise _bad("steps must be an integer (or {stage: integer})")
-        if v < 1:
-            raise RequestError(422, f"steps must be at least 1, got {v}")
+        _runnable(options.check_steps, v)
         if v > limits.max_steps:
             raise _over(
                 f"{v} steps asked for; this server's limit (max_steps) is {limits.max_steps}",
