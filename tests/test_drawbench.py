@@ -178,13 +178,20 @@ class FakeCascade:
         return [Image.new("RGB", (8, 8), (shade, k, 0)) for k in range(n)]
 
 
-def test_generate_layout_manifest_and_resume(tmp_path, monkeypatch, capsys):
+def _fake_run(tmp_path, monkeypatch):
+    """(argv, out) of `drawbench generate` over the fake cascades: 3 prompts, 2 models, n = 3."""
     monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", FakeCascade)
     FakeCascade.loaded = []
     csv = tmp_path / "p.csv"
     csv.write_text("Prompt,Category\n" + "".join(f"\"{p['prompt']}\",{p['category']}\n" for p in PROMPTS))
     out = tmp_path / "gen"
     argv = ["generate", "--prompts", str(csv), "--model", MODELS[0], "--model", MODELS[1], "--n", "3", "--out", str(out)]
+    return argv, out
+
+
+def test_generate_layout_manifest_and_resume(tmp_path, monkeypatch, capsys):
+    argv, out = _fake_run(tmp_path, monkeypatch)
+    csv = tmp_path / "p.csv"
     assert drawbench.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["prompts"] == 3
     manifest = json.loads((out / "manifest.json").read_text())
@@ -213,12 +220,7 @@ class Crash(BaseException):
 
 
 def test_generate_resume_after_a_crash_mid_write_redraws_the_cut_off_image(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", FakeCascade)
-    FakeCascade.loaded = []
-    csv = tmp_path / "p.csv"
-    csv.write_text("Prompt,Category\n" + "".join(f"\"{p['prompt']}\",{p['category']}\n" for p in PROMPTS))
-    out = tmp_path / "gen"
-    argv = ["generate", "--prompts", str(csv), "--model", MODELS[0], "--model", MODELS[1], "--n", "3", "--out", str(out)]
+    argv, out = _fake_run(tmp_path, monkeypatch)
     # Model 0's last image of prompt 1 (the last file of that prompt) is cut off mid-write.
     victim = ((0 * 100 + 1 * 10) % 256, 2, 0)
     real_save = Image.Image.save
