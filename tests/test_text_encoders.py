@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pixcade.errors import PixcadeError
+from pixcade.text import encoders
 from pixcade.text.encoders import (DEFAULT_ENCODER, TextEncoder, encoder_name, load_text_encoder,
                                    pad_embeddings)
 from tiny_text import TINY_DIM, make_tiny_t5
@@ -193,9 +194,16 @@ def test_bfloat16_on_cpu_falls_back_to_float32(t5_dir, t5):
     torch.testing.assert_close(enc.encode([SHORT])[0], t5.encode([SHORT])[0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_bfloat16_on_gpu_close_to_float32(minilm):
-    enc = load_text_encoder(device="cuda", dtype="bfloat16")
+def test_bfloat16_encoding_close_to_float32(minilm, monkeypatch):
+    """The bf16 path a GPU takes: weights in bf16, embeddings handed back as float32.
+
+    Without a GPU the same path runs on CPU (torch has bf16 kernels there) with the
+    CPU fallback switched off, so the numerics are checked on every machine.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        monkeypatch.setattr(encoders, "_resolve_dtype", lambda dtype, device: torch.bfloat16)
+    enc = load_text_encoder(device=device, dtype="bfloat16")
     assert next(enc.model.parameters()).dtype == torch.bfloat16
     emb, mask = enc.encode([SHORT, *LONGER])
     ref, ref_mask = minilm.encode([SHORT, *LONGER])
