@@ -1,8 +1,9 @@
 """pixcade side of the benchmark: training steps, stage sampling and text encoding.
 
 ``opts`` switch pixcade's speed features so the table can show what each one buys:
-``bf16`` (autocast), ``cl`` (channels_last), ``compile`` (torch.compile of the U-Net),
-``ckpt`` (gradient checkpointing), ``foreach`` (the non-fused AdamW, for comparison).
+``bf16`` (autocast, training only: sampling runs in fp32 as the pipeline does), ``cl``
+(channels_last), ``compile`` (torch.compile of the U-Net), ``ckpt`` (gradient
+checkpointing), ``foreach`` (the non-fused AdamW, for comparison).
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ def stage_sampler(suite: Suite, which: str, device: str, steps: int, opts: froze
     data = make_batch(spec, suite.sample_batch, suite, device)
     gen = torch.Generator(device).manual_seed(0)
 
+    # fp32, as pixcade's pipeline samples (and as the peers do here).
     def run() -> torch.Tensor:
-        with autocast(device, "bf16" in opts):
-            return st.sample(data["text_emb"], data["text_mask"], data.get("lowres"), sampler=SAMPLER,
-                             steps=steps, guidance_weight=guidance, generator=gen)
+        return st.sample(data["text_emb"], data["text_mask"], data.get("lowres"), sampler=SAMPLER,
+                         steps=steps, guidance_weight=guidance, generator=gen)
 
     return run
 

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from common import make_batch
+from common import autocast, make_batch
 from specs import Suite, UNetSpec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,7 +136,8 @@ class Imagen:
         images = (data["images"] + 1) / 2  # it normalises [0, 1] inputs itself; makes its own low-res
 
         def step() -> None:
-            loss = model(images, text_embeds=data["text_emb"], text_masks=data["text_mask"], unet_number=number)
+            with autocast(device, "bf16" in opts):
+                loss = model(images, text_embeds=data["text_emb"], text_masks=data["text_mask"], unet_number=number)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -256,8 +257,9 @@ class Diffusers:
                 z = torch.cat([z, sched.add_noise(up, torch.randn_like(up), aug)], dim=1)
                 kw["class_labels"] = aug
             # No text mask, as in the IF pipelines (padding embeddings are zeros).
-            out = unet(z, t, encoder_hidden_states=data["text_emb"], **kw).sample
-            loss = F.mse_loss(out[:, :3], noise)  # the eps half; IF's variance term is extra
+            with autocast(device, "bf16" in opts):
+                out = unet(z, t, encoder_hidden_states=data["text_emb"], **kw).sample
+            loss = F.mse_loss(out[:, :3].float(), noise)  # the eps half; IF's variance term is extra
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -26,8 +26,6 @@ sys.path.insert(0, str(HERE))
 
 from specs import SUITES  # noqa: E402
 
-IMPLS = ("pixcade", "imagen-pytorch", "diffusers")
-PEERS = IMPLS[1:]
 # The CPU target of issue 9, and the sampler target (time half; accuracy needs --model).
 TRAIN_TARGET = 1.5
 SAMPLER_TARGET = 10.0
@@ -49,26 +47,44 @@ ROWS = [
 ]
 
 
+def split_impl(impl: str, opts: str) -> tuple[str, str]:
+    """"pixcade" -> (pixcade, the run's pixcade options); "NAME@bf16,cl" -> its own; "@fp32" = none.
+
+    Peers take only "bf16" (autocast around their training forward pass)."""
+    name, at, own = impl.partition("@")
+    if not at:
+        return name, opts if name == "pixcade" else ""
+    return name, "" if own == "fp32" else own
+
+
 def run_worker(impl: str, task: str, args, opts: str) -> dict:
-    cmd = [sys.executable, str(HERE / "worker.py"), "--impl", impl, "--task", task, "--suite", args.suite,
-           "--device", args.device, "--opts", opts if impl == "pixcade" else ""]
+    name, opts = split_impl(impl, opts)
+    cmd = [sys.executable, str(HERE / "worker.py"), "--impl", name, "--task", task, "--suite", args.suite,
+           "--device", args.device, "--opts", opts]
     if args.steps is not None:
         cmd += ["--steps", str(args.steps)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"impl": impl, "task": task, "error": f"worker failed: {tail[:200]}"}
-    return json.loads(lines[-1])
+    return dict(json.loads(lines[-1]), impl=impl)
 
 
 def run_in_process(impl: str, task: str, args, opts: str) -> dict:
+    import torch
+
     import worker
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name, opts = split_impl(impl, opts)
     try:
-        return worker.measure(impl, task, SUITES[args.suite], args.device,
-                              frozenset(o for o in opts.split(",") if o), args.steps)
+        return dict(worker.measure(name, task, SUITES[args.suite], args.device,
+                                   frozenset(o for o in opts.split(",") if o), args.steps), impl=impl)
     except Exception as err:
         return {"impl": impl, "task": task, "error": f"{type(err).__name__}: {err}"}
 
@@ -97,8 +113,14 @@ def measure_all(args, impls: list[str], tasks: list[str], opts: str) -> dict:
     run = run_in_process if args.in_process else run_worker
     results: dict = {}
     for task in tasks:
-        who = ["pixcade"] if task == "ddpm-step" else impls
-        for rep in range(args.repeats):
+        if task == "ddpm-step":
+            who = ["pixcade"]
+        elif task.startswith("train-"):
+            who = impls
+        else:  # variants (pixcade@...) are about training options
+            who = [i for i in impls if "@" not in i]
+        repeats = 1 if task == "flops-base" else args.repeats  # a count, not a timing
+        for rep in range(repeats):
             # Alternate the order so a burst of load from elsewhere hits everyone alike.
             order = who if rep % 2 == 0 else list(reversed(who))
             for impl in order:
@@ -128,7 +150,7 @@ def _value(res: dict, impl: str, task: str, key: str):
 
 
 def table(res: dict, impls: list[str]) -> tuple[str, list[str]]:
-    peers = [p for p in impls if p != "pixcade"]
+    peers = [p for p in impls if not p.startswith("pixcade") and "@" not in p]
     head = ["metric"] + list(impls) + [f"pixcade/{p}" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     notes: list[str] = []
@@ -147,6 +169,8 @@ def table(res: dict, impls: list[str]) -> tuple[str, list[str]]:
                 r = res[impl][task]
                 cell += f" ({r.get('sampler', '')} {r['steps']})"
             cells.append(cell)
+        if not vals and not any(impl in res and task in res[impl] for impl in impls):
+            continue  # a task this run did not measure
         ratios = []
         for p in peers:
             if "pixcade" in vals and p in vals and vals[p]:
@@ -162,12 +186,23 @@ def table(res: dict, impls: list[str]) -> tuple[str, list[str]]:
 def summary(res: dict, args) -> list[str]:
     out = []
     pix = res.get("pixcade", {})
+    def precision(impl: str) -> str:
+        return "bf16" if "bf16" in split_impl(impl, args.pixcade_opts)[1] else "fp32"
+
     for which in ("base", "sr"):
-        v, _ = _value(res, "pixcade", f"train-{which}", "images_per_s")
-        w, _ = _value(res, "imagen-pytorch", f"train-{which}", "images_per_s")
-        if v and w:
-            ok = "met" if v / w >= TRAIN_TARGET else "MISSED"
-            out.append(f"- Target {which} training >= {TRAIN_TARGET}x imagen-pytorch: {v / w:.2f}x ({ok}).")
+        task = f"train-{which}"
+        for ours in [i for i in res if i.startswith("pixcade")]:
+            for peer in [i for i in res if i.startswith("imagen-pytorch")]:
+                v, _ = _value(res, ours, task, "images_per_s")
+                w, _ = _value(res, peer, task, "images_per_s")
+                defaults = ours == "pixcade" and peer == "imagen-pytorch"
+                if not (v and w) or (precision(ours) != precision(peer) and not defaults):
+                    continue
+                ok = "met" if v / w >= TRAIN_TARGET else "MISSED"
+                how = (f"both {precision(ours)}" if precision(ours) == precision(peer)
+                       else f"each library's default: pixcade {precision(ours)}, imagen-pytorch {precision(peer)}")
+                out.append(f"- Target {which} U-Net training >= {TRAIN_TARGET}x imagen-pytorch, {how}: "
+                           f"{v / w:.2f}x ({ok}).")
     d = pix.get("ddpm-step", {})
     b = pix.get("sample-base", {})
     if "s_per_step_ddpm" in d and "steps" in b:
@@ -220,10 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps actually run per stage; longer schedules are extrapolated "
                         "linearly (default: the suite's; 0 = run every step)")
-    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--impls", default=None,
+                   help="comma-separated; NAME@OPTS adds a training column with other options "
+                        "(@fp32 = none; peers take @bf16). Default: pixcade, pixcade@fp32, "
+                        "imagen-pytorch, imagen-pytorch@bf16, diffusers")
     p.add_argument("--tasks", default="train-base,train-sr,flops-base,sample-base,sample-sr,text,ddpm-step")
     p.add_argument("--pixcade-opts", default=None,
                    help="pixcade speed options: bf16,cl,compile,ckpt,foreach (default: the device's best)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
     p.add_argument("--in-process", action="store_true", help="no subprocesses (memory then is not per run)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", default=None, help="also write the results here")
@@ -243,12 +282,18 @@ def main(argv: list[str] | None = None) -> int:
         a.steps = 2 if a.quick else suite.sample_steps
     a.steps = a.steps or None  # 0 -> every step
     if a.pixcade_opts is None:
-        # Measured: on this CPU bf16 autocast and channels_last slow training down; on GPU they pay.
-        a.pixcade_opts = "bf16,cl" if gpu else ""
+        # The trainer's default is bf16 autocast. channels_last pays on GPUs, not on the CPU
+        # measured here (benchmarks/README.md).
+        a.pixcade_opts = "bf16,cl" if gpu else "bf16"
     a.peak_flops = None
     if gpu:
         name = torch.cuda.get_device_name()
         a.peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    if a.impls is None:
+        # Each library's default precision, plus the other precision for pixcade and
+        # imagen-pytorch's training (its trainer offers bf16 through accelerate).
+        a.impls = ",".join(["pixcade"] + (["pixcade@fp32"] if "bf16" in a.pixcade_opts else [])
+                           + ["imagen-pytorch", "imagen-pytorch@bf16", "diffusers"])
     impls = [i for i in a.impls.split(",") if i]
     tasks = [t for t in a.tasks.split(",") if t]
 
@@ -256,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     res = measure_all(a, impls, tasks, a.pixcade_opts)
     text, notes = table(res, impls)
     print(f"\n## {a.suite} suite on {a.device}: {started:%Y-%m-%d %H:%M} UTC, {machine(a.device)}")
-    print(f"pixcade options: {a.pixcade_opts or 'none (fp32, fused AdamW)'}; sampling steps run per stage: "
-          f"{a.steps or 'all'} (longer schedules extrapolated); repeats: best of {a.repeats}\n")
+    print(f"pixcade training options: {a.pixcade_opts or 'fp32'} (fused AdamW; sampling in fp32 for all); "
+          f"sampling steps run per stage: {a.steps or 'all'} (longer schedules extrapolated); "
+          f"threads: {a.threads or torch.get_num_threads()}; best of {a.repeats} runs\n")
     print(text)
     lines = summary(res, a)
     if a.model:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -56,9 +57,10 @@ def measure(impl_name: str, task: str, suite: Suite, device: str, opts: frozense
         step()  # warm-up: allocator, kernels, lazy optimiser state
         if cuda:
             step()
-        seconds = timed(step, device, suite.train_steps)
+        # Each step timed on its own; the median shrugs off a burst of load from elsewhere.
+        seconds = statistics.median(timed(step, device) for _ in range(suite.train_steps))
         batch = suite.sr_train_batch if which == "sr" else suite.train_batch
-        out.update(params=n_params, images_per_s=batch * suite.train_steps / seconds, **_memory(device, rss_before))
+        out.update(params=n_params, images_per_s=batch / seconds, **_memory(device, rss_before))
 
     elif task in ("sample-base", "sample-sr"):
         which = task.split("-")[1]
