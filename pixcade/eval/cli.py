@@ -47,7 +47,8 @@ def _emit(result: dict, out: str | None) -> None:
 def _distance(argv: list[str], command: str) -> int:
     p = argparse.ArgumentParser(prog=f"pixcade eval {command}", description=SUBCOMMANDS[command])
     p.add_argument("--real", required=True, help="folder of images, or dataset shards (e.g. data/{000..009}.tar)")
-    p.add_argument("--fake", required=True, help="folder of generated images")
+    p.add_argument("--fake", required=True, help="folder of generated images (of a `pixcade generate` "
+                                                 "folder: the final images its prompts.jsonl lists)")
     p.add_argument("--inception-weights", help="FID Inception-v3 weights (.safetensors or pytorch-fid's pt_inception-2015-12-05-*.pth)")
     p.add_argument("--features", help="feature extractor when not the FID Inception: clip:DIR | shapes:FILE | py:MODULE:FACTORY")
     if command == "fid":
@@ -98,7 +99,8 @@ def _clip_score(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="pixcade eval clip-score", description=SUBCOMMANDS["clip-score"])
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--prompts", help="prompts.txt (one per line; sorted images split evenly over them) "
-                   "or a .jsonl of {image, prompt}; default: the .txt caption beside each image")
+                   "or a .jsonl of {image, prompt} or {images, prompt}; default: the folder's "
+                   "prompts.jsonl (as `pixcade generate` writes), else the .txt caption beside each image")
     p.add_argument("--clip", required=True, help="local CLIP model directory (Hugging Face or open_clip format)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")

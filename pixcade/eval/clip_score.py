@@ -55,7 +55,8 @@ def load_clip(directory: str | Path, device: str = "cpu") -> ClipModel:
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     try:
-        model = CLIPModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        # safetensors only: pixcade never unpickles weight files.
+        model = CLIPModel.from_pretrained(path, local_files_only=True, use_safetensors=True).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         processor = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as err:
@@ -86,10 +87,11 @@ def _load_open_clip(path: Path, device: str) -> ClipModel:
             f"{path} is an open_clip model but the open_clip package is not installed "
             "(pip install open_clip_torch), or convert it to Hugging Face CLIPModel format"
         ) from None
-    weights = next((p for p in (path / "open_clip_model.safetensors",
-                                path / "open_clip_pytorch_model.bin") if p.is_file()), None)
-    if weights is None:
-        raise PixcadeError(f"{path}: no open_clip_model.safetensors or open_clip_pytorch_model.bin")
+    # safetensors only: a .bin checkpoint would have to be unpickled.
+    weights = path / "open_clip_model.safetensors"
+    if not weights.is_file():
+        raise PixcadeError(f"{path}: no open_clip_model.safetensors (pixcade reads open_clip weights "
+                           "as safetensors only, never a pickled .bin)")
     config = json.loads((path / "open_clip_config.json").read_text())
     if "model_cfg" not in config:
         raise PixcadeError(f"{path}/open_clip_config.json has no model_cfg")
@@ -136,27 +138,25 @@ def pair_images_with_prompts(images_dir: str | Path, prompts: str | Path | None)
     """Which prompt each image was generated from.
 
     - ``prompts`` a ``.jsonl`` file: rows ``{"image": path relative to the folder, "prompt": ...}``
-      (the manifest ``pixcade drawbench generate`` writes per model is of this form);
+      (the manifest ``pixcade drawbench generate`` writes per model) or ``{"images": [...],
+      "prompt": ...}`` (the ``prompts.jsonl`` of a ``pixcade generate`` output folder);
     - ``prompts`` a ``.txt`` file: one prompt per line; the folder's images, in sorted
       order, are split into equal consecutive groups, one group per prompt;
-    - no ``prompts``: each image's caption is the ``.txt`` file beside it.
+    - no ``prompts``: the folder's own ``prompts.jsonl`` index if it has one (so a
+      ``pixcade generate`` folder is scored on its final images, not its grid or
+      ``stages/``), else each image's caption is the ``.txt`` file beside it.
     """
-    from pixcade.eval.fid import IMAGE_SUFFIXES
+    from pixcade.eval.fid import IMAGE_SUFFIXES, image_index, read_image_index
 
     root = Path(images_dir)
     if not root.is_dir():
         raise PixcadeError(f"image folder not found: {root}")
     if prompts is not None and Path(prompts).suffix == ".jsonl":
-        pairs = []
-        for n, line in enumerate(Path(prompts).read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pairs.append((root / row["image"], str(row["prompt"])))
-            except (ValueError, KeyError, TypeError):
-                raise PixcadeError(f"{prompts}:{n}: expected {{\"image\": ..., \"prompt\": ...}}") from None
-        return pairs
+        return read_image_index(prompts, root)
+    if prompts is None:
+        indexed = image_index(root)
+        if indexed is not None:
+            return indexed
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise PixcadeError(f"no images in {root}")

@@ -10,6 +10,7 @@ published ones is the feature extractor's business (see ``pixcade.eval.features`
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -25,6 +26,9 @@ from pixcade.errors import PixcadeError
 from pixcade.pipeline.images import open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The index `pixcade generate` (and `pixcade drawbench generate`, per model) writes beside
+# its images: which files are the samples, and their prompts.
+IMAGE_INDEX = "prompts.jsonl"
 
 
 @dataclass
@@ -106,19 +110,79 @@ def kernel_inception_distance(
     return float(np.mean(values)), float(np.std(values))
 
 
+def _index_row(line: str) -> tuple[list[str], str]:
+    """(image files, prompt) of one index row; ValueError/KeyError/TypeError if malformed."""
+    row = json.loads(line)
+    files = [row["image"]] if "image" in row else list(row["images"])
+    if not all(isinstance(f, str) for f in files):
+        raise TypeError("image names must be strings")
+    return files, str(row["prompt"])
+
+
+def read_image_index(path: str | Path, root: str | Path) -> list[tuple[Path, str]]:
+    """(image path, prompt) for every image a JSONL index lists, in order.
+
+    Rows are ``{"image": FILE, "prompt": TEXT}`` (a `pixcade drawbench generate` model
+    folder) or ``{"images": [FILE, ...], "prompt": TEXT}`` (a `pixcade generate` output
+    folder); FILE is relative to ``root``.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PixcadeError(f"cannot read {path}: {err}") from None
+    pairs: list[tuple[Path, str]] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            files, prompt = _index_row(line)
+        except (ValueError, KeyError, TypeError):
+            raise PixcadeError(f'{path}:{n}: expected {{"image": FILE, "prompt": TEXT}} or '
+                               f'{{"images": [FILE, ...], "prompt": TEXT}}') from None
+        pairs += [(Path(root) / f, prompt) for f in files]
+    if not pairs:
+        raise PixcadeError(f"{path} lists no images")
+    return pairs
+
+
+def image_index(folder: str | Path) -> list[tuple[Path, str]] | None:
+    """The images a folder's ``prompts.jsonl`` lists (see `read_image_index`), or None when
+    it has no such index (a prompts.jsonl of another form is the folder's own business)."""
+    path = Path(folder) / IMAGE_INDEX
+    if not path.is_file():
+        return None
+    try:
+        return read_image_index(path, folder)
+    except PixcadeError:
+        return None
+
+
 def iter_images(
     source: str | Path, skips: SkipStats | None = None
 ) -> tuple[int | None, Iterator[Image.Image]]:
     """(count if known, RGB images) from a folder (recursive) or dataset shards.
 
-    Anything that is not a folder (WebDataset tar shards, a manifest) is opened with
+    A folder written by `pixcade generate` is read through its ``prompts.jsonl``: its
+    samples are exactly the images listed there, not ``grid.png`` nor the earlier stages'
+    images under ``stages/``; a listed image that is missing (an unfinished run) is an
+    error. Anything that is not a folder (WebDataset tar shards, a manifest) is opened with
     ``pixcade.data.datasets.open_dataset``; its unreadable images are left out and counted
     in ``skips`` (a corrupt file in a large shard set should cost one image, not the run).
     In a folder every file was put there to be measured, so an unreadable one is an error.
     """
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        indexed = image_index(path)
+        if indexed is not None:
+            files = list(dict.fromkeys(p for p, _ in indexed))
+            missing = [p for p in files if not p.is_file()]
+            if missing:
+                raise PixcadeError(
+                    f"{len(missing)} of {len(files)} images listed in {path / IMAGE_INDEX} are missing, "
+                    f"e.g. {missing[0].name} (an unfinished `pixcade generate` run? rerun it to finish)"
+                )
+        else:
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise PixcadeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
         return len(files), (open_image(p) for p in files)
