@@ -1,0 +1,100 @@
+"""How a stage is conditioned in training: the SR stages' noise-conditioning augmentation
+(level uniform in [0, 1] per sample, fed to the U-Net, the low-res input a forward diffusion
+to that level) and the trainer's text dropout for classifier-free guidance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+from pixcade.diffusion.schedules import alpha_sigma
+from pixcade.errors import PixcadeError
+from pixcade.nn.configs import get_preset
+from pixcade.stage import Stage, StageConfig, upsample
+from pixcade.train.trainer import Trainer
+from train_support import build_cache, make_shapes, tiny_config
+
+
+class RecordingNet:
+    """Stands in for the U-Net: records the conditioning of each call, predicts zeros."""
+
+    def __init__(self):
+        self.calls: list[dict[str, torch.Tensor]] = []
+
+    def __call__(self, z, t, **cond):
+        self.calls.append({k: v.clone() for k, v in cond.items()})
+        return torch.zeros_like(z)
+
+
+def _sr_stage(net) -> Stage:
+    config = StageConfig(name="sr", resolution=8, lowres_resolution=4, unet=get_preset("tiny-sr"))
+    return Stage(config, net=net)
+
+
+def test_sr_loss_draws_a_uniform_augmentation_level_per_sample_and_noises_the_lowres_to_it():
+    b = 4000
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, 8, 8, generator=g) * 2 - 1
+    lowres = torch.rand(b, 3, 4, 4, generator=g) * 2 - 1
+    emb, mask = torch.randn(b, 2, 32, generator=g), torch.ones(b, 2, dtype=torch.bool)
+    net = RecordingNet()
+    stage = _sr_stage(net)
+    stage.loss(images, emb, mask, lowres, generator=g)
+    (cond,) = net.calls
+    aug = cond["aug_t"]
+    assert aug.shape == (b,) and aug.min() >= 0 and aug.max() <= 1
+    assert stats.kstest(aug.numpy(), "uniform").pvalue > 1e-3  # U[0, 1]
+    # The U-Net's low-res input is alpha(aug) * upsampled + sigma(aug) * fresh noise, with
+    # the very level it is told: the residual is standard normal, for every level.
+    alpha, sigma = alpha_sigma(stage.schedule.log_snr(aug.double()).view(-1, 1, 1, 1))
+    resid = (cond["lowres"].double() - alpha * upsample(lowres, 8).double()) / sigma
+    assert abs(resid.mean().item()) < 0.01 and abs(resid.std().item() - 1) < 0.01
+    low, high = aug < 0.3, aug > 0.7
+    for part in (low, high):
+        assert abs(resid[part].std().item() - 1) < 0.02
+    # Clean-ish at low levels, mostly noise at high ones.
+    err = (cond["lowres"] - upsample(lowres, 8)).square().flatten(1).mean(1)
+    assert err[low].mean() < 0.2 * err[high].mean()
+    assert torch.equal(cond["text_emb"], emb) and torch.equal(cond["text_mask"], mask)
+
+
+def test_sr_loss_needs_the_lowres_image():
+    with pytest.raises(PixcadeError, match="needs a low-res image"):
+        _sr_stage(RecordingNet()).loss(torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 32), torch.ones(2, 1, dtype=torch.bool))
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    data = make_shapes(root / "data", 16, resolution=16)
+    build_cache(root / "cache", data)
+    return data, root / "cache"
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_trainer_replaces_text_by_the_null_input_with_probability_p(shapes, tmp_path, monkeypatch, p):
+    data, cache = shapes
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = Stage.loss
+
+    def recording_loss(self, images, text_emb, text_mask, *args, **kwargs):
+        seen.append((text_emb.detach().clone(), text_mask.clone()))
+        return original(self, images, text_emb, text_mask, *args, **kwargs)
+
+    monkeypatch.setattr(Stage, "loss", recording_loss)
+    cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=4, cond_drop_prob=p, warmup_steps=1,
+                      log_every=1, checkpoint_every=1000, sample_every=1000)
+    Trainer(cfg, "base", tmp_path / "run").run()
+    dropped = torch.cat([~m.any(dim=1) for _, m in seen])
+    assert len(dropped) == 64
+    # Every caption is non-empty: a row without real tokens was dropped by the trainer.
+    for e, m in seen:
+        rows = ~m.any(dim=1)
+        assert (e[rows] == 0).all()  # the null input: no text at all
+        assert (e[~rows].abs().sum(dim=(1, 2)) > 0).all()
+    if p == 0.0:
+        assert not dropped.any()
+    else:
+        # Binomial(64, 0.5): 32 +- 4; the bounds are four standard deviations.
+        assert 16 <= int(dropped.sum()) <= 48
