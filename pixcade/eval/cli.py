@@ -44,6 +44,11 @@ def _emit(result: dict, out: str | None) -> None:
         Path(out).write_text(text + "\n", encoding="utf-8")
 
 
+def _at_least(value: int, flag: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise PixcadeError(f"{flag} must be at least {minimum}, got {value}")
+
+
 def _distance(argv: list[str], command: str) -> int:
     p = argparse.ArgumentParser(prog=f"pixcade eval {command}", description=SUBCOMMANDS[command])
     p.add_argument("--real", required=True, help="folder of images, or dataset shards (e.g. data/{000..009}.tar)")
@@ -59,6 +64,9 @@ def _distance(argv: list[str], command: str) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
+    _at_least(args.batch_size, "--batch-size")
+    _at_least(args.kid_subsets, "--kid-subsets")
+    _at_least(args.kid_subset_size, "--kid-subset-size", 2)  # an unbiased MMD needs two per set
 
     from pixcade.data.samples import SkipStats
     from pixcade.eval.features import get_extractor
@@ -106,6 +114,7 @@ def _clip_score(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
+    _at_least(args.batch_size, "--batch-size")
 
     from pixcade.eval.clip_score import clip_score_report, load_clip, pair_images_with_prompts
 
