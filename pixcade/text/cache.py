@@ -5,6 +5,7 @@ Layout of a cache directory::
     index.json                      shard list (sha256, size, encoder) + key -> (shard, offset, n)
     shard-000001.safetensors        "embeddings" [total_tokens, D]: every caption's real tokens,
     shard-000002.safetensors        concatenated; a caption is rows offset .. offset + n
+    build.lock                      held (flock) while a build writes
 
 A key is a hash of (encoder name, max length, caption), so one directory can hold several
 encoders and a changed encoder or max length is a miss rather than a silent reuse. Only
@@ -15,7 +16,9 @@ goes to a temporary file that is then renamed (``os.replace``), the index is rew
 each shard, so an interrupted build keeps what it finished. Each shard's sha256 is in the
 index and is checked before a shard is first read, so a truncated or corrupted shard is
 detected (``build`` drops it and recomputes its captions; ``get`` refuses to read it).
-One writer at a time per directory; any number of readers.
+Builds take an exclusive lock on ``build.lock`` (POSIX ``flock``) and re-read the index
+under it, so several processes (e.g. two stages starting to train at once) may build into
+one directory: each adds what the others have not; any number of readers.
 
 Storage precision: float16 (half the disk and page cache of float32). Its relative rounding
 error is at most 2**-11 ~ 5e-4, below the error of running the encoder in bfloat16 (2**-8)
@@ -25,13 +28,14 @@ float16's range (+-65504) is stored in float32 instead, so nothing overflows to 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -41,6 +45,7 @@ from pixcade.io import atomic_write_text, save_tensors
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, _check_prompts, _short
 
 INDEX_NAME = "index.json"
+LOCK_NAME = "build.lock"
 _FORMAT = "pixcade-embedding-cache"
 _VERSION = 1
 _TENSOR = "embeddings"
@@ -180,10 +185,32 @@ class EmbeddingCache:
                 f"{self.encoder_name!r} with max_length {self.max_length}"
             )
         captions = list(dict.fromkeys(_check_prompts(list(captions))))
-        if self._index_problem:
-            warnings.warn(f"{self._index_problem}; starting a fresh index", stacklevel=2)
-            self._index_problem = None
         self.directory.mkdir(parents=True, exist_ok=True)
+        with self._build_lock():
+            # Another process may have built here since this object read the index.
+            self._index_problem = None
+            self._index = self._load_index()
+            if self._index_problem:
+                warnings.warn(f"{self._index_problem}; starting a fresh index", stacklevel=2)
+                self._index_problem = None
+            return self._build_locked(captions, encoder, batch_size, progress, shard_bytes)
+
+    @contextlib.contextmanager
+    def _build_lock(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: one writer at a time is then the caller's business
+            yield
+            return
+        with open(self.directory / LOCK_NAME, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _build_locked(self, captions: list[str], encoder: TextEncoder, batch_size: int, progress: bool,
+                      shard_bytes: int) -> int:
         self._remove_orphans()
         self._drop_bad_shards(captions)
         entries = self._index["entries"]
