@@ -1,8 +1,11 @@
 """How a stage is conditioned in training: the SR stages' noise-conditioning augmentation
 (level uniform in [0, 1] per sample, fed to the U-Net, the low-res input a forward diffusion
-to that level) and the trainer's text dropout for classifier-free guidance."""
+to that level), the trainer's text dropout for classifier-free guidance and its gradient
+clipping."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -98,3 +101,32 @@ def test_trainer_replaces_text_by_the_null_input_with_probability_p(shapes, tmp_
     else:
         # Binomial(64, 0.5): 32 +- 4; the bounds are four standard deviations.
         assert 16 <= int(dropped.sum()) <= 48
+
+
+def test_trainer_clips_the_gradient_norm_before_each_update(shapes, tmp_path, monkeypatch):
+    from pixcade.train import setup
+
+    data, cache = shapes
+    norms: list[float] = []
+    build = setup.build_optimizer
+
+    def recording_optimizer(params, cfg, device):
+        opt = build(params, cfg, device)
+        step = opt.step
+
+        def checked_step(*args, **kwargs):
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+            return step(*args, **kwargs)
+
+        opt.step = checked_step
+        return opt
+
+    monkeypatch.setattr(setup, "build_optimizer", recording_optimizer)
+    clip = 1e-3
+    cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=2, grad_clip=clip, warmup_steps=1,
+                      log_every=1, checkpoint_every=1000, sample_every=1000)
+    Trainer(cfg, "base", tmp_path / "run").run()
+    logged = [json.loads(line)["grad_norm"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(norms) == 2 and all(n > 10 * clip for n in logged)  # the raw norm is logged...
+    assert all(n <= clip * (1 + 1e-4) for n in norms)  # ...the optimizer sees it clipped
