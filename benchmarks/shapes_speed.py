@@ -23,16 +23,23 @@ def compare(model_dir: str, n: int = 30, steps: int | None = None, device: str =
     k = steps or cascade.stage(base).config.steps
     scenes = evaluation_prompts(n)
     captions = [sc.caption for sc in scenes]
+    # Load the text encoder and warm the kernels outside the timed runs.
+    cascade.generate(captions[:1], seed=seed, steps=1, stop_after=base, progress=False)
     rows = {}
     for sampler, s in (("dpm++", k), ("ddpm", ANCESTRAL_STEPS)):
         start = time.perf_counter()
-        images = cascade.generate(captions, seed=seed, sampler=sampler, steps=s, stop_after=base, progress=False)
+        lowres = cascade.generate(captions, seed=seed, sampler=sampler, steps=s, stop_after=base, progress=False)
         seconds = (time.perf_counter() - start) / len(captions)
+        # Scored on the final images: the spec's scorer is unreliable at base resolution, and
+        # both samplers get the same super-resolution stages with their default settings.
+        images = lowres
+        if len(cascade.names) > 1:
+            images = cascade.generate(captions, seed=seed, start_image=lowres, progress=False)
         acc = score(images, scenes)["overall"]["accuracy"]
         rows[sampler] = (s, seconds, acc)
     (k, t_fast, a_fast), (_, t_slow, a_slow) = rows["dpm++"], rows["ddpm"]
     return [
-        f"- shapes accuracy, base stage of {model_dir} on {n} evaluation prompts: DPM-Solver++ {k} steps "
-        f"{a_fast:.3f} ({t_fast:.2f} s/image) vs ancestral DDPM {ANCESTRAL_STEPS} steps {a_slow:.3f} "
+        f"- shapes accuracy (final images; base stage sampled each way) of {model_dir} on {n} evaluation prompts: DPM-Solver++ {k} steps "
+        f"{a_fast:.3f} ({t_fast:.2f} s/image for the base stage) vs ancestral DDPM {ANCESTRAL_STEPS} steps {a_slow:.3f} "
         f"({t_slow:.2f} s/image): {t_slow / t_fast:.1f}x faster, accuracy difference {a_fast - a_slow:+.3f}.",
     ]
