@@ -96,6 +96,9 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("pixcade serve: stopping", file=sys.stderr)
     finally:
-        manager.stop(timeout=0)  # don't wait for a running job: the process is ending
+        # An idle worker exits at once; a running job gets a moment, not its full length. Joining
+        # it (rather than leaving a daemon thread inside torch at interpreter exit) avoids an
+        # abort ("terminate called without an active exception") seen under load.
+        manager.stop(timeout=2)
         server.server_close()
     return 0
