@@ -114,6 +114,8 @@ def test_real_tiny_cascade_in_the_browser(browser: DevTools, tmp_path: Path) -> 
         _set(browser, "seed", "3")
         browser.click("#generate")
         browser.wait_for("document.getElementById('job').dataset.state === 'done'", "the job to finish", 120)
+        # 'done' can arrive before the browser has finished fetching the last <img>.
+        browser.wait_for(f"{_loaded_images('sr')}.length > 0", "the SR image to load")
         assert browser.js(_loaded_images("base")) == [[16, 16]]
         assert browser.js(_loaded_images("sr")) == [[SR_RES, SR_RES]]
 
