@@ -46,16 +46,6 @@ class HugeEncoder:
                 for c in captions]
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return make_tiny_t5(tmp_path_factory.mktemp("t5") / "tiny-t5")
-
-
-@pytest.fixture(scope="module")
-def t5(t5_dir):
-    return load_text_encoder(str(t5_dir), max_length=32)
-
-
 def expected(encoder, captions):
     return [encoder.encode_each([c])[0] for c in captions]
 

@@ -20,16 +20,6 @@ LONGER = ["two big blue spheres above a small yellow cone", "a green cylinder on
 
 
 @pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    return make_tiny_t5(tmp_path_factory.mktemp("t5") / "tiny-t5")
-
-
-@pytest.fixture(scope="module")
-def t5(t5_dir):
-    return load_text_encoder(str(t5_dir), max_length=32)
-
-
-@pytest.fixture(scope="module")
 def minilm():
     return load_text_encoder()
 
