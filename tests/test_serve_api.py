@@ -358,3 +358,26 @@ def test_a_body_without_length_is_refused() -> None:
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.0 411") and "Content-Length" in json.loads(body)["error"]
         assert server.manager.stats()["stored"] == 0 and not model.calls
+
+
+def test_other_sites_pages_are_refused_and_leave_nothing() -> None:
+    model = FakeModel()
+    with running_server(model) as server:
+        port = server.server_address[1]
+        before = server.manager.stats()
+        # DNS rebinding: the browser believes it talks to evil.example, and says so in Host.
+        for method, path, body in (("GET", "/api/config", None), ("POST", "/api/jobs", {"prompt": "a"})):
+            status, data = request_json(server, method, path, body, headers={"Host": f"evil.example:{port}"})
+            assert status == 403 and "evil.example" in data["error"] and "loopback" in data["error"]
+        # A cross-site POST (form or fetch) to the right host carries the other site's Origin.
+        status, data = request_json(server, "POST", "/api/jobs", {"prompt": "a"},
+                                    headers={"Origin": "https://evil.example"})
+        assert status == 403 and "cross-origin POST" in data["error"]
+        _nothing_left(server, model, before)
+        # The server's own page, under any loopback name, is served and may submit.
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            status, _ = request_json(server, "GET", "/api/config", headers={"Host": host})
+            assert status == 200, host
+        status, job = request_json(server, "POST", "/api/jobs", {"prompt": "a"},
+                                   headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert status == 202 and job["id"]

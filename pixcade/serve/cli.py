@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import NoReturn
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import JobManager
 from pixcade.serve.requests import Limits
-from pixcade.serve.server import make_server
+from pixcade.serve.server import is_loopback, make_server
 
 EPILOG = """\
 The page at http://HOST:PORT/ takes a prompt, seed, guidance, steps and number of images,
@@ -58,15 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from pixcade.pipeline.cascade import Cascade
@@ -86,7 +76,7 @@ def main(argv: list[str]) -> int:
     manager = JobManager(CascadeModel(cascade), max_queue=limits.max_queue, keep=args.keep_jobs, ttl=args.job_ttl)
     server = make_server(manager, limits, args.host, args.port)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         print(f"pixcade serve: warning: listening on {args.host}, reachable from other machines; "
               "there is no authentication", file=sys.stderr)
     manager.start()

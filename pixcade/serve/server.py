@@ -14,11 +14,19 @@ configured limit was hit):
   GET  /api/jobs/ID/events        text/event-stream: "status" events (same JSON), then "end"
   GET  /api/jobs/ID/images/STAGE/K.png[?download=1]   a stage's image K as PNG
 Refusals: malformed JSON or wrong field types 400, unknown job or path 404, wrong method
-405, body over max_body_bytes 413, a limit or an impossible request 422, full queue 503.
+405, body over max_body_bytes 413, a limit or an impossible request 422, full queue 503,
+and 403 for requests another web page makes the browser send (below).
+
+The server has no accounts, so it keeps other sites' pages out instead: on a loopback
+address it answers only requests whose Host header names a loopback host (a page on
+evil.example that rebinds its DNS name to 127.0.0.1 sends "Host: evil.example"), and it
+refuses any state-changing request whose Origin is not the server itself (a cross-site
+form or fetch POST).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -54,6 +62,24 @@ ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
 ]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (IPv6 with or without brackets) is this machine's loopback."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_host(value: str) -> str:
+    """The host part of a Host header value (``name``, ``name:port``, ``[v6]:port``)."""
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
 def _static(name: str) -> bytes:
     return resources.files("pixcade.serve").joinpath("static", name).read_bytes()
 
@@ -85,7 +111,24 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         self._json(status, {"error": message, **extra}, headers)
 
+    def _foreign_request(self, method: str) -> str | None:
+        """Why this request must be refused as another site's, or None (see the module doc)."""
+        # Browsers always send Host; a request without one (an HTTP/1.0 client) is no page's.
+        host = self.headers.get("Host")
+        if host is None:
+            return None if self.headers.get("Origin") is None else "a request with an Origin needs a Host header"
+        if is_loopback(self.server.server_address[0]) and not is_loopback(_split_host(host)):
+            return (f"Host {host!r} is not a loopback name; this server listens on a loopback "
+                    "address and answers only requests addressed to it (localhost, 127.0.0.1, [::1])")
+        origin = self.headers.get("Origin")
+        if method != "GET" and origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+            return f"cross-origin {method} from {origin!r} refused"
+        return None
+
     def _dispatch(self, method: str) -> None:
+        refusal = self._foreign_request(method)
+        if refusal is not None:
+            return self._error(403, refusal)
         url = urlsplit(self.path)
         for pattern, methods in ROUTES:
             m = pattern.fullmatch(url.path)
