@@ -253,8 +253,16 @@ def _from_pretrained(cls, source: str, local: bool, dtype: torch.dtype):
     # `torch_dtype` was renamed `dtype` in transformers 4.56; the old name still works there.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    # safetensors only: pixcade never unpickles weight files.
-    return cls.from_pretrained(source, local_files_only=local, use_safetensors=True, **{dtype_kw: dtype})
+    # transformers draws a progress bar per load, which would interleave with pixcade's own
+    # bars at every `generate`; switched off for this call only, the user's setting restored.
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        # safetensors only: pixcade never unpickles weight files.
+        return cls.from_pretrained(source, local_files_only=local, use_safetensors=True, **{dtype_kw: dtype})
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def load_text_encoder(name_or_path: str = DEFAULT_ENCODER, max_length: int = DEFAULT_MAX_LENGTH,
