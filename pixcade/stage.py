@@ -56,6 +56,11 @@ class StageConfig:
             raise PixcadeError(
                 f"stage {self.name!r}: lowres_resolution and the U-Net's lowres_cond disagree"
             )
+        if self.unet.coord_channels and self.train_crop is not None and self.train_crop != self.resolution:
+            raise PixcadeError(
+                f"stage {self.name!r}: coord_channels with train_crop {self.train_crop}: a crop's pixel "
+                "coordinates are not the image's, so the U-Net would learn positions that sampling never sees"
+            )
 
     @property
     def is_super_resolution(self) -> bool:

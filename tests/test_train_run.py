@@ -198,3 +198,36 @@ def test_bf16_adafactor_and_accumulation(shapes, tmp_path):
     # Two micro-batches of 4 per optimizer step (global batch 8).
     batches = (tmp_path / "run/sample_keys/rank-0.jsonl").read_text().splitlines()
     assert [len(json.loads(b)["keys"]) for b in batches] == [4] * 6
+
+
+def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_path, capsys):
+    from pixcade.train.config import CascadeTrainConfig
+
+    data, cache = shapes
+    Trainer(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2)), "base", tmp_path / "a").run()
+    source = load_file(tmp_path / "a/final/ema.safetensors")
+    # The same stage grown by coordinate channels, from those weights, at an lr too small to move them.
+    conf = tiny_config_dict(data, cache, "base", **dict(QUICK, max_steps=1, lr=1e-12,
+                                                        init_from=str(tmp_path / "a/final")))
+    conf["stages"][0]["stage"]["unet"]["coord_channels"] = True
+    Trainer(CascadeTrainConfig.from_dict(conf), "base", tmp_path / "b").run()
+    grown = load_file(tmp_path / "b/final/ema.safetensors")
+    assert set(grown) - set(source) == {"coord_in.weight"}
+    for name, value in source.items():
+        torch.testing.assert_close(grown[name], value, rtol=0, atol=1e-6, msg=name)
+    assert grown["coord_in.weight"].abs().max() < 1e-6  # zero-initialised, and an lr of 1e-12
+    assert "new, at their initialisation: coord_in.weight" in capsys.readouterr().err
+    # Weights that do not fit: the SR stage's into the base stage; and a missing file.
+    sr_export = tmp_path / "sr.safetensors"
+    torch.manual_seed(0)
+    sr_net = EfficientUNet(tiny_config(data, cache, "sr").stage("sr").stage_config().unet)
+    from safetensors.torch import save_file
+    save_file(sr_net.state_dict(), sr_export)
+    wrong_shape = tmp_path / "wrong.safetensors"
+    save_file({**source, "conv_out.weight": torch.zeros(3, 1, 3, 3)}, wrong_shape)
+    for init, words in ((sr_export, "tensors this stage's U-Net does not: aug_emb"),
+                        (wrong_shape, r"conv_out.weight is \(3, 1, 3, 3\) in .* in this stage's U-Net"),
+                        (tmp_path / "nothing", "no weights at")):
+        bad = tiny_config(data, cache, "base", **dict(QUICK, max_steps=1, init_from=str(init)))
+        with pytest.raises(PixcadeError, match=words):
+            Trainer(bad, "base", tmp_path / f"c-{init.name}").run()

@@ -191,3 +191,39 @@ def test_sr_errors_are_named():
         net(x, t, text, mask, lowres=x[..., :8, :8], aug_t=kw["aug_t"])
     with pytest.raises(PixcadeError, match="aug_t must have shape"):
         net(x, t, text, mask, lowres=kw["lowres"], aug_t=torch.zeros(3))
+
+
+def test_pixel_coords_name_the_same_place_at_every_resolution():
+    from pixcade.nn.unet import pixel_coords
+
+    c8 = pixel_coords(8, 8, torch.device("cpu"), torch.float32)
+    assert c8.shape == (1, 2, 8, 8)
+    # x grows to the right along width, y downwards along height; centres, symmetric about 0.
+    assert torch.allclose(c8[0, 0, 3], torch.linspace(-7 / 8, 7 / 8, 8)) and (c8[0, 0, :, 0] == -7 / 8).all()
+    assert torch.allclose(c8[0, 1, :, 5], torch.linspace(-7 / 8, 7 / 8, 8)) and (c8[0, 1, 0] == -7 / 8).all()
+    # A 2x2 block at 16 px covers one pixel at 8 px: its mean position is that pixel's.
+    assert torch.allclose(torch.nn.functional.avg_pool2d(pixel_coords(16, 16, torch.device("cpu"), torch.float32), 2), c8)
+
+
+def test_coord_channels_start_as_a_no_op_and_then_condition_on_position():
+    plain = make_net("tiny-base")
+    coords = EfficientUNet(get_preset("tiny-base", coord_channels=True)).eval()
+    missing, unexpected = coords.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["coord_in.weight"] and not unexpected
+    x, t, text, mask, _ = make_inputs(plain.config)
+    with torch.no_grad():
+        torch.testing.assert_close(coords(x, t, text, mask), plain(x, t, text, mask))
+        coords.coord_in.weight.normal_(0, 0.5)
+        assert not torch.allclose(coords(x, t, text, mask), plain(x, t, text, mask), atol=1e-4)
+    net = make_net("tiny-base", coord_channels=True).train()
+    x, t, text, mask, _ = make_inputs(net.config)
+    net(x, t, text, mask).square().mean().backward()
+    assert net.coord_in.weight.grad.abs().sum() > 0
+
+
+def test_coord_channels_refuse_crop_training():
+    from pixcade.stage import StageConfig
+
+    with pytest.raises(PixcadeError, match="coord_channels with train_crop 16"):
+        StageConfig(name="sr", resolution=32, lowres_resolution=8, train_crop=16,
+                    unet=get_preset("tiny-sr", coord_channels=True))

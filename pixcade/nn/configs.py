@@ -30,6 +30,12 @@ class UNetConfig:
     # Super-resolution: the (upsampled) low-res image is concatenated to the input and
     # the noise-augmentation level is embedded beside the timestep.
     lowres_cond: bool = False
+    # Two extra input channels holding each pixel's (x, y) in [-1, 1] (CoordConv). Convolutions
+    # only learn where they are from the zero padding, which a small model picks up slowly:
+    # the shapes base stage learned colours and shapes but was still at chance on "in the
+    # top left" / "to the left of" after 300k images. Imagen has none (off in its presets).
+    # Only for stages that train on whole images: a random crop's coordinates would lie.
+    coord_channels: bool = False
     dropout: float = 0.0
     norm_groups: int = 32
     # Recompute block activations in the backward pass: memory for compute, same gradients.

@@ -84,6 +84,12 @@ class EfficientUNet(nn.Module):
 
         in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1)
         self.conv_in = nn.Conv2d(in_ch, chs[0], 3, padding=1)
+        # A separate, zero-initialised convolution rather than 2 more conv_in channels: the
+        # network starts out exactly as without coordinates, so a trained model can take them
+        # on by fine-tuning (`train.init_from`) without a jump in its outputs.
+        self.coord_in = nn.Conv2d(2, chs[0], 3, padding=1, bias=False) if cfg.coord_channels else None
+        if self.coord_in is not None:
+            nn.init.zeros_(self.coord_in.weight)
         self.down = nn.ModuleList(DBlock(cfg, i, chs[max(i - 1, 0)], chs[i]) for i in range(levels))
         # The bottom UBlock continues straight from the bottom DBlock; the others also take
         # the DBlock output of their level as a skip connection.
@@ -121,6 +127,8 @@ class EfficientUNet(nn.Module):
             x = torch.cat([x, lowres.to(x.dtype)], dim=1)
 
         h = self.conv_in(x)
+        if self.coord_in is not None:
+            h = h + self.coord_in(pixel_coords(x.shape[-2], x.shape[-1], x.device, h.dtype))
         skips = []
         for block in self.down:
             h = self._run(block, h, emb, text, mask)
@@ -175,6 +183,15 @@ class EfficientUNet(nn.Module):
         if tuple(v.shape) != (b,):
             raise PixcadeError(f"{name} must have shape [{b}], got {tuple(v.shape)}")
         return v
+
+
+def pixel_coords(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 2, H, W]: x then y of each pixel centre, -1 at the left/top edge, +1 at the right/bottom,
+    so a position means the same at every resolution."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
+    grid = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
+    return grid[None].to(dtype)
 
 
 def count_parameters(config: UNetConfig) -> int:

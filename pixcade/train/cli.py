@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global, all ranks)")
     p.add_argument("--num-workers", type=int, help="override train.num_workers")
     p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--init-from", help="override train.init_from: start from a stage export's weights")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available; "
                                     "under torchrun cuda:LOCAL_RANK)")
     return p
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> int:
     entry = config.stage(args.stage)
     overrides = {
         "max_steps": args.max_steps, "data": args.data, "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "seed": args.seed,
+        "num_workers": args.num_workers, "seed": args.seed, "init_from": args.init_from,
     }
     train = entry.train.to_dict()
     train.update({k: v for k, v in overrides.items() if v is not None})

@@ -64,6 +64,11 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=list)
     sample_count: int = 8
     sample_steps: int | None = None
+    # Start a new run from these weights (a stage export of `pixcade train export`, or its
+    # ema.safetensors): fine-tuning, or growing a model. Parameters the file lacks keep their
+    # initialisation and are listed when the run starts; any other mismatch is an error.
+    # Ignored on --resume (the checkpoint has everything).
+    init_from: str | None = None
     # Consecutive non-finite losses tolerated before the run stops.
     max_nonfinite: int = 20
     # Write each batch's sample keys to RUN_DIR/sample_keys/rank-R.jsonl (data audits).

@@ -101,6 +101,15 @@ class Trainer:
             raise PixcadeError(
                 f"{self.run_dir} already has checkpoints: pass --resume to continue, or choose another --out"
             )
+        if self.step == 0 and t.init_from:
+            self._init_from(t.init_from)
+
+    def _init_from(self, source: str) -> None:
+        """Load ``source``'s weights into the fresh network and restart its EMA from them."""
+        new = load_init_weights(self.net, source)
+        self.ema = EMA(self.net, self.tcfg.ema_decay)
+        self.notes.append(f"pixcade train: initialised from {source}"
+                          + (f"; new, at their initialisation: {', '.join(new)}" if new else ""))
 
     def _seed_rank(self, seed: int, rank: int) -> None:
         torch.manual_seed(_mix(seed, rank, 0))
@@ -339,6 +348,32 @@ class Trainer:
             f"{self.skipped_total} skipped in all; last update at step {self.step - consecutive}); {where} "
             "(resume from it with --resume, perhaps with a lower lr or bf16 off)"
         )
+
+
+def load_init_weights(net: torch.nn.Module, source: str | Path) -> list[str]:
+    """Load a stage export's (or a safetensors file's) weights into ``net``; returns the names
+    of the tensors ``net`` has and the file lacks, which keep their initialisation."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    file = path / "ema.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise PixcadeError(f"train.init_from: no weights at {file} (a stage export directory or a .safetensors file)")
+    try:
+        weights = load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise PixcadeError(f"train.init_from: cannot read {file}: {err}") from None
+    own = net.state_dict()
+    extra = sorted(set(weights) - set(own))
+    if extra:
+        raise PixcadeError(f"train.init_from: {file} has tensors this stage's U-Net does not: {', '.join(extra[:5])}")
+    for name, value in weights.items():
+        if value.shape != own[name].shape:
+            raise PixcadeError(f"train.init_from: {name} is {tuple(value.shape)} in {file}, "
+                               f"{tuple(own[name].shape)} in this stage's U-Net")
+    net.load_state_dict(weights, strict=False)
+    return sorted(set(own) - set(weights))
 
 
 def _mix(seed: int, rank: int, stream: int) -> int:
