@@ -95,6 +95,7 @@ def training_summary(run: Path, upto_step: int | None = None) -> dict[str, Any]:
         "lr": train.get("lr"),
         "ema_decay": train.get("ema_decay"),
         "data": train.get("data"),
+        "init_from": train.get("init_from"),
         "training_seconds": training_seconds(records, batch, log_every),
         "elapsed_seconds": records[-1]["time"] - records[0]["time"],
         "loss": sum(losses) / len(losses) if losses else None,
@@ -194,7 +195,7 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_command: str
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in runs:
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
-        out.append(f"| {r['stage']} | {r['step']:,} | {r['batch_size']} | {r['images_seen']:,} | {r['seed']} | "
+        out.append(f"| {r['label']} | {r['step']:,} | {r['batch_size']} | {r['images_seen']:,} | {r['seed']} | "
                    f"{r['lr']:g} | {r['ema_decay']:g} | {_duration(r['training_seconds'])} | "
                    f"{_duration(r['elapsed_seconds'])} | {loss} |")
     out += ["", "Training time sums each logging window's steps x batch / measured images per second (so a "
@@ -207,9 +208,15 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_command: str
                 f"`{data_check['dir']}` name one ({'excluded' if ok else '**NOT excluded**'}).", ""]
     if config:
         out += ["Commands (the data, then each stage on its own; add `--resume` to continue after an "
-                "interruption; relative paths in the config are taken from the current directory):", ""]
+                "interruption; relative paths in the config are taken from the current directory; a stage "
+                "trained in phases starts each phase from the previous one's export):", ""]
         lines = [data_command] if data_command else []
-        lines += [f"pixcade train --config {config} --stage {r['stage']} --out {r['run']}" for r in runs]
+        for r in runs:
+            if r["init_from"]:
+                lines.append(f"pixcade train export --run {r['init_run']} --checkpoint step-{r['init_step']} "
+                             f"--out {r['init_from']}")
+            init = f" --init-from {r['init_from']}" if r["init_from"] else ""
+            lines.append(f"pixcade train --config {r['config'] or config} --stage {r['stage']} --out {r['run']}{init}")
         out += [_code("\n".join(lines)), ""]
     if all(s["trained_step"] is not None and s["export"] for s in model["stages"]):
         runs_by_stage = {r["stage"]: r["run"] for r in runs}
@@ -262,7 +269,10 @@ def grid_info(path: Path, card_path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the assembled cascade directory")
-    p.add_argument("--run", action="append", required=True, help="a stage's training run directory (repeat, base first)")
+    p.add_argument("--run", action="append", required=True,
+                   help="a stage's training run directory (repeat, base first; a stage trained in phases, each "
+                        "starting from the previous one's export, gives its runs in order); RUN=CONFIG names "
+                        "the config file that run trained with when it is not --config")
     p.add_argument("--config", help="the training config file, for the training commands")
     p.add_argument("--data", help="the training data folder: check that no caption names a held-out pair")
     p.add_argument("--data-command", help="the command that made the training data (shown before the training commands)")
@@ -276,10 +286,24 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     model = model_summary(Path(args.model))
     trained = {s["name"]: s["trained_step"] for s in model["stages"]}
-    runs = []
-    for run in map(Path, args.run):
-        stage = read_json(run / "config.json")["stage"]
-        runs.append(training_summary(run, trained.get(stage)))
+    specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run]
+    stages = [read_json(run / "config.json")["stage"] for run, _ in specs]
+    inits = [read_json(run / "config.json")["config"]["stages"] for run, _ in specs]
+    inits = [next(e["train"].get("init_from") for e in entries if e["stage"]["name"] == stage)
+             for entries, stage in zip(inits, stages)]
+    runs: list[dict[str, Any]] = []
+    for i, ((run, config), stage) in enumerate(zip(specs, stages)):
+        previous = [j for j in range(i) if stages[j] == stage]
+        later = [j for j in range(i + 1, len(specs)) if stages[j] == stage]
+        # An earlier phase counts up to the export the next phase started from.
+        upto = trained.get(stage) if not later else read_json(Path(inits[later[0]]) / "stage.json")["step"]
+        summary = training_summary(run, upto)
+        phases = stages.count(stage)
+        summary.update(config=config, label=stage if phases == 1 else f"{stage} ({len(previous) + 1}/{phases})")
+        if summary["init_from"]:
+            summary["init_run"] = str(specs[previous[-1]][0]) if previous else "RUN_DIR"
+            summary["init_step"] = read_json(Path(summary["init_from"]) / "stage.json")["step"]
+        runs.append(summary)
     text = card(
         model, runs, config=args.config, data_command=args.data_command,
         shapes=read_json(args.shapes) if args.shapes else None,

@@ -166,3 +166,33 @@ def test_model_digest_follows_the_weights_not_the_path(tmp_path):
     (tmp_path / "copy/sr.safetensors").write_bytes(bytes(data))
     assert model_digest(tmp_path / "copy") != model_digest(a)
     assert model_digest(tmp_path / "nowhere") is None
+
+
+def test_a_stage_trained_in_phases(tmp_path, capsys):
+    base_cfg, sr_cfg = tiny_configs()
+    # Phase 1 logged on to step 30 after writing the step-20 checkpoint phase 2 starts from.
+    first = make_run(tmp_path / "p1", base_cfg, 20, 4, [(0, 4.0), (10, 4.0), (20, 4.0)])
+    export1 = tmp_path / "exports/base-p1"
+    assert pixcade_main(["train", "export", "--run", str(first), "--checkpoint", "step-20", "--out", str(export1)]) == 0
+    second = make_run(tmp_path / "p2", base_cfg, 20, 4, [(100, 8.0), (105, 8.0)])
+    conf = json.loads((second / "config.json").read_text())
+    conf["config"]["stages"][0]["train"]["init_from"] = str(export1)
+    (second / "config.json").write_text(json.dumps(conf))
+    sr = make_run(tmp_path / "runs", sr_cfg, 20, 4, [(100, 8.0), (105, 8.0)])
+    for run, name in ((second, "base"), (sr, "sr")):
+        assert pixcade_main(["train", "export", "--run", str(run), "--out", str(tmp_path / "exports" / name)]) == 0
+    model = tmp_path / "model"
+    assert pixcade_main(["assemble", str(tmp_path / "exports/base"), str(tmp_path / "exports/sr"), "--out", str(model)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "card.md"
+    assert model_card.main(["--model", str(model), "--run", f"{first}=configs/phase1.json", "--run", str(second),
+                            "--run", str(sr), "--config", "configs/shapes.json", "--out", str(out)]) == 0
+    text = out.read_text()
+    # Phase 1 counts up to the checkpoint phase 2 started from (step 20, two windows), not its last step.
+    assert "| base (1/2) | 20 | 4 | 80 | 7 | 0.002 | 0.99 | 0:00:20 |" in text
+    assert "| base (2/2) | 20 | 4 | 80 | 7 | 0.002 | 0.99 | 0:00:10 |" in text
+    assert "| sr | 20 |" in text
+    assert (f"pixcade train --config configs/phase1.json --stage base --out {first}\n"
+            f"pixcade train export --run {first} --checkpoint step-20 --out {export1}\n"
+            f"pixcade train --config configs/shapes.json --stage base --out {second} --init-from {export1}\n"
+            f"pixcade train --config configs/shapes.json --stage sr --out {sr}") in text
