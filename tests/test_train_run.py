@@ -217,6 +217,12 @@ def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_
         torch.testing.assert_close(grown[name], value, rtol=0, atol=1e-6, msg=name)
     assert grown["coord_in.weight"].abs().max() < 1e-6  # zero-initialised, and an lr of 1e-12
     assert "new, at their initialisation: coord_in.weight" in capsys.readouterr().err
+    # Resumed without the option, the run still records where its weights came from.
+    del conf["stages"][0]["train"]["init_from"]
+    conf["stages"][0]["train"].update(max_steps=2, checkpoint_every=1)
+    Trainer(CascadeTrainConfig.from_dict(conf), "base", tmp_path / "b", resume=True).run()
+    recorded = json.loads((tmp_path / "b/config.json").read_text())["config"]["stages"][0]["train"]
+    assert recorded["init_from"] == str(tmp_path / "a/final") and recorded["max_steps"] == 2
     # Weights that do not fit: the SR stage's into the base stage; and a missing file.
     sr_export = tmp_path / "sr.safetensors"
     torch.manual_seed(0)

@@ -104,6 +104,22 @@ class Trainer:
         if self.step == 0 and t.init_from:
             self._init_from(t.init_from)
 
+    def _recorded_config(self) -> dict[str, Any]:
+        """The config for RUN_DIR/config.json. A resumed run keeps the init_from it started
+        from (it is given on the command line once, and the weights still descend from it)."""
+        config = self.config.to_dict()
+        previous = self.run_dir / "config.json"
+        if self.step > 0 and not self.tcfg.init_from and previous.is_file():
+            try:
+                old = json.loads(previous.read_text())["config"]["stages"]
+                init = next(e["train"].get("init_from") for e in old if e["stage"]["name"] == self.entry.name)
+            except (ValueError, KeyError, TypeError, StopIteration):
+                init = None
+            for entry in config["stages"]:
+                if entry["stage"]["name"] == self.entry.name and init:
+                    entry["train"]["init_from"] = init
+        return config
+
     def _init_from(self, source: str) -> None:
         """Load ``source``'s weights into the fresh network and restart its EMA from them."""
         new = load_init_weights(self.net, source)
@@ -237,7 +253,7 @@ class Trainer:
                 self.log.message(note)
             if info.is_main:
                 atomic_write_text(self.run_dir / "config.json", json.dumps(
-                    {"stage": self.entry.name, "config": self.config.to_dict()}, indent=1))
+                    {"stage": self.entry.name, "config": self._recorded_config()}, indent=1))
             self._open_data()
             try:
                 return self._loop(max_steps)
