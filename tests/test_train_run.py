@@ -231,8 +231,8 @@ def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_
     save_file(sr_net.state_dict(), sr_export)
     wrong_shape = tmp_path / "wrong.safetensors"
     save_file({**source, "conv_out.weight": torch.zeros(3, 1, 3, 3)}, wrong_shape)
-    for init, words in ((sr_export, "tensors this stage's U-Net does not: aug_emb"),
-                        (wrong_shape, r"conv_out.weight is \(3, 1, 3, 3\) in .* in this stage's U-Net"),
+    for init, words in ((sr_export, r"train.init_from: .* unexpected tensor\(s\) \(e.g. 'aug_emb"),
+                        (wrong_shape, r"train.init_from: .* 'conv_out.weight': file \[3, 1, 3, 3\] vs model \[3, 16, 3, 3\]"),
                         (tmp_path / "nothing", "no weights at")):
         bad = tiny_config(data, cache, "base", **dict(QUICK, max_steps=1, init_from=str(init)))
         with pytest.raises(PixcadeError, match=words):

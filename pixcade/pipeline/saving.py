@@ -145,8 +145,12 @@ def save_cascade(directory: str | os.PathLike, config: CascadeConfig, nets: Sequ
     atomic_write_text(directory / CONFIG_NAME, text)
 
 
-def load_weights(net: torch.nn.Module, path: Path, stage: str) -> None:
-    """Load a U-Net state dict, naming the stage and file on any mismatch or corruption."""
+def load_weights(net: torch.nn.Module, path: Path, stage: str, *, allow_missing: bool = False) -> list[str]:
+    """Load a U-Net state dict, naming the stage and file on any mismatch or corruption.
+
+    With ``allow_missing`` (starting a grown U-Net from smaller weights), tensors the file
+    lacks keep their initialisation; their names are returned.
+    """
     if not path.is_file():
         raise PixcadeError(f"stage {stage!r}: weights file {path} not found")
     try:
@@ -166,7 +170,7 @@ def load_weights(net: torch.nn.Module, path: Path, stage: str) -> None:
     unexpected = [k for k in tensors if k not in own]
     wrong = [k for k in tensors if k in own and tuple(tensors[k].shape) != tuple(own[k].shape)]
     problems = []
-    if missing:
+    if missing and not allow_missing:
         problems.append(f"{len(missing)} missing tensor(s) (e.g. {missing[0]!r})")
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]!r})")
@@ -179,6 +183,7 @@ def load_weights(net: torch.nn.Module, path: Path, stage: str) -> None:
     if problems:
         raise PixcadeError(f"stage {stage!r}: {path} does not fit the stage's U-Net: {'; '.join(problems)}")
     net.load_state_dict(tensors, strict=False)
+    return missing
 
 
 @dataclass

@@ -109,20 +109,20 @@ class Trainer:
         from (it is given on the command line once, and the weights still descend from it)."""
         config = self.config.to_dict()
         previous = self.run_dir / "config.json"
-        if self.step > 0 and not self.tcfg.init_from and previous.is_file():
-            try:
-                old = json.loads(previous.read_text())["config"]["stages"]
-                init = next(e["train"].get("init_from") for e in old if e["stage"]["name"] == self.entry.name)
-            except (ValueError, KeyError, TypeError, StopIteration):
-                init = None
-            for entry in config["stages"]:
-                if entry["stage"]["name"] == self.entry.name and init:
-                    entry["train"]["init_from"] = init
+        if self.step == 0 or self.tcfg.init_from or not previous.is_file():
+            return config
+        try:
+            old = json.loads(previous.read_text())["config"]["stages"]
+            init = next(e["train"].get("init_from") for e in old if e["stage"]["name"] == self.entry.name)
+        except (ValueError, KeyError, TypeError, StopIteration):
+            return config
+        if init:
+            next(e for e in config["stages"] if e["stage"]["name"] == self.entry.name)["train"]["init_from"] = init
         return config
 
     def _init_from(self, source: str) -> None:
         """Load ``source``'s weights into the fresh network and restart its EMA from them."""
-        new = load_init_weights(self.net, source)
+        new = load_init_weights(self.net, source, self.entry.name)
         self.ema = EMA(self.net, self.tcfg.ema_decay)
         self.notes.append(f"pixcade train: initialised from {source}"
                           + (f"; new, at their initialisation: {', '.join(new)}" if new else ""))
@@ -366,30 +366,19 @@ class Trainer:
         )
 
 
-def load_init_weights(net: torch.nn.Module, source: str | Path) -> list[str]:
+def load_init_weights(net: torch.nn.Module, source: str | Path, stage: str) -> list[str]:
     """Load a stage export's (or a safetensors file's) weights into ``net``; returns the names
     of the tensors ``net`` has and the file lacks, which keep their initialisation."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from pixcade.pipeline.saving import load_weights
 
     path = Path(source)
     file = path / "ema.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise PixcadeError(f"train.init_from: no weights at {file} (a stage export directory or a .safetensors file)")
     try:
-        weights = load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise PixcadeError(f"train.init_from: cannot read {file}: {err}") from None
-    own = net.state_dict()
-    extra = sorted(set(weights) - set(own))
-    if extra:
-        raise PixcadeError(f"train.init_from: {file} has tensors this stage's U-Net does not: {', '.join(extra[:5])}")
-    for name, value in weights.items():
-        if value.shape != own[name].shape:
-            raise PixcadeError(f"train.init_from: {name} is {tuple(value.shape)} in {file}, "
-                               f"{tuple(own[name].shape)} in this stage's U-Net")
-    net.load_state_dict(weights, strict=False)
-    return sorted(set(own) - set(weights))
+        return load_weights(net, file, stage, allow_missing=True)
+    except PixcadeError as err:
+        raise PixcadeError(f"train.init_from: {err}") from None
 
 
 def _mix(seed: int, rank: int, stream: int) -> int:
