@@ -70,12 +70,16 @@ def training_seconds(records: list[dict[str, Any]], batch_size: int, log_every: 
     return total
 
 
-def training_summary(run: Path, upto_step: int | None = None) -> dict[str, Any]:
-    """Steps, images seen, seed, training time of one stage's run, up to ``upto_step``."""
+def run_stage(run: Path) -> tuple[str, dict[str, Any]]:
+    """(stage name, its train config) as the run recorded them in config.json."""
     config = read_json(run / "config.json")
     stage = config["stage"]
-    entry = next(s for s in config["config"]["stages"] if s["stage"]["name"] == stage)
-    train = entry["train"]
+    return stage, next(s for s in config["config"]["stages"] if s["stage"]["name"] == stage)["train"]
+
+
+def training_summary(run: Path, upto_step: int | None = None) -> dict[str, Any]:
+    """Steps, images seen, seed, training time of one stage's run, up to ``upto_step``."""
+    stage, train = run_stage(run)
     batch = int(train.get("batch_size", 2048))
     log_every = int(train.get("log_every", 50))
     records = read_metrics(run)
@@ -287,22 +291,25 @@ def main(argv: list[str] | None = None) -> int:
     model = model_summary(Path(args.model))
     trained = {s["name"]: s["trained_step"] for s in model["stages"]}
     specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run]
-    stages = [read_json(run / "config.json")["stage"] for run, _ in specs]
-    inits = [read_json(run / "config.json")["config"]["stages"] for run, _ in specs]
-    inits = [next(e["train"].get("init_from") for e in entries if e["stage"]["name"] == stage)
-             for entries, stage in zip(inits, stages)]
+    recorded = [run_stage(run) for run, _ in specs]
+    stages = [stage for stage, _ in recorded]
+    # The step of the export each phase started from (None for a first phase).
+    init_steps = [read_json(Path(train["init_from"]) / "stage.json")["step"] if train.get("init_from") else None
+                  for _, train in recorded]
     runs: list[dict[str, Any]] = []
     for i, ((run, config), stage) in enumerate(zip(specs, stages)):
         previous = [j for j in range(i) if stages[j] == stage]
         later = [j for j in range(i + 1, len(specs)) if stages[j] == stage]
+        if later and init_steps[later[0]] is None:
+            raise SystemExit(f"model_card: {specs[later[0]][0]} follows {run} for stage {stage!r} but records no "
+                             "train.init_from to start from")
         # An earlier phase counts up to the export the next phase started from.
-        upto = trained.get(stage) if not later else read_json(Path(inits[later[0]]) / "stage.json")["step"]
-        summary = training_summary(run, upto)
+        summary = training_summary(run, init_steps[later[0]] if later else trained.get(stage))
         phases = stages.count(stage)
         summary.update(config=config, label=stage if phases == 1 else f"{stage} ({len(previous) + 1}/{phases})")
         if summary["init_from"]:
             summary["init_run"] = str(specs[previous[-1]][0]) if previous else "RUN_DIR"
-            summary["init_step"] = read_json(Path(summary["init_from"]) / "stage.json")["step"]
+            summary["init_step"] = init_steps[i]
         runs.append(summary)
     text = card(
         model, runs, config=args.config, data_command=args.data_command,
