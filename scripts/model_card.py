@@ -161,6 +161,13 @@ def _measured_on(result: dict, model: dict) -> str:
     return f"Measured on this model (digest {digest[:12]})."
 
 
+def home_relative(text: str) -> str:
+    """Paths under the home directory of whoever trained the model read as ~/..., so the card
+    neither leaks nor depends on that account's name."""
+    home = str(Path.home()).rstrip("/")
+    return text.replace(home + "/", "~/") if home else text
+
+
 def _code(command: str) -> str:
     return f"```bash\n{command}\n```"
 
@@ -284,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", help="sweep.json of `pixcade eval shapes --guidance ... --threshold ...`")
     p.add_argument("--sr-psnr", help="sr_psnr.json of `pixcade eval sr-psnr`")
     p.add_argument("--grid", help="the PNG of `pixcade eval grid`")
+    p.add_argument("--notes", help="a hand-written Markdown file appended as the card's Notes section (history and "
+                                    "diagnoses no measurement file records)")
     p.add_argument("--out", required=True, help="where to write the Markdown (e.g. pixcade/weights/shapes/MODEL_CARD.md)")
     args = p.parse_args(argv)
 
@@ -319,8 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         grid=grid_info(Path(args.grid), out) if args.grid else None,
         data_check=held_out_in_data(Path(args.data)) if args.data else None,
     )
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise SystemExit(f"model_card: cannot read --notes {args.notes}: {err}")
+        text += "\n## Notes\n\n" + notes + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    out.write_text(home_relative(text), encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -110,11 +110,14 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
 
     out = tmp_path / "pkg/weights/MODEL_CARD.md"
+    notes = tmp_path / "notes.md"
+    notes.write_text("- phase 1 ran without coordinates.\n\n")
     assert model_card.main([
         "--model", str(model), "--run", str(base), "--run", str(sr), "--config", "configs/shapes.json",
         "--data", str(data), "--data-command", "pixcade data shapes --out data/x --n 2",
         "--shapes", str(tmp_path / "shapes/shapes.json"), "--sweep", str(tmp_path / "sweep/sweep.json"),
         "--sr-psnr", str(tmp_path / "sr/sr_psnr.json"), "--grid", str(tmp_path / "docs/grid.png"), "--out", str(out),
+        "--notes", str(notes),
     ]) == 0
     text = out.read_text()
     shapes = json.loads((tmp_path / "shapes/shapes.json").read_text())
@@ -150,6 +153,14 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     assert f"Measured on this model (digest {model_digest(model)[:12]})" in text
     assert f"**Measured on a model, a different model from this one (digest {model_digest(real)[:12]}).**" in text
     assert "**Measured on `m` whose weights were not recorded" in text
+    # The hand-written notes close the card.
+    assert text.endswith("\n## Notes\n\n- phase 1 ran without coordinates.\n")
+
+
+def test_paths_under_home_read_as_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "alice"))
+    text = f"--run {tmp_path}/alice/runs/base --out {tmp_path}/alicia/x --data {tmp_path}/alice"
+    assert model_card.home_relative(text) == f"--run ~/runs/base --out {tmp_path}/alicia/x --data {tmp_path}/alice"
 
 
 def test_model_digest_follows_the_weights_not_the_path(tmp_path):
