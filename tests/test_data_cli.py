@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from pixcade import cli
+from pixcade.data import render as R
 from pixcade.data import shapes as S
 from pixcade.data.cli import write_shapes_dataset
 from pixcade.errors import PixcadeError
@@ -23,7 +24,7 @@ def test_writes_images_captions_and_scenes(tmp_path):
         assert (out / f"{stem}.txt").read_text().strip() == expected.caption
         with Image.open(out / f"{stem}.png") as img:
             assert img.mode == "RGB" and img.size == (32, 32)
-            assert np.array_equal(np.asarray(img), np.asarray(S.render(expected, 32)))  # lossless
+            assert np.array_equal(np.asarray(img), np.asarray(R.render(expected, 32)))  # lossless
 
 
 def test_held_out_pairs_only_with_the_flag(tmp_path):

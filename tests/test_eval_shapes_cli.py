@@ -7,7 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from pixcade.data.shapes import BACKGROUND, evaluation_prompts, render
+from pixcade.data.render import render
+from pixcade.data.shapes import BACKGROUND, evaluation_prompts
 from pixcade.eval.cli import main as eval_main
 
 

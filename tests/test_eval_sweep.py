@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixcade.data.shapes import BACKGROUND, evaluation_prompts, render
+from pixcade.data.render import render
+from pixcade.data.shapes import BACKGROUND, evaluation_prompts
 from pixcade.errors import PixcadeError
 from pixcade.eval import sweep
 from pixcade.eval.cli import main as eval_main

@@ -236,7 +236,8 @@ def test_cli_without_features_is_an_error(tmp_path):
 # ---- pixcade's own shapes-domain features --------------------------------------------------
 
 def test_shapes_features_train_save_load_and_fid(tmp_path, capsys):
-    from pixcade.data.shapes import render, sample_scenes
+    from pixcade.data.render import render
+    from pixcade.data.shapes import sample_scenes
     from pixcade.eval.shapes_features import load_shapes_features
 
     weights = tmp_path / "shapes.safetensors"

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from pixcade.cli import main as pixcade_main
-from pixcade.data.shapes import BACKGROUND, HELD_OUT, evaluation_prompts, render
+from pixcade.data.render import render
+from pixcade.data.shapes import BACKGROUND, HELD_OUT, evaluation_prompts
 from pixcade.eval.cli import main as eval_main
 from pixcade.eval.provenance import model_digest
 from pixcade.stage import Stage

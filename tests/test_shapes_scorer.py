@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from pixcade.data import render as R
 from pixcade.data import shapes as S
 from pixcade.eval import shapes as E
 from pixcade.errors import PixcadeError
@@ -23,7 +24,7 @@ def test_every_colour_kind_and_size_is_found_as_itself():
         for kind in S.KINDS:
             for size_class, s in (("small", 0.16), ("large", 0.34)):
                 sh = S.Shape(colour, kind, size_class, 0.43, 0.57, s)
-                found = E.detect(S.render([sh], 128))
+                found = E.detect(R.render([sh], 128))
                 assert len(found) == 1, (colour, kind, size_class, found)
                 d = found[0]
                 assert (d.colour, d.kind, d.size_class) == (colour, kind, size_class)
@@ -34,7 +35,7 @@ def test_every_colour_kind_and_size_is_found_as_itself():
 @pytest.mark.parametrize("res,count", [(128, 300), (256, 100)])
 def test_true_renders_pass(scenes, res, count):
     chosen = scenes[:count]
-    report = E.score([S.render(sc, res) for sc in chosen], chosen)
+    report = E.score([R.render(sc, res) for sc in chosen], chosen)
     failures = [r for r in report["results"] if not r["passed"]]
     assert report["overall"]["accuracy"] >= 0.99, failures
     assert set(report["by_kind"]) == set(S.SCENE_KINDS)
@@ -130,8 +131,8 @@ def test_wrong_renders_fail(scenes, name):
     chosen = [sc for sc, _ in cases]
     passed = []
     for sc, wrong in cases:
-        assert S.render(sc, 128) != S.render(wrong, 128)
-        passed.append(E.judge(S.render(wrong, 128), sc).passed)
+        assert R.render(sc, 128) != R.render(wrong, 128)
+        passed.append(E.judge(R.render(wrong, 128), sc).passed)
     assert sum(passed) == 0, [sc.caption for sc, p in zip(chosen, passed) if p]
 
 
@@ -139,7 +140,7 @@ def test_blank_unknown_colour_and_unknown_shape_fail():
     sc = S.Scene("single", (S.Shape("red", "square", "large", 0.5, 0.5, 0.3),), caption="a red square")
     blank = np.full((128, 128, 3), 235, dtype=np.uint8)
     assert not E.judge(blank, sc).passed
-    red = np.asarray(S.render(sc, 128))
+    red = np.asarray(R.render(sc, 128))
     interior = (red == (220, 40, 40)).all(-1)
     pale = red.copy()
     pale[interior] = (255, 120, 200)  # pink: nearer the background than any colour
@@ -175,12 +176,12 @@ def test_regions_below_a_third_of_the_smallest_triangle_are_ignored():
     for scale, expected in ((0.9, 0), (1.15, 1)):
         s = side * scale / n
         sh = S.Shape("blue", "square", "small", 0.5, 0.5, s)
-        assert len(E.detect(S.render([sh], n))) == expected
+        assert len(E.detect(R.render([sh], n))) == expected
 
 
 def test_array_input_and_unequal_length():
     sc = S.sample_scenes(1, seed=3)[0]
-    img = S.render(sc, 128)
+    img = R.render(sc, 128)
     assert E.detect(np.asarray(img)) == E.detect(img)
     with pytest.raises(PixcadeError):
         E.score([img], [sc, sc])
@@ -190,9 +191,9 @@ def test_array_input_and_unequal_length():
 
 def test_report_counts_json_and_markdown(scenes):
     chosen = [sc for sc in scenes if sc.kind != "counting"][:20]
-    images = [S.render(sc, 128) for sc in chosen[:10]]
+    images = [R.render(sc, 128) for sc in chosen[:10]]
     # the other ten are judged against a scene whose first shape has another kind
-    images += [S.render(_wrong_kind(sc, np.random.default_rng(0)), 128) for sc in chosen[10:]]
+    images += [R.render(_wrong_kind(sc, np.random.default_rng(0)), 128) for sc in chosen[10:]]
     report = E.score(images, chosen)
     assert report["overall"] == {"n": 20, "passed": 10, "accuracy": 0.5}
     assert sum(t["n"] for t in report["by_kind"].values()) == 20
@@ -206,14 +207,14 @@ def test_report_counts_json_and_markdown(scenes):
 
 def test_held_out_evaluation_set_scores_true_renders(scenes):
     prompts = S.evaluation_prompts(60, held_out_fraction=1 / 3, seed=5)
-    report = E.score([S.render(sc, 128) for sc in prompts], prompts)
+    report = E.score([R.render(sc, 128) for sc in prompts], prompts)
     assert report["held_out"]["n"] == 20 and report["held_out"]["accuracy"] >= 0.95
     assert report["overall"]["accuracy"] >= 0.95
 
 
 def test_judging_from_caption_text_alone(scenes):
     chosen = scenes[:40]
-    images = [S.render(sc, 128) for sc in chosen]
+    images = [R.render(sc, 128) for sc in chosen]
     by_text = E.score(images, [sc.caption for sc in chosen])
     by_scene = E.score(images, chosen)
     assert by_text["overall"] == by_scene["overall"] and by_text["overall"]["accuracy"] >= 0.99

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixcade.data import render as R
 from pixcade.data import shapes as S
 from pixcade.data.captions import caption, parse_caption
 from pixcade.errors import PixcadeError
@@ -57,7 +58,7 @@ def test_interior_pixels_exact_colour_and_background_exact(many):
     n = 128
     centres = (np.arange(n) + 0.5) / n
     for scene in many[:60]:
-        img = np.asarray(S.render(scene, n)).astype(int)
+        img = np.asarray(R.render(scene, n)).astype(int)
         far_from_all = np.ones((n, n), dtype=bool)
         for sh in scene.shapes:
             x, y, r = _incircle(sh)
@@ -81,16 +82,16 @@ def test_rendered_area_matches_geometry():
     star = 5 * r * (0.4 * r) * math.sin(math.pi / 5)
     areas = {"circle": math.pi * r * r, "square": 4 * r * r, "triangle": 2 * r * r, "diamond": 2 * r * r, "star": star}
     for kind, area in areas.items():
-        img = np.asarray(S.render([S.Shape("black", kind, "large", 0.5, 0.5, 2 * r)], 96)).astype(float)
+        img = np.asarray(R.render([S.Shape("black", kind, "large", 0.5, 0.5, 2 * r)], 96)).astype(float)
         cover = (235 - img[..., 0]) / 200
         assert cover.mean() == pytest.approx(area, rel=0.01), kind
 
 
 def test_renders_agree_across_resolutions():
     for scene in S.sample_scenes(6, seed=5):
-        base = np.asarray(S.render(scene, 64)).astype(float)
+        base = np.asarray(R.render(scene, 64)).astype(float)
         for res in (256, 1024):
-            down = np.asarray(S.render(scene, res).resize((64, 64), Image.BOX)).astype(float)
+            down = np.asarray(R.render(scene, res).resize((64, 64), Image.BOX)).astype(float)
             # 64 px uses 8x8 sub-samples: an axis-aligned edge moves coverage in steps of
             # 1/8, i.e. at most 200/8 levels for the highest-contrast colour (black)
             assert np.abs(down - base).max() <= 25
@@ -100,11 +101,11 @@ def test_renders_agree_across_resolutions():
 def test_render_sizes_and_bad_resolution():
     scene = S.sample_scenes(1, seed=0)[0]
     for res in (16, 33, 64):
-        img = S.render(scene, res)
+        img = R.render(scene, res)
         assert img.size == (res, res) and img.mode == "RGB"
     for bad in (15, 0, 64.0, True):
         with pytest.raises(PixcadeError):
-            S.render(scene, bad)
+            R.render(scene, bad)
 
 
 def test_sizes_margins_and_gaps(many):
@@ -124,7 +125,7 @@ def test_sizes_margins_and_gaps(many):
 def test_margin_rows_are_background(many):
     n = 100  # 0.04 of 100 px: the outer 4 pixel rows and columns hold no shape
     for scene in many[:40]:
-        img = np.asarray(S.render(scene, n)).astype(int)
+        img = np.asarray(R.render(scene, n)).astype(int)
         ring = np.ones((n, n), dtype=bool)
         ring[4:-4, 4:-4] = False
         assert (img[ring] == 235).all()
@@ -201,7 +202,7 @@ def test_determinism():
     assert S.scene_for_index(4, 17) == a[17]  # scene i does not depend on the others
     rng1, rng2 = np.random.default_rng(8), np.random.default_rng(8)
     assert [S.sample_scene(rng1) for _ in range(5)] == [S.sample_scene(rng2) for _ in range(5)]
-    assert np.array_equal(np.asarray(S.render(a[0], 64)), np.asarray(S.render(a[0], 64)))
+    assert np.array_equal(np.asarray(R.render(a[0], 64)), np.asarray(R.render(a[0], 64)))
 
 
 def test_json_round_trip_and_validation(many):

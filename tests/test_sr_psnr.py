@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixcade.data.shapes import evaluation_prompts, render
+from pixcade.data.render import render
+from pixcade.data.shapes import evaluation_prompts
 from pixcade.errors import PixcadeError
 from pixcade.eval.cli import main as eval_main
 from pixcade.eval.sr_psnr import bicubic, evaluate_sr, markdown_table, psnr

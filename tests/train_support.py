@@ -16,7 +16,8 @@ TINY_CONFIG = REPO / "configs" / "tiny-shapes.json"
 
 def make_shapes(directory: Path, n: int, resolution: int = 32, seed: int = 0) -> Path:
     """A folder dataset of ``n`` shapes scenes: NNNNN.png + NNNNN.txt."""
-    from pixcade.data.shapes import render, sample_scenes
+    from pixcade.data.render import render
+    from pixcade.data.shapes import sample_scenes
 
     directory.mkdir(parents=True, exist_ok=True)
     for i, scene in enumerate(sample_scenes(n, seed=seed)):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pixcade.data.shapes import HELD_OUT, MIN_RESOLUTION, render, scene_for_index
+from pixcade.data.render import MIN_RESOLUTION, render
+from pixcade.data.shapes import HELD_OUT, scene_for_index
 from pixcade.errors import PixcadeError
 
 

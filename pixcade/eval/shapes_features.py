@@ -67,7 +67,8 @@ class ShapesFeatureNet(nn.Module):
 
 
 def _batch(rng: np.random.Generator, n: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from pixcade.data.shapes import render, sample_scene
+    from pixcade.data.render import render
+    from pixcade.data.shapes import sample_scene
 
     index = {p: i for i, p in enumerate(_pairs())}
     images, pairs, counts = [], torch.zeros(n, len(index)), torch.zeros(n, dtype=torch.long)

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from pixcade.data.shapes import Scene, render
+from pixcade.data.render import render
+from pixcade.data.shapes import Scene
 from pixcade.errors import PixcadeError
 from pixcade.pipeline.images import make_grid
 
