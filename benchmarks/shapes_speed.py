@@ -35,11 +35,29 @@ def compare(model_dir: str, n: int = 30, steps: int | None = None, device: str =
         images = lowres
         if len(cascade.names) > 1:
             images = cascade.generate(captions, seed=seed, start_image=lowres, progress=False)
-        acc = score(images, scenes)["overall"]["accuracy"]
-        rows[sampler] = (s, seconds, acc)
-    (k, t_fast, a_fast), (_, t_slow, a_slow) = rows["dpm++"], rows["ddpm"]
+        report = score(images, scenes)
+        rows[sampler] = (s, seconds, report["overall"]["accuracy"], [r["passed"] for r in report["results"]])
+    (k, t_fast, a_fast, p_fast), (_, t_slow, a_slow, p_slow) = rows["dpm++"], rows["ddpm"]
+    only_fast, only_slow, p = paired_difference(p_fast, p_slow)
     return [
         f"- shapes accuracy (final images; base stage sampled each way) of {model_dir} on {n} evaluation prompts: DPM-Solver++ {k} steps "
         f"{a_fast:.3f} ({t_fast:.2f} s/image for the base stage) vs ancestral DDPM {ANCESTRAL_STEPS} steps {a_slow:.3f} "
-        f"({t_slow:.2f} s/image): {t_slow / t_fast:.1f}x faster, accuracy difference {a_fast - a_slow:+.3f}.",
+        f"({t_slow:.2f} s/image): {t_slow / t_fast:.1f}x faster, accuracy difference {a_fast - a_slow:+.3f} "
+        f"(prompts only DPM-Solver++ passed: {only_fast}, only DDPM: {only_slow}; exact McNemar p = {p:.2f}).",
     ]
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
+    """(passed only by a, passed only by b, two-sided exact McNemar p-value) over the same prompts.
+
+    Both samplers see the same prompts, so the prompts they agree on say nothing about which is
+    better; only the discordant ones do, and under "equally accurate" each is a fair coin.
+    """
+    from scipy.stats import binomtest
+
+    if len(a) != len(b):
+        raise ValueError(f"paired results differ in length: {len(a)} vs {len(b)}")
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return only_a, only_b, p
