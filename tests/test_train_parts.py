@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
@@ -93,6 +94,24 @@ def test_lr_warms_up_linearly_then_stays():
     t = TrainConfig(lr=1e-3, warmup_steps=4)
     assert [lr_at(t, s) for s in (1, 2, 4, 5, 1000)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3, 1e-3])
     assert lr_at(TrainConfig(lr=1e-3, warmup_steps=0), 1) == 1e-3
+
+
+def test_cosine_lr_halves_midway_and_ends_at_zero():
+    t = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=110, lr_schedule="cosine")
+    lrs = [lr_at(t, s) for s in range(1, 111)]
+    assert lrs[9] == pytest.approx(1e-3)                      # end of warmup: the peak
+    assert lr_at(t, 60) == pytest.approx(0.5e-3)              # half way through the decay
+    assert lr_at(t, 35) == pytest.approx(1e-3 * (1 + math.cos(math.pi / 4)) / 2)
+    assert lr_at(t, 110) == pytest.approx(0.0, abs=1e-15)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))    # never rises after warmup
+    assert lr_at(t, 500) == pytest.approx(0.0, abs=1e-15)     # past max_steps (a raised limit) stays at 0
+
+
+def test_lr_schedule_errors_name_the_problem():
+    with pytest.raises(PixcadeError, match="lr_schedule 'linear'"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(PixcadeError, match="warmup_steps 100 >= max_steps 100"):
+        TrainConfig(lr_schedule="cosine", warmup_steps=100, max_steps=100)
 
 
 def test_ema_matches_the_closed_form():

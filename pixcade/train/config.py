@@ -29,6 +29,7 @@ from typing import Any
 from pixcade.errors import PixcadeError, check_known_keys
 
 OPTIMIZERS = ("adam", "adafactor")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -44,6 +45,10 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-4
     warmup_steps: int = 10_000
+    # After warmup: "constant", or "cosine" from lr down to 0 at max_steps (a run that is
+    # to end at a known step; the final weights come from the low-lr tail, where the
+    # noise of a large constant step is averaged away).
+    lr_schedule: str = "constant"
     adam_betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
@@ -80,6 +85,10 @@ class TrainConfig:
             raise PixcadeError(
                 f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise PixcadeError(
+                f"unknown train.lr_schedule {self.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})"
+            )
         positive = ("batch_size", "grad_accum", "max_steps", "log_every", "checkpoint_every",
                     "keep_checkpoints", "sample_every", "max_nonfinite", "sample_count")
         for name in positive:
@@ -87,6 +96,11 @@ class TrainConfig:
                 raise PixcadeError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise PixcadeError("train.warmup_steps and train.num_workers must be >= 0")
+        if self.lr_schedule == "cosine" and self.warmup_steps >= self.max_steps:
+            raise PixcadeError(
+                f"train.lr_schedule 'cosine' decays between warmup_steps and max_steps, but warmup_steps "
+                f"{self.warmup_steps} >= max_steps {self.max_steps}"
+            )
         if not self.lr > 0:
             raise PixcadeError(f"train.lr must be positive, got {self.lr}")
         if not 0.0 <= self.cond_drop_prob < 1.0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from typing import Any, Iterable
 
@@ -30,10 +31,14 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate for optimizer step ``step`` (1-based): linear warmup, then constant."""
-    if cfg.warmup_steps <= 0:
+    """Learning rate for optimizer step ``step`` (1-based): linear warmup, then constant or
+    a half cosine that reaches 0 at ``max_steps``."""
+    if cfg.warmup_steps > 0 and step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr * min(1.0, step / cfg.warmup_steps)
+    done = min(1.0, (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def open_cache(cfg: CascadeTrainConfig) -> EmbeddingCache:
