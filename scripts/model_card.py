@@ -8,7 +8,9 @@
 
 Reads the assembled cascade (cascade.json, weights, sources.json from `pixcade assemble`),
 each stage's run directory (config.json, metrics.jsonl), and the JSON the evaluation
-commands wrote (each records the command that produced it).
+commands wrote (each records the command that produced it). Writes the card and, beside it,
+training.json: each run's summary, which `--history` reads back when a later card is made on
+a machine where some of those run directories no longer exist.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ TARGET_PROMPTS = 300
 TARGET_SR_GAIN_DB = 3.0
 TARGET_FINAL_RESOLUTION = 128
 MAX_WEIGHTS_BYTES = 60 * 10**6
+# Written beside the card: every run's summary as measured, so a later card can still show a
+# phase whose run directory (metrics.jsonl) did not survive the machine it trained on.
+TRAINING_RECORD = "training.json"
 
 
 def read_json(path: str | Path) -> Any:
@@ -104,6 +109,70 @@ def training_summary(run: Path, upto_step: int | None = None) -> dict[str, Any]:
         "elapsed_seconds": records[-1]["time"] - records[0]["time"],
         "loss": sum(losses) / len(losses) if losses else None,
     }
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The run summaries of an earlier card's training record, ~/ paths expanded."""
+    runs = read_json(path).get("runs")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "stage" in r and "run" in r for r in runs):
+        raise SystemExit(f"model_card: {path} is not a {TRAINING_RECORD} (no list of runs with stage and run)")
+    expand = lambda v: os.path.expanduser(v) if isinstance(v, str) and v.startswith("~/") else v
+    return [{k: expand(v) for k, v in r.items()} for r in runs]
+
+
+def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], history: list[dict[str, Any]],
+                 config: str | None = None) -> list[dict[str, Any]]:
+    """Every training phase of every stage, in cascade order, phases in training order.
+
+    Runs given by directory are summarised from their metrics; a recorded run (``history``)
+    is taken as recorded unless its directory is given too. A directory not in the record
+    is a phase after the recorded ones of its stage. An earlier phase counts up to the
+    export the next one started from, the last up to the step the model was assembled from.
+    ``config`` is the config file of the runs given without one.
+    """
+    trained = {s["name"]: s["trained_step"] for s in model["stages"]}
+    order = [s["name"] for s in model["stages"]]
+    entries: list[dict[str, Any]] = [dict(r, live=None) for r in history]
+    for run, config in specs:
+        stage, train = run_stage(run)
+        live = {"run": run, "config": config, "train": train}
+        same = [i for i, e in enumerate(entries) if Path(e["run"]) == run]
+        if same:
+            entries[same[0]] = dict(entries[same[0]], stage=stage, live=live)
+        else:
+            entries.append({"run": str(run), "stage": stage, "live": live})
+    unknown = sorted({e["stage"] for e in entries} - set(order))
+    if unknown:
+        raise SystemExit(f"model_card: runs of stage(s) {', '.join(unknown)} that the model at {model['dir']} does not have")
+    entries.sort(key=lambda e: order.index(e["stage"]))  # stable: phases keep their order
+
+    def init_step(e: dict[str, Any]) -> int | None:
+        if e["live"] is None:
+            return e.get("init_step")
+        source = e["live"]["train"].get("init_from")
+        return read_json(Path(source) / "stage.json")["step"] if source else None
+
+    starts = [init_step(e) for e in entries]
+    runs: list[dict[str, Any]] = []
+    for i, e in enumerate(entries):
+        previous = [j for j in range(i) if entries[j]["stage"] == e["stage"]]
+        later = [j for j in range(i + 1, len(entries)) if entries[j]["stage"] == e["stage"]]
+        if later and starts[later[0]] is None:
+            raise SystemExit(f"model_card: {entries[later[0]]['run']} follows {e['run']} for stage {e['stage']!r} but "
+                             "records no train.init_from to start from")
+        if e["live"] is None:
+            summary = {k: v for k, v in e.items() if k not in ("live", "label")}
+        else:
+            # An earlier phase counts up to the export the next phase started from.
+            summary = training_summary(e["live"]["run"], starts[later[0]] if later else trained.get(e["stage"]))
+            summary["config"] = e["live"]["config"] or config
+            if summary["init_from"]:
+                summary["init_run"] = str(entries[previous[-1]]["run"]) if previous else "RUN_DIR"
+                summary["init_step"] = starts[i]
+        phases = len(previous) + 1 + len(later)
+        summary["label"] = e["stage"] if phases == 1 else f"{e['stage']} ({len(previous) + 1}/{phases})"
+        runs.append(summary)
+    return runs
 
 
 def model_summary(model: Path) -> dict[str, Any]:
@@ -280,7 +349,9 @@ def grid_info(path: Path, card_path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the assembled cascade directory")
-    p.add_argument("--run", action="append", required=True,
+    p.add_argument("--history", help=f"a {TRAINING_RECORD} an earlier card wrote: its runs stand in for those whose "
+                                      "directories are gone (a --run of the same directory replaces its record)")
+    p.add_argument("--run", action="append",
                    help="a stage's training run directory (repeat, base first; a stage trained in phases, each "
                         "starting from the previous one's export, gives its runs in order); RUN=CONFIG names "
                         "the config file that run trained with when it is not --config")
@@ -298,28 +369,11 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     model = model_summary(Path(args.model))
-    trained = {s["name"]: s["trained_step"] for s in model["stages"]}
-    specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run]
-    recorded = [run_stage(run) for run, _ in specs]
-    stages = [stage for stage, _ in recorded]
-    # The step of the export each phase started from (None for a first phase).
-    init_steps = [read_json(Path(train["init_from"]) / "stage.json")["step"] if train.get("init_from") else None
-                  for _, train in recorded]
-    runs: list[dict[str, Any]] = []
-    for i, ((run, config), stage) in enumerate(zip(specs, stages)):
-        previous = [j for j in range(i) if stages[j] == stage]
-        later = [j for j in range(i + 1, len(specs)) if stages[j] == stage]
-        if later and init_steps[later[0]] is None:
-            raise SystemExit(f"model_card: {specs[later[0]][0]} follows {run} for stage {stage!r} but records no "
-                             "train.init_from to start from")
-        # An earlier phase counts up to the export the next phase started from.
-        summary = training_summary(run, init_steps[later[0]] if later else trained.get(stage))
-        phases = stages.count(stage)
-        summary.update(config=config, label=stage if phases == 1 else f"{stage} ({len(previous) + 1}/{phases})")
-        if summary["init_from"]:
-            summary["init_run"] = str(specs[previous[-1]][0]) if previous else "RUN_DIR"
-            summary["init_step"] = init_steps[i]
-        runs.append(summary)
+    history = read_history(Path(args.history)) if args.history else []
+    specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run or []]
+    if not specs and not history:
+        raise SystemExit("model_card: give at least one --run (or a --history that records the runs)")
+    runs = collect_runs(model, specs, history, args.config)
     text = card(
         model, runs, config=args.config, data_command=args.data_command,
         shapes=read_json(args.shapes) if args.shapes else None,
@@ -336,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n## Notes\n\n" + notes + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(home_relative(text), encoding="utf-8")
-    print(f"wrote {out}", file=sys.stderr)
+    record = out.with_name(TRAINING_RECORD)
+    record.write_text(home_relative(json.dumps({"runs": runs}, indent=1)) + "\n", encoding="utf-8")
+    print(f"wrote {out} and {record}", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,41 @@ def test_a_stage_trained_in_phases(tmp_path, capsys):
             f"pixcade train export --run {first} --checkpoint step-20 --out {export1}\n"
             f"pixcade train --config configs/shapes.json --stage base --out {second} --init-from {export1}\n"
             f"pixcade train --config configs/shapes.json --stage sr --out {sr}") in text
+
+    # The card's training.json carries the runs to a machine where their directories are
+    # gone: a third phase started from phase 2's export is added to the recorded two.
+    record = out.with_name("training.json")
+    training = text.split("## Training")[1].split("\n\n")[1].splitlines()[2:]
+    rows = [row for row in training if row.startswith("| base (") or row.startswith("| sr |")]
+    assert len(rows) == 3
+    for run in (first, second, sr):
+        shutil.rmtree(run)
+    third = make_run(tmp_path / "p3", base_cfg, 40, 4, [(0, 2.0), (10, 2.0), (20, 2.0), (30, 2.0)])
+    conf = json.loads((third / "config.json").read_text())
+    conf["config"]["stages"][0]["train"]["init_from"] = str(tmp_path / "exports/base")
+    (third / "config.json").write_text(json.dumps(conf))
+    assert pixcade_main(["train", "export", "--run", str(third), "--out", str(tmp_path / "exports/base3")]) == 0
+    model3 = tmp_path / "model3"
+    assert pixcade_main(["assemble", str(tmp_path / "exports/base3"), str(tmp_path / "exports/sr"),
+                         "--out", str(model3)]) == 0
+    out3 = tmp_path / "card3.md"
+    assert model_card.main(["--model", str(model3), "--history", str(record), "--run", f"{third}=configs/phase3.json",
+                            "--config", "configs/shapes.json", "--out", str(out3)]) == 0
+    text3 = out3.read_text()
+    # The recorded rows come back unchanged, relabelled as phases 1 and 2 of 3.
+    assert rows[0].replace("(1/2)", "(1/3)") in text3 and rows[1].replace("(2/2)", "(2/3)") in text3
+    assert rows[2] in text3
+    assert "| base (3/3) | 40 | 4 | 160 | 7 | 0.002 | 0.99 | 0:01:20 |" in text3
+    assert (f"pixcade train --config configs/shapes.json --stage base --out {second} --init-from {export1}\n"
+            f"pixcade train export --run {second} --checkpoint step-20 --out {tmp_path / 'exports/base'}\n"
+            f"pixcade train --config configs/phase3.json --stage base --out {third} "
+            f"--init-from {tmp_path / 'exports/base'}\n"
+            f"pixcade train --config configs/shapes.json --stage sr --out {sr}") in text3
+    assert f"pixcade train export --run {third} --checkpoint step-40" in text3
+    # Without the record, the gone phases cannot be shown: a named error, not a traceback.
+    with pytest.raises(SystemExit, match="give at least one --run"):
+        model_card.main(["--model", str(model3), "--out", str(out3)])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"runs": [{"step": 3}]}')
+    with pytest.raises(SystemExit, match="bad.json is not a training.json"):
+        model_card.main(["--model", str(model3), "--history", str(bad), "--out", str(out3)])
