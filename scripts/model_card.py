@@ -133,9 +133,9 @@ def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], hi
     trained = {s["name"]: s["trained_step"] for s in model["stages"]}
     order = [s["name"] for s in model["stages"]]
     entries: list[dict[str, Any]] = [dict(r, live=None) for r in history]
-    for run, config in specs:
+    for run, run_config in specs:
         stage, train = run_stage(run)
-        live = {"run": run, "config": config, "train": train}
+        live = {"run": run, "config": run_config, "train": train}
         same = [i for i, e in enumerate(entries) if Path(e["run"]) == run]
         if same:
             entries[same[0]] = dict(entries[same[0]], stage=stage, live=live)

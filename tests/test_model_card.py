@@ -216,6 +216,9 @@ def test_a_stage_trained_in_phases(tmp_path, capsys):
     training = text.split("## Training")[1].split("\n\n")[1].splitlines()[2:]
     rows = [row for row in training if row.startswith("| base (") or row.startswith("| sr |")]
     assert len(rows) == 3
+    # Each run records the config it trained with, --config where its --run named none.
+    assert [r["config"] for r in json.loads(record.read_text())["runs"]] == [
+        "configs/phase1.json", "configs/shapes.json", "configs/shapes.json"]
     for run in (first, second, sr):
         shutil.rmtree(run)
     third = make_run(tmp_path / "p3", base_cfg, 40, 4, [(0, 2.0), (10, 2.0), (20, 2.0), (30, 2.0)])
