@@ -55,3 +55,18 @@ def test_refuses_a_non_empty_folder_and_unknown_subcommand(tmp_path):
     with pytest.raises(SystemExit) as exc:  # argparse: a missing required flag
         cli.main(["data", "shapes", "--n", "3"])
     assert exc.value.code == 2
+
+
+def test_kind_weights_flag(tmp_path, capsys):
+    out = tmp_path / "mix"
+    args = ["data", "shapes", "--n", "40", "--res", "16", "--out", str(out), "--seed", "2"]
+    assert cli.main([*args, "--kind-weights", "relation=1, position=1"]) == 0
+    scenes = [S.Scene.from_json(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert {sc.kind for sc in scenes} == {"relation", "position"}
+    assert scenes[7] == S.scene_for_index(2, 7, kind_weights={"relation": 1, "position": 1})
+    for bad, words in [("relation", "KIND=WEIGHT"), ("relation=x", "not a number"), ("circles=1", "unknown scene kind")]:
+        with pytest.raises(SystemExit) as exc:  # argparse reports the type error and exits 2
+            cli.main([*args[:-2], "--out", str(tmp_path / "bad"), "--kind-weights", bad])
+        assert exc.value.code == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -305,3 +305,28 @@ def test_size_named_probability():
     assert not any(sh.size_named for sc in never for sh in sc.shapes)
     assert all(sh.size_named for sc in always for sh in sc.shapes)
     assert all({"small", "large", "big"} & set(sc.caption.split()) for sc in always)
+
+
+def test_kind_weights_set_the_mix_of_scene_kinds():
+    n = 3000
+    scenes = S.sample_scenes(n, seed=5, kind_weights={"relation": 3, "counting": 1})
+    counts = {k: sum(sc.kind == k for sc in scenes) for k in S.SCENE_KINDS}
+    assert counts["single"] == counts["two_objects"] == counts["position"] == 0
+    # binomial(3000, 0.75): sd 24, so 4 sd either side of 2250
+    assert abs(counts["relation"] - 0.75 * n) < 4 * math.sqrt(n * 0.75 * 0.25)
+    assert counts["relation"] + counts["counting"] == n
+    # a weighted scene is still a valid scene of its kind (held-out pairs excluded)
+    for sc in scenes[:200]:
+        S.validate(sc)
+        assert not sc.held_out
+    assert np.allclose(S.kind_probabilities({"single": 2, "position": 2}), [0.5, 0, 0, 0, 0.5])
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [({"relations": 1}, "unknown scene kind 'relations'"), ({"single": -1, "relation": 2}, "non-negative"),
+     ({"single": 0}, "positive weight"), ({"single": float("nan")}, "finite")],
+)
+def test_bad_kind_weights_are_named(weights, match):
+    with pytest.raises(PixcadeError, match=match):
+        S.sample_scene(np.random.default_rng(0), kind_weights=weights)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Collection
+from typing import Any, Collection, Mapping
 
 import numpy as np
 
@@ -236,6 +236,19 @@ def _place(
     return c[hits[0]] if len(hits) else None
 
 
+def kind_probabilities(kind_weights: Mapping[str, float]) -> np.ndarray:
+    """Probabilities over SCENE_KINDS (in that order) from relative weights by kind name."""
+    unknown = sorted(set(kind_weights) - set(SCENE_KINDS))
+    if unknown:
+        raise PixcadeError(f"unknown scene kind {unknown[0]!r} in kind weights (choose from {', '.join(SCENE_KINDS)})")
+    w = np.array([float(kind_weights.get(k, 0.0)) for k in SCENE_KINDS])
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise PixcadeError(f"kind weights must be finite and non-negative, got {dict(kind_weights)}")
+    if w.sum() <= 0:
+        raise PixcadeError("kind weights must give at least one scene kind a positive weight")
+    return w / w.sum()
+
+
 def sample_scene(
     rng: np.random.Generator,
     kind: str | None = None,
@@ -243,6 +256,7 @@ def sample_scene(
     exclude_pairs: Collection[tuple[str, str]] = HELD_OUT,
     feature_pairs: Collection[tuple[str, str]] | None = None,
     size_named_prob: float = 0.4,
+    kind_weights: Mapping[str, float] | None = None,
 ) -> Scene:
     """One random scene of `kind` (random kind if None), with its caption.
 
@@ -250,9 +264,17 @@ def sample_scene(
     `feature_pairs`, if given, forces one shape's pair to come from it (e.g. HELD_OUT for
     the held-out half of an evaluation set); it overrides `exclude_pairs` for that shape.
     `size_named_prob`: how often a caption names a shape's size.
+    `kind_weights`: relative frequency of each scene kind when `kind` is None (kinds left
+    out are never drawn); None draws every kind equally often.
     """
     if kind is None:
-        kind = SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
+        if kind_weights is None:
+            # Kept apart from the weighted draw so datasets written before weights existed
+            # are reproduced bit for bit.
+            kind = SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
+        else:
+            p = kind_probabilities(kind_weights)
+            kind = SCENE_KINDS[int(rng.choice(len(SCENE_KINDS), p=p))]
     if kind not in SCENE_KINDS:
         raise PixcadeError(f"unknown scene kind {kind!r} (choose from {', '.join(SCENE_KINDS)})")
     allowed = _allowed(exclude_pairs)
