@@ -241,8 +241,8 @@ def _code(command: str) -> str:
     return f"```bash\n{command}\n```"
 
 
-def card(model: dict, runs: list[dict], *, config: str | None, data_command: str | None, shapes: dict | None, sweep: dict | None,
-         sr: dict | None, grid: dict | None, data_check: dict | None) -> str:
+def card(model: dict, runs: list[dict], *, config: str | None, data_commands: list[str], shapes: dict | None,
+         sweep: dict | None, sr: dict | None, grid: dict | None, data_checks: list[dict]) -> str:
     from pixcade.eval.shapes import markdown_table as shapes_table
     from pixcade.eval.sr_psnr import markdown_table as sr_table
     from pixcade.eval.sweep import markdown_table as sweep_table
@@ -281,7 +281,7 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_command: str
     out += ["", "Training time sums each logging window's steps x batch / measured images per second (so a "
             "pause between an interruption and `--resume` is not counted); the next column is the span of the "
             "log's timestamps. Final loss: mean of the last five logged windows.", ""]
-    if data_check is not None:
+    for data_check in data_checks:
         ok = data_check["naming_held_out"] == 0
         out += [f"Held-out pairs ({', '.join(data_check['held_out_pairs'])}): "
                 f"{data_check['naming_held_out']} of the {data_check['captions']:,} training captions in "
@@ -290,7 +290,7 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_command: str
         out += ["Commands (the data, then each stage on its own; add `--resume` to continue after an "
                 "interruption; relative paths in the config are taken from the current directory; a stage "
                 "trained in phases starts each phase from the previous one's export):", ""]
-        lines = [data_command] if data_command else []
+        lines = list(data_commands)
         for r in runs:
             if r["init_from"]:
                 lines.append(f"pixcade train export --run {r['init_run']} --checkpoint step-{r['init_step']} "
@@ -356,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                         "starting from the previous one's export, gives its runs in order); RUN=CONFIG names "
                         "the config file that run trained with when it is not --config")
     p.add_argument("--config", help="the training config file, for the training commands")
-    p.add_argument("--data", help="the training data folder: check that no caption names a held-out pair")
-    p.add_argument("--data-command", help="the command that made the training data (shown before the training commands)")
+    p.add_argument("--data", action="append", default=[],
+                   help="a training data folder: check that no caption names a held-out pair (repeat for each)")
+    p.add_argument("--data-command", action="append", default=[],
+                   help="a command that made training data (repeat; shown in order before the training commands)")
     p.add_argument("--shapes", help="shapes.json of `pixcade eval shapes` at default settings")
     p.add_argument("--sweep", help="sweep.json of `pixcade eval shapes --guidance ... --threshold ...`")
     p.add_argument("--sr-psnr", help="sr_psnr.json of `pixcade eval sr-psnr`")
@@ -375,12 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("model_card: give at least one --run (or a --history that records the runs)")
     runs = collect_runs(model, specs, history, args.config)
     text = card(
-        model, runs, config=args.config, data_command=args.data_command,
+        model, runs, config=args.config, data_commands=args.data_command,
         shapes=read_json(args.shapes) if args.shapes else None,
         sweep=read_json(args.sweep) if args.sweep else None,
         sr=read_json(args.sr_psnr) if args.sr_psnr else None,
         grid=grid_info(Path(args.grid), out) if args.grid else None,
-        data_check=held_out_in_data(Path(args.data)) if args.data else None,
+        data_checks=[held_out_in_data(Path(d)) for d in args.data],
     )
     if args.notes:
         try:

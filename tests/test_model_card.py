@@ -99,6 +99,9 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     data.mkdir()
     (data / "0.txt").write_text("a red circle")
     (data / "1.txt").write_text("a yellow star")  # a held-out pair slipped in
+    mix = tmp_path / "data-mix"  # a later phase's data: each folder is checked on its own
+    mix.mkdir()
+    (mix / "0.txt").write_text("a red circle to the left of a blue square")
     capsys.readouterr()
 
     # Evaluation outputs, written by the real commands.
@@ -117,6 +120,7 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     assert model_card.main([
         "--model", str(model), "--run", str(base), "--run", str(sr), "--config", "configs/shapes.json",
         "--data", str(data), "--data-command", "pixcade data shapes --out data/x --n 2",
+        "--data", str(mix), "--data-command", "pixcade data shapes --out data/mix --n 1 --kind-weights relation=1",
         "--shapes", str(tmp_path / "shapes/shapes.json"), "--sweep", str(tmp_path / "sweep/sweep.json"),
         "--sr-psnr", str(tmp_path / "sr/sr_psnr.json"), "--grid", str(tmp_path / "docs/grid.png"), "--out", str(out),
         "--notes", str(notes),
@@ -134,9 +138,11 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     # Training: steps, images seen, seed, time from the windows (not the day-long timestamp span).
     assert "| base | 30 | 4 | 120 | 7 | 0.002 | 0.99 | 0:00:30 | 24:00:00 | 0.6111 |" in text
     assert "| sr | 20 | 4 | 80 | 7 | 0.002 | 0.99 | 0:00:10 | 0:00:05 | 0.7500 |" in text
-    assert "1 of the 2 training captions" in text and "**NOT excluded**" in text
+    assert f"1 of the 2 training captions in `{data}` name one (**NOT excluded**)" in text
+    assert f"0 of the 1 training captions in `{mix}` name one (excluded)" in text
     assert all(" ".join(p) in text for p in HELD_OUT)
-    assert "pixcade data shapes --out data/x --n 2\npixcade train --config configs/shapes.json --stage base" in text
+    assert ("pixcade data shapes --out data/x --n 2\npixcade data shapes --out data/mix --n 1 --kind-weights relation=1\n"
+            "pixcade train --config configs/shapes.json --stage base") in text
     exports = tmp_path / "exports"
     assert f"pixcade train export --run {base} --checkpoint step-30 --out {exports}/base" in text
     assert f"pixcade assemble {exports}/base {exports}/sr --out {model}" in text
