@@ -227,3 +227,33 @@ def test_coord_channels_refuse_crop_training():
     with pytest.raises(PixcadeError, match="coord_channels with train_crop 16"):
         StageConfig(name="sr", resolution=32, lowres_resolution=8, train_crop=16,
                     unet=get_preset("tiny-sr", coord_channels=True))
+
+
+def test_text_positions_start_as_a_no_op_and_make_the_net_see_word_order():
+    plain = make_net("tiny-base")
+    ordered = EfficientUNet(get_preset("tiny-base", text_positions=True)).eval()
+    missing, unexpected = ordered.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["text_pos.weight"] and not unexpected
+    x, t, text, mask, _ = make_inputs(plain.config)
+    mask[:] = True
+    # Attention pools and cross-attends over a set: swapping two tokens can't change the
+    # output of a net without positions, and must change it once positions are learnt.
+    swapped = text[:, [1, 0, 2, 3, 4]]
+    with torch.no_grad():
+        torch.testing.assert_close(ordered(x, t, text, mask), plain(x, t, text, mask))
+        torch.testing.assert_close(plain(x, t, swapped, mask), plain(x, t, text, mask), atol=1e-5, rtol=1e-5)
+        ordered.text_pos.weight.normal_(0, 0.5)
+        assert not torch.allclose(ordered(x, t, swapped, mask), ordered(x, t, text, mask), atol=1e-3)
+    net = make_net("tiny-base", text_positions=True).train()
+    x, t, text, mask, _ = make_inputs(net.config)
+    net(x, t, text, mask).square().mean().backward()
+    assert net.text_pos.weight.grad.abs().sum() > 0
+
+
+def test_text_positions_are_distinct_per_index_and_independent_of_length():
+    from pixcade.nn.unet import token_positions
+
+    p8, p32 = token_positions(8, torch.device("cpu")), token_positions(32, torch.device("cpu"))
+    torch.testing.assert_close(p32[:8], p8)  # a token's features don't depend on the padded length
+    dist = torch.cdist(p32, p32) + torch.eye(32) * 1e9
+    assert dist.min() > 0.1

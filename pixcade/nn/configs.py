@@ -36,6 +36,13 @@ class UNetConfig:
     # top left" / "to the left of" after 300k images. Imagen has none (off in its presets).
     # Only for stages that train on whole images: a random crop's coordinates would lie.
     coord_channels: bool = False
+    # Add a learnt function of each text token's index to its embedding before the U-Net reads
+    # it (attention pooling and cross-attention). Attention is blind to order: with encoder
+    # states that carry word order weakly (MiniLM: "blue" named first or second is 0.95 alike),
+    # "a red circle left of a blue square" and "a blue circle left of a red square" are
+    # nearly the same set of keys. Zero-initialised, so a trained model takes it on by
+    # fine-tuning. Imagen has none: T5-XXL's states carry order well enough.
+    text_positions: bool = False
     dropout: float = 0.0
     norm_groups: int = 32
     # Recompute block activations in the backward pass: memory for compute, same gradients.

@@ -17,7 +17,10 @@ from torch.utils.checkpoint import checkpoint
 from pixcade.errors import PixcadeError
 from pixcade.nn.attention import AttentionPool, CrossAttention, SelfAttention
 from pixcade.nn.configs import UNetConfig
-from pixcade.nn.layers import Downsample, ResBlock, ScalarEmbedding, Upsample
+from pixcade.nn.layers import Downsample, ResBlock, ScalarEmbedding, Upsample, sinusoidal_embedding
+
+# Sin/cos features of a token's index that the learnt text position map reads.
+TEXT_POSITION_FEATURES = 64
 
 
 class _Block(nn.Module):
@@ -81,6 +84,11 @@ class EfficientUNet(nn.Module):
         # row with no real tokens (the unconditional pass) sees only this learned embedding.
         self.null_text = nn.Parameter(torch.randn(1, 1, cfg.text_dim) * 0.02)
         self.text_pool = AttentionPool(cfg.text_dim, cfg.emb_dim, cfg.head_dim)
+        # A map from sinusoidal features rather than a table of learnt vectors: no maximum text
+        # length to fix in the config. Zero-initialised for the same reason as coord_in below.
+        self.text_pos = nn.Linear(TEXT_POSITION_FEATURES, cfg.text_dim, bias=False) if cfg.text_positions else None
+        if self.text_pos is not None:
+            nn.init.zeros_(self.text_pos.weight)
 
         in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1)
         self.conv_in = nn.Conv2d(in_ch, chs[0], 3, padding=1)
@@ -117,6 +125,8 @@ class EfficientUNet(nn.Module):
         """
         t, text_mask, aug_t = self._check_inputs(x, t, text_emb, text_mask, lowres, aug_t)
         b = x.shape[0]
+        if self.text_pos is not None:
+            text_emb = text_emb + self.text_pos(token_positions(text_emb.shape[1], x.device)).to(text_emb.dtype)
         text = text_emb.masked_fill(~text_mask[..., None], 0.0)  # padding can't leak, even if NaN
         text = torch.cat([self.null_text.to(text.dtype).expand(b, -1, -1), text], dim=1)
         mask = torch.cat([text_mask.new_ones(b, 1), text_mask], dim=1)
@@ -192,6 +202,11 @@ def pixel_coords(height: int, width: int, device: torch.device, dtype: torch.dty
     xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 - 1
     grid = torch.stack([xs.expand(height, width), ys[:, None].expand(height, width)])
     return grid[None].to(dtype)
+
+
+def token_positions(length: int, device: torch.device) -> torch.Tensor:
+    """[L, TEXT_POSITION_FEATURES] sin/cos features of token indices 0 .. L-1 (float32)."""
+    return sinusoidal_embedding(torch.arange(length, device=device), TEXT_POSITION_FEATURES, scale=1.0)
 
 
 def count_parameters(config: UNetConfig) -> int:
