@@ -1,0 +1,56 @@
+"""Turn a saved cascade back into one stage export per stage (the inverse of `pixcade assemble`).
+
+A later training phase starts from an export (`pixcade train --init-from DIR`), and the
+assembly step needs one per stage; when the machine that wrote the exports is gone, the
+shipped cascade still holds everything they held: each stage's config in ``cascade.json``,
+its EMA weights as ``NAME.safetensors`` and its training step in ``sources.json``.
+
+    python scripts/unpack_cascade.py pixcade/weights/shapes --out ~/pixcade-runs/exports \
+        --name base=base-p4 --name sr=sr
+
+Assembling the written exports again gives back the same cascade.json and weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from pixcade.errors import PixcadeError
+from pixcade.train.export import write_stage_export
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cascade", type=Path, help="a cascade directory (cascade.json + NAME.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="parent directory of the exports")
+    p.add_argument("--name", action="append", default=[], metavar="STAGE=DIR",
+                   help="export directory name for a stage (default: the stage's name)")
+    args = p.parse_args(argv)
+    try:
+        names = dict(item.split("=", 1) for item in args.name)
+    except ValueError:
+        raise SystemExit(f"--name takes STAGE=DIR, got {args.name!r}")
+    meta = json.loads((args.cascade / "cascade.json").read_text())
+    sources_path = args.cascade / "sources.json"
+    steps = {}
+    if sources_path.exists():
+        steps = {s["stage"]: s.get("step") for s in json.loads(sources_path.read_text())["stages"]}
+    for stage in meta["stages"]:
+        name = stage["name"]
+        weights = args.cascade / f"{name}.safetensors"
+        if not weights.exists():
+            raise PixcadeError(f"{weights}: missing; cascade.json names stage {name!r}")
+        # Copy the file rather than re-save the tensors, so the bytes are the shipped ones.
+        out = write_stage_export(args.out / names.get(name, name), stage, meta["text_encoder"],
+                                 meta["max_length"], {}, steps.get(name))
+        shutil.copyfile(weights, out / "ema.safetensors")
+        print(f"{name}: {out} (step {steps.get(name)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
