@@ -205,20 +205,34 @@ def test_pixel_coords_name_the_same_place_at_every_resolution():
     assert torch.allclose(torch.nn.functional.avg_pool2d(pixel_coords(16, 16, torch.device("cpu"), torch.float32), 2), c8)
 
 
-def test_coord_channels_start_as_a_no_op_and_then_condition_on_position():
+def grown_from_plain(option: str, param: str):
+    """A tiny base net with `option` on, loaded from one without it: only `param` is new,
+    and, being zero-initialised, it leaves the output as it was."""
     plain = make_net("tiny-base")
-    coords = EfficientUNet(get_preset("tiny-base", coord_channels=True)).eval()
-    missing, unexpected = coords.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["coord_in.weight"] and not unexpected
+    grown = EfficientUNet(get_preset("tiny-base", **{option: True})).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == [param] and not unexpected
     x, t, text, mask, _ = make_inputs(plain.config)
     with torch.no_grad():
-        torch.testing.assert_close(coords(x, t, text, mask), plain(x, t, text, mask))
-        coords.coord_in.weight.normal_(0, 0.5)
-        assert not torch.allclose(coords(x, t, text, mask), plain(x, t, text, mask), atol=1e-4)
-    net = make_net("tiny-base", coord_channels=True).train()
+        torch.testing.assert_close(grown(x, t, text, mask), plain(x, t, text, mask))
+    return plain, grown
+
+
+def assert_learns(option: str, param: str) -> None:
+    """The zero-initialised weights get a gradient, so training can move them off zero."""
+    net = make_net("tiny-base", **{option: True}).train()
     x, t, text, mask, _ = make_inputs(net.config)
     net(x, t, text, mask).square().mean().backward()
-    assert net.coord_in.weight.grad.abs().sum() > 0
+    assert net.get_parameter(param).grad.abs().sum() > 0
+
+
+def test_coord_channels_start_as_a_no_op_and_then_condition_on_position():
+    plain, coords = grown_from_plain("coord_channels", "coord_in.weight")
+    x, t, text, mask, _ = make_inputs(plain.config)
+    with torch.no_grad():
+        coords.coord_in.weight.normal_(0, 0.5)
+        assert not torch.allclose(coords(x, t, text, mask), plain(x, t, text, mask), atol=1e-4)
+    assert_learns("coord_channels", "coord_in.weight")
 
 
 def test_coord_channels_refuse_crop_training():
@@ -230,24 +244,17 @@ def test_coord_channels_refuse_crop_training():
 
 
 def test_text_positions_start_as_a_no_op_and_make_the_net_see_word_order():
-    plain = make_net("tiny-base")
-    ordered = EfficientUNet(get_preset("tiny-base", text_positions=True)).eval()
-    missing, unexpected = ordered.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["text_pos.weight"] and not unexpected
+    plain, ordered = grown_from_plain("text_positions", "text_pos.weight")
     x, t, text, mask, _ = make_inputs(plain.config)
     mask[:] = True
     # Attention pools and cross-attends over a set: swapping two tokens can't change the
     # output of a net without positions, and must change it once positions are learnt.
     swapped = text[:, [1, 0, 2, 3, 4]]
     with torch.no_grad():
-        torch.testing.assert_close(ordered(x, t, text, mask), plain(x, t, text, mask))
         torch.testing.assert_close(plain(x, t, swapped, mask), plain(x, t, text, mask), atol=1e-5, rtol=1e-5)
         ordered.text_pos.weight.normal_(0, 0.5)
         assert not torch.allclose(ordered(x, t, swapped, mask), ordered(x, t, text, mask), atol=1e-3)
-    net = make_net("tiny-base", text_positions=True).train()
-    x, t, text, mask, _ = make_inputs(net.config)
-    net(x, t, text, mask).square().mean().backward()
-    assert net.text_pos.weight.grad.abs().sum() > 0
+    assert_learns("text_positions", "text_pos.weight")
 
 
 def test_text_positions_are_distinct_per_index_and_independent_of_length():
