@@ -34,22 +34,36 @@ def main(argv: list[str]) -> int:
         names = dict(item.split("=", 1) for item in args.name)
     except ValueError:
         raise SystemExit(f"--name takes STAGE=DIR, got {args.name!r}")
-    meta = json.loads((args.cascade / "cascade.json").read_text())
-    sources_path = args.cascade / "sources.json"
+    try:
+        unpack(args.cascade, args.out, names)
+    except PixcadeError as err:
+        print(f"unpack_cascade: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def unpack(cascade: Path, out_parent: Path, names: dict[str, str]) -> None:
+    """One export per stage of ``cascade`` under ``out_parent`` (named by ``names``, else the stage)."""
+    try:
+        meta = json.loads((cascade / "cascade.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise PixcadeError(f"{cascade}: not a saved cascade ({err})") from None
+    sources_path = cascade / "sources.json"
     steps = {}
     if sources_path.exists():
         steps = {s["stage"]: s.get("step") for s in json.loads(sources_path.read_text())["stages"]}
+    for stage in meta["stages"]:  # all checked before any is written
+        weights = cascade / f"{stage['name']}.safetensors"
+        if not weights.exists():
+            raise PixcadeError(f"{weights}: missing; cascade.json names stage {stage['name']!r}")
     for stage in meta["stages"]:
         name = stage["name"]
-        weights = args.cascade / f"{name}.safetensors"
-        if not weights.exists():
-            raise PixcadeError(f"{weights}: missing; cascade.json names stage {name!r}")
+        weights = cascade / f"{name}.safetensors"
         # Copy the file rather than re-save the tensors, so the bytes are the shipped ones.
-        out = write_stage_export(args.out / names.get(name, name), stage, meta["text_encoder"],
+        out = write_stage_export(out_parent / names.get(name, name), stage, meta["text_encoder"],
                                  meta["max_length"], {}, steps.get(name))
         shutil.copyfile(weights, out / "ema.safetensors")
         print(f"{name}: {out} (step {steps.get(name)})")
-    return 0
 
 
 if __name__ == "__main__":

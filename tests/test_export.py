@@ -122,3 +122,39 @@ def test_exporting_the_last_checkpoint_equals_the_trainers_final(tmp_path):
     final = tmp_path / "run/final"
     assert json.loads((export / "stage.json").read_text()) == json.loads((final / "stage.json").read_text())
     assert state_equal(load_file(export / "ema.safetensors"), load_file(final / "ema.safetensors"))
+
+
+def test_unpack_cascade_script_round_trips_through_assemble(tmp_path, capsys):
+    import importlib.util
+
+    from train_support import REPO
+
+    spec = importlib.util.spec_from_file_location("unpack_cascade", REPO / "scripts" / "unpack_cascade.py")
+    unpack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unpack)
+    base = fake_run(tmp_path / "base", tiny_configs()[0], [10])
+    sr = fake_run(tmp_path / "sr", tiny_configs()[1], [30], seed=1)
+    for run in ("base", "sr"):
+        assert pixcade_main(["train", "export", "--run", str(tmp_path / run)]) == 0
+    model = tmp_path / "model"
+    assert pixcade_main(["assemble", str(tmp_path / "base/exports/step-00000010"),
+                         str(tmp_path / "sr/exports/step-00000030"), "--out", str(model)]) == 0
+
+    assert unpack.main([str(model), "--out", str(tmp_path / "exports"), "--name", "base=base-p1"]) == 0
+    meta = json.loads((tmp_path / "exports/base-p1/stage.json").read_text())
+    assert meta["step"] == 10 and meta["stage"]["name"] == "base"
+    assert json.loads((tmp_path / "exports/sr/stage.json").read_text())["step"] == 30
+    again = tmp_path / "again"
+    assert pixcade_main(["assemble", str(tmp_path / "exports/base-p1"), str(tmp_path / "exports/sr"),
+                         "--out", str(again)]) == 0
+    for name in ("cascade.json", "base.safetensors", "sr.safetensors"):
+        assert (again / name).read_bytes() == (model / name).read_bytes(), name
+    cascade = Cascade.from_pretrained(again)
+    assert state_equal(net_state(cascade, "base"), base[10]) and state_equal(net_state(cascade, "sr"), sr[30])
+    capsys.readouterr()
+
+    (model / "sr.safetensors").unlink()
+    assert unpack.main([str(model), "--out", str(tmp_path / "x")]) == 2
+    assert "sr.safetensors: missing" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert unpack.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a saved cascade" in capsys.readouterr().err
