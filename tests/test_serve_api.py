@@ -332,6 +332,9 @@ def test_cli_serves_a_saved_cascade_until_interrupted(tmp_path: Path) -> None:
         [sys.executable, "-m", "pixcade.cli", "serve", "--model", str(model), "--port", "0", "--stages", "base"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # A suite started in the background (`nohup pytest &`) ignores SIGINT, and the child
+        # would inherit that and never see the Ctrl-C this test sends: restore the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         line = proc.stdout.readline()
