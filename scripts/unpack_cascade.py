@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
+
+from safetensors.torch import load_file
 
 from pixcade.errors import PixcadeError
 from pixcade.train.export import write_stage_export
@@ -52,19 +53,17 @@ def unpack(cascade: Path, out_parent: Path, names: dict[str, str]) -> None:
     steps = {}
     if sources_path.exists():
         steps = {s["stage"]: s.get("step") for s in json.loads(sources_path.read_text())["stages"]}
-    for stage in meta["stages"]:  # all checked before any is written
-        weights = cascade / f"{stage['name']}.safetensors"
-        if not weights.exists():
-            raise PixcadeError(f"{weights}: missing; cascade.json names stage {stage['name']!r}")
+    weights = {}
+    for stage in meta["stages"]:  # every stage read before any export is written
+        path = cascade / f"{stage['name']}.safetensors"
+        if not path.exists():
+            raise PixcadeError(f"{path}: missing; cascade.json names stage {stage['name']!r}")
+        weights[stage["name"]] = load_file(path)
     for stage in meta["stages"]:
         name = stage["name"]
-        weights = cascade / f"{name}.safetensors"
-        # Copy the file rather than re-save the tensors, so the bytes are the shipped ones.
         out = write_stage_export(out_parent / names.get(name, name), stage, meta["text_encoder"],
-                                 meta["max_length"], {}, steps.get(name))
-        shutil.copyfile(weights, out / "ema.safetensors")
+                                 meta["max_length"], weights[name], steps.get(name))
         print(f"{name}: {out} (step {steps.get(name)})")
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
