@@ -103,12 +103,15 @@ class Stage:
         aug_t: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         resolution: int | None = None,
+        aug_noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The keyword arguments of the U-Net besides (z, t).
 
         For SR stages the low-res image is upsampled to the working resolution and
         noise-augmented to level ``aug_t`` (a forward diffusion of the same schedule), so
-        the network learns to fix the artefacts the previous stage leaves behind.
+        the network learns to fix the artefacts the previous stage leaves behind. The
+        augmentation noise is ``aug_noise`` when given (the shape of the upsampled image),
+        else drawn from ``generator``.
         """
         cond: dict[str, torch.Tensor] = {"text_emb": text_emb, "text_mask": text_mask}
         if not self.config.is_super_resolution:
@@ -122,7 +125,15 @@ class Stage:
             aug_t = torch.zeros(b, device=lowres.device)
         up = upsample(lowres, resolution or self.config.resolution)
         alpha, sigma = alpha_sigma(self.schedule.log_snr(aug_t.to(up.dtype)).view(-1, 1, 1, 1))
-        noise = torch.randn(up.shape, generator=generator, device=up.device, dtype=up.dtype)
+        if aug_noise is None:
+            noise = torch.randn(up.shape, generator=generator, device=up.device, dtype=up.dtype)
+        elif aug_noise.shape != up.shape:
+            raise PixcadeError(
+                f"stage {self.config.name!r}: augmentation noise has shape {list(aug_noise.shape)}, "
+                f"expected {list(up.shape)}"
+            )
+        else:
+            noise = aug_noise.to(device=up.device, dtype=up.dtype)
         cond["lowres"] = alpha * up + sigma * noise
         cond["aug_t"] = aug_t
         return cond
@@ -174,11 +185,13 @@ class Stage:
         generator: torch.Generator | None = None,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         noise: torch.Tensor | None = None,
+        aug_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Images in [-1, 1], one per text row. Unset options take the config's defaults.
 
-        ``noise`` is the starting z at t=1 (drawn from ``generator`` when not given): the
-        pipeline draws it per image so an image does not depend on its batch-mates.
+        ``noise`` is the starting z at t=1 and ``aug_noise`` an SR stage's noise for the
+        augmentation of its low-res input (each drawn from ``generator`` when not given):
+        the pipeline draws both per image so an image does not depend on its batch-mates.
         """
         c = self.config
         sampler = c.sampler if sampler is None else sampler
@@ -198,7 +211,7 @@ class Stage:
         b = text_emb.shape[0]
         device = text_emb.device
         aug_t = torch.full((b,), float(aug_level), device=device) if c.is_super_resolution else None
-        cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator)
+        cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
         uncond = dict(cond)
         uncond["text_emb"] = torch.zeros_like(text_emb)
         uncond["text_mask"] = torch.zeros_like(text_mask)

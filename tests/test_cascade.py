@@ -225,12 +225,19 @@ def test_subset_errors(cascade: Cascade) -> None:
 
 
 def test_images_do_not_depend_on_batch_make_up(cascade: Cascade) -> None:
-    # Each image's noise comes from (seed, prompt, image): batched or one by one, with a
-    # deterministic sampler the images agree (up to float rounding of batched kernels).
-    kw = dict(seed=5, stop_after="base", sampler="ddim", progress=False)
-    together = px(cascade.generate(PROMPTS, n=2, batch_size=4, **kw))
-    alone = px(cascade.generate(PROMPTS, n=2, batch_size=1, **kw))
-    assert np.abs(together - alone).max() <= 1
+    # Each image's noise (the starting noise of every stage and the SR stage's augmentation
+    # noise) comes from (seed, stage, prompt, image): batched or one by one, with
+    # deterministic samplers the images agree (up to float rounding of batched kernels),
+    # through the whole cascade.
+    for sampler in ("ddim", "dpm++"):
+        kw = dict(seed=5, sampler=sampler, aug_level=0.3, return_stages=True, progress=False)
+        together = cascade.generate(PROMPTS, n=2, batch_size=4, **kw)
+        alone = cascade.generate(PROMPTS, n=2, batch_size=1, **kw)
+        for name in ("base", "sr"):
+            assert np.abs(px(together[name]) - px(alone[name])).max() <= 1, (sampler, name)
+    # The augmentation noise is really used: another level, other SR images.
+    other = cascade.generate(PROMPTS, n=2, batch_size=4, **{**kw, "aug_level": 0.9})
+    assert np.abs(px(other["sr"]) - px(together["sr"])).max() > 1
 
 
 def test_guidance_is_one_forward_of_twice_the_batch(cascade: Cascade) -> None:

@@ -67,6 +67,19 @@ def test_sr_loss_needs_the_lowres_image():
         _sr_stage(RecordingNet()).loss(torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 32), torch.ones(2, 1, dtype=torch.bool))
 
 
+def test_sr_conditioning_takes_given_augmentation_noise_of_the_upsampled_shape():
+    stage = _sr_stage(RecordingNet())
+    lowres = torch.rand(2, 3, 4, 4) * 2 - 1
+    emb, mask = torch.zeros(2, 1, 32), torch.ones(2, 1, dtype=torch.bool)
+    aug_t = torch.tensor([0.2, 0.8])
+    noise = torch.randn(2, 3, 8, 8)
+    cond = stage.conditioning(emb, mask, lowres, aug_t, aug_noise=noise)
+    alpha, sigma = alpha_sigma(stage.schedule.log_snr(aug_t).view(-1, 1, 1, 1))
+    assert torch.allclose(cond["lowres"], alpha * upsample(lowres, 8) + sigma * noise, atol=1e-6)
+    with pytest.raises(PixcadeError, match=r"augmentation noise has shape \[2, 3, 4, 4\], expected \[2, 3, 8, 8\]"):
+        stage.conditioning(emb, mask, lowres, aug_t, aug_noise=torch.zeros(2, 3, 4, 4))
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")

@@ -133,7 +133,8 @@ def _shapes(argv: list[str]) -> int:
     p.add_argument("--prompt-seed", type=int, default=1234, help="seed of the prompt set (keep it to compare models)")
     p.add_argument("--images-per-prompt", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, default=16, metavar="B",
+                   help="images per batch (default 16); an image does not depend on it")
     p.add_argument("--device", default="cpu")
     p.add_argument("--guidance", metavar="W,W,...",
                    help="sweep guidance weights, e.g. 1,3,5,8: one benchmark run per setting, and a table")
@@ -144,6 +145,7 @@ def _shapes(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="folder for shapes.json, shapes.md and the images "
                                                 "(a sweep: sweep.json, sweep.md and one such folder per setting)")
     args = p.parse_args(argv)
+    _at_least(args.batch_size, "--batch-size")
     if args.images_per_prompt < 1:
         raise PixcadeError("--images-per-prompt must be >= 1")
     sweeping = args.guidance is not None or args.threshold is not None
@@ -230,10 +232,12 @@ def _sr_psnr(argv: list[str]) -> int:
     p.add_argument("--n", type=int, default=200, help="number of scenes (the shapes benchmark's prompt set)")
     p.add_argument("--prompt-seed", type=int, default=1234, help="seed of the prompt set")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, default=16, metavar="B",
+                   help="images per batch (default 16); an image does not depend on it")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="folder for sr_psnr.json, sr_psnr.md and examples.png")
     args = p.parse_args(argv)
+    _at_least(args.batch_size, "--batch-size")
 
     from pixcade.data.shapes import evaluation_prompts
     from pixcade.eval.sr_psnr import evaluate_sr, examples_grid, markdown_table

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import from_pil, open_image, to_pil
-from pixcade.pipeline.jobs import Job, all_jobs, batches, derive_seed
+from pixcade.pipeline.jobs import Job, all_jobs, batches, derive_seed, per_image_noise
 from pixcade.pipeline.options import PerStage, StageOptions, resolve_options
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER
@@ -240,10 +240,12 @@ class Cascade:
     ) -> dict[str, torch.Tensor]:
         """Run one batch (one image per job) through the plan; each stage's output, in order.
 
-        Each image's starting noise comes from (seed, stage, prompt index, image index),
-        drawn on the CPU, so it is the same whatever the batch or device. The rest of the
-        randomness (SR noise augmentation, DDPM's fresh noise) is drawn per batch from
-        (seed, stage, the batch's jobs): fixed batches give identical images.
+        Each image's starting noise, and an SR stage's noise for augmenting its low-res
+        input, come from (seed, stage, prompt index, image index), drawn on the CPU, so with
+        a deterministic sampler (DDIM, DPM-Solver++) an image is the same whatever its batch
+        or device (up to float rounding). Only an ancestral sampler's fresh noise at each
+        step is drawn per batch from (seed, stage, the batch's jobs): fixed batches still
+        give identical images.
         """
         if len(texts) != len(jobs):
             raise PixcadeError("one text per job is needed")
@@ -259,16 +261,18 @@ class Cascade:
         for stage in plan.stages:
             c = stage.config
             shape = (c.unet.out_channels, c.resolution, c.resolution)
-            noise = torch.stack([
-                torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, c.name, tuple(j))))
-                for j in jobs
-            ]).to(device)
+            noise = per_image_noise(seed, c.name, jobs, shape).to(device)
+            aug_noise = None
+            if c.is_super_resolution:
+                # Drawn apart from the starting noise (another key) and at the working
+                # resolution, the shape of the upsampled low-res image it is added to.
+                aug_noise = per_image_noise(seed, (c.name, "aug"), jobs, (3, c.resolution, c.resolution)).to(device)
             gen = torch.Generator(device=device).manual_seed(
                 derive_seed(seed, c.name, "batch", [tuple(j) for j in jobs])
             )
             x = stage.sample(
                 emb, mask, x if c.is_super_resolution else None,
-                noise=noise, generator=gen,
+                noise=noise, aug_noise=aug_noise, generator=gen,
                 callback=bars.callback(c.name) if bars else None,
                 **plan.options[c.name].as_kwargs(),
             )

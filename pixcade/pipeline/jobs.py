@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import torch
+
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_text
 
@@ -28,6 +30,14 @@ def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any hashable description (stable across runs and machines)."""
     digest = hashlib.sha256(repr(parts).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def per_image_noise(seed: int, key: Any, jobs: Sequence[Job], shape: tuple[int, ...]) -> torch.Tensor:
+    """``[len(jobs), *shape]`` standard normal noise, each job's from (seed, key, job) on the CPU."""
+    return torch.stack([
+        torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, key, tuple(j))))
+        for j in jobs
+    ])
 
 
 def all_jobs(num_prompts: int, n: int) -> list[Job]:
