@@ -264,3 +264,34 @@ def test_text_positions_are_distinct_per_index_and_independent_of_length():
     torch.testing.assert_close(p32[:8], p8)  # a token's features don't depend on the padded length
     dist = torch.cdist(p32, p32) + torch.eye(32) * 1e9
     assert dist.min() > 0.1
+
+
+def test_text_layers_start_as_a_no_op_learn_and_ignore_padding():
+    plain = make_net("tiny-base")
+    grown = EfficientUNet(get_preset("tiny-base", text_layers=2)).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("text_blocks.") for k in missing) and not unexpected
+    x, t, text, mask, _ = make_inputs(plain.config)
+    mask[:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, text, mask), plain(x, t, text, mask))
+        for p in grown.text_blocks.parameters():
+            p.normal_(0, 0.2)
+        out = grown(x, t, text, mask)
+        assert not torch.allclose(out, plain(x, t, text, mask), atol=1e-3)
+        # Padding is masked as keys: extra tokens marked False change nothing, whatever they hold.
+        padded = torch.cat([text, torch.randn(text.shape[0], 3, text.shape[2]) * 50], dim=1)
+        pad_mask = torch.cat([mask, mask.new_zeros(mask.shape[0], 3)], dim=1)
+        torch.testing.assert_close(grown(x, t, padded, pad_mask), out, atol=1e-5, rtol=1e-5)
+        # The unconditional row (no real token) is finite and ignores the text it is given.
+        none = torch.zeros_like(mask)
+        u1, u2 = grown(x, t, text, none), grown(x, t, torch.randn_like(text), none)
+        assert torch.isfinite(u1).all()
+        torch.testing.assert_close(u1, u2)
+    net = make_net("tiny-base", text_layers=1).train()
+    x, t, text, mask, _ = make_inputs(net.config)
+    net(x, t, text, mask).square().mean().backward()
+    for name in ("text_blocks.0.out.weight", "text_blocks.0.mlp.2.weight"):
+        assert net.get_parameter(name).grad.abs().sum() > 0
+    with pytest.raises(PixcadeError, match="text_layers must be >= 0, got -1"):
+        get_preset("tiny-base", text_layers=-1)

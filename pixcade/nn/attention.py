@@ -1,4 +1,5 @@
-"""Attention layers: spatial self-attention, cross-attention to text tokens, attention pooling.
+"""Attention layers: spatial self-attention, cross-attention to text tokens, attention pooling,
+and a transformer block over the text tokens.
 
 All go through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels where
 the device has them). Text masks are bool [B, L], True = real token; the caller guarantees
@@ -100,3 +101,28 @@ class AttentionPool(nn.Module):
         k, v = self.kv(self.norm(text)).chunk(2, dim=-1)
         q = self.query.to(k.dtype).expand(text.shape[0], 1, -1)
         return self.out(attend(q, k, v, self.heads, mask)[:, 0])
+
+
+class TextBlock(nn.Module):
+    """A pre-LayerNorm transformer block over the text tokens; padding is masked out as keys.
+
+    Both residual branches end in a zero-initialised projection, so a fresh block is the
+    identity and a trained U-Net can take blocks on by fine-tuning without a jump.
+    """
+
+    def __init__(self, dim: int, head_dim: int, mlp_mult: int = 4):
+        super().__init__()
+        self.heads = dim // head_dim if dim % head_dim == 0 else 1
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_mult * dim), nn.GELU(), nn.Linear(mlp_mult * dim, dim))
+        for layer in (self.out, self.mlp[-1]):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(text)).chunk(3, dim=-1)
+        text = text + self.out(attend(q, k, v, self.heads, mask))
+        return text + self.mlp(self.norm2(text))

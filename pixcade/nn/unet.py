@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pixcade.errors import PixcadeError
-from pixcade.nn.attention import AttentionPool, CrossAttention, SelfAttention
+from pixcade.nn.attention import AttentionPool, CrossAttention, SelfAttention, TextBlock
 from pixcade.nn.configs import UNetConfig
 from pixcade.nn.layers import Downsample, ResBlock, ScalarEmbedding, Upsample, sinusoidal_embedding
 
@@ -89,6 +89,7 @@ class EfficientUNet(nn.Module):
         self.text_pos = nn.Linear(TEXT_POSITION_FEATURES, cfg.text_dim, bias=False) if cfg.text_positions else None
         if self.text_pos is not None:
             nn.init.zeros_(self.text_pos.weight)
+        self.text_blocks = nn.ModuleList(TextBlock(cfg.text_dim, cfg.head_dim) for _ in range(cfg.text_layers))
 
         in_ch = cfg.in_channels * (2 if cfg.lowres_cond else 1)
         self.conv_in = nn.Conv2d(in_ch, chs[0], 3, padding=1)
@@ -130,6 +131,8 @@ class EfficientUNet(nn.Module):
         text = text_emb.masked_fill(~text_mask[..., None], 0.0)  # padding can't leak, even if NaN
         text = torch.cat([self.null_text.to(text.dtype).expand(b, -1, -1), text], dim=1)
         mask = torch.cat([text_mask.new_ones(b, 1), text_mask], dim=1)
+        for block in self.text_blocks:  # over the null token too: no row is empty
+            text = block(text, mask)
 
         emb = self.time_emb(t) + self.text_pool(text, mask)
         if self.aug_emb is not None:
