@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pixcade.diffusion.guidance import guided_denoiser
 from pixcade.diffusion.losses import diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
-from pixcade.diffusion.samplers import SAMPLERS, sample
+from pixcade.diffusion.samplers import SAMPLERS, NoiseSampler, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
 from pixcade.errors import PixcadeError, check_known_keys
 from pixcade.nn.configs import UNetConfig
@@ -186,12 +186,14 @@ class Stage:
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         noise: torch.Tensor | None = None,
         aug_noise: torch.Tensor | None = None,
+        noise_sampler: NoiseSampler | None = None,
     ) -> torch.Tensor:
         """Images in [-1, 1], one per text row. Unset options take the config's defaults.
 
-        ``noise`` is the starting z at t=1 and ``aug_noise`` an SR stage's noise for the
-        augmentation of its low-res input (each drawn from ``generator`` when not given):
-        the pipeline draws both per image so an image does not depend on its batch-mates.
+        ``noise`` is the starting z at t=1, ``aug_noise`` an SR stage's noise for the
+        augmentation of its low-res input and ``noise_sampler`` an ancestral sampler's fresh
+        noise per step (each drawn from ``generator`` when not given): the pipeline draws all
+        three per image so an image does not depend on its batch-mates.
         """
         c = self.config
         sampler = c.sampler if sampler is None else sampler
@@ -223,7 +225,9 @@ class Stage:
             noise = torch.randn(shape, generator=generator, device=device)
         elif tuple(noise.shape) != shape:
             raise PixcadeError(f"stage {c.name!r}: noise has shape {list(noise.shape)}, expected {list(shape)}")
+        if noise_sampler is None:
+            noise_sampler = generator_noise(noise, generator)
         return sample(
             denoiser, self.schedule, noise, sampler=sampler, steps=steps,
-            generator=generator, callback=callback,
+            noise_sampler=noise_sampler, callback=callback,
         ).clamp(-1.0, 1.0)

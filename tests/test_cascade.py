@@ -225,16 +225,19 @@ def test_subset_errors(cascade: Cascade) -> None:
 
 
 def test_images_do_not_depend_on_batch_make_up(cascade: Cascade) -> None:
-    # Each image's noise (the starting noise of every stage and the SR stage's augmentation
-    # noise) comes from (seed, stage, prompt, image): batched or one by one, with
-    # deterministic samplers the images agree (up to float rounding of batched kernels),
-    # through the whole cascade.
-    for sampler in ("ddim", "dpm++"):
+    # Each image's noise (the starting noise of every stage, the SR stage's augmentation
+    # noise and DDPM's fresh noise at each step) comes from (seed, stage, prompt, image):
+    # batched or one by one, the images agree (up to float rounding of batched kernels),
+    # through the whole cascade, with every sampler.
+    for sampler in ("ddim", "dpm++", "ddpm"):
         kw = dict(seed=5, sampler=sampler, aug_level=0.3, return_stages=True, progress=False)
         together = cascade.generate(PROMPTS, n=2, batch_size=4, **kw)
         alone = cascade.generate(PROMPTS, n=2, batch_size=1, **kw)
         for name in ("base", "sr"):
-            assert np.abs(px(together[name]) - px(alone[name])).max() <= 1, (sampler, name)
+            # Rounding can tip a pixel by 2 levels after DDPM's many noisy steps (measured:
+            # 1 SR pixel in 12k); a batch-dependent draw moves them by ~50 on average.
+            diff = np.abs(px(together[name]) - px(alone[name]))
+            assert diff.max() <= 2 and (diff > 1).mean() < 1e-3, (sampler, name, diff.max())
     # The augmentation noise is really used: another level, other SR images.
     other = cascade.generate(PROMPTS, n=2, batch_size=4, **{**kw, "aug_level": 0.9})
     assert np.abs(px(other["sr"]) - px(together["sr"])).max() > 1

@@ -11,7 +11,7 @@ import torch
 
 from diffusion_theory import Mixture, gaussian_denoiser, moments, rel_err, whitened_noise
 from pixcade.diffusion.guidance import guided_denoiser
-from pixcade.diffusion.samplers import SAMPLERS, _ddim_step, sample
+from pixcade.diffusion.samplers import SAMPLERS, _ddim_step, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
 from pixcade.errors import PixcadeError
 
@@ -48,7 +48,7 @@ def test_gaussian_moments(schedule_name, sampler, steps, mean_tol, cov_tol):
     noise = _noise(12000, 0, whitened=sampler != "ddpm")
     out = sample(
         gaussian_denoiser(MEAN, COV, schedule), schedule, noise, sampler, steps=steps,
-        generator=torch.Generator().manual_seed(1),
+        noise_sampler=generator_noise(noise, torch.Generator().manual_seed(1)),
     )
     mean, cov = moments(out)
     assert (mean - MEAN).norm() < mean_tol
@@ -62,7 +62,7 @@ def test_mixture_moments(schedule_name, sampler, steps, _mean_tol, cov_tol):
     noise = _noise(12000, 2, whitened=False)
     out = sample(
         MIXTURE.denoiser(schedule), schedule, noise, sampler, steps=steps,
-        generator=torch.Generator().manual_seed(3),
+        noise_sampler=generator_noise(noise, torch.Generator().manual_seed(3)),
     )
     mean, cov = moments(out)
     assert (mean - MIXTURE.mean()).norm() < MIXTURE_MEAN_TOL
@@ -96,8 +96,8 @@ def test_ddpm_step_is_the_textbook_posterior():
     (a_t, a_s), (s_t, s_s) = (v.tolist() for v in alpha_sigma(torch.tensor([lam_t, lam_s], dtype=F64)))
     z = torch.randn(3, 2, 4, 4, dtype=F64)
     x0 = torch.randn(3, 2, 4, 4, dtype=F64)
-    got = _ddim_step(z, x0, lam_t, lam_s, 1.0, torch.Generator().manual_seed(7))
     fresh = torch.randn(z.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    got = _ddim_step(z, x0, lam_t, lam_s, 1.0, fresh)
     a_ts = a_t / a_s
     var_ts = s_t**2 - a_ts**2 * s_s**2
     mean = a_ts * s_s**2 / s_t**2 * z + a_s * var_ts / s_t**2 * x0
@@ -109,9 +109,10 @@ def test_ddpm_is_ddim_with_eta_one():
     schedule = get_schedule("linear")
     den = gaussian_denoiser(MEAN, COV, schedule)
     noise = _noise(64, 5, whitened=False)
-    a = sample(den, schedule, noise, "ddpm", steps=10, generator=torch.Generator().manual_seed(4))
+    a = sample(den, schedule, noise, "ddpm", steps=10,
+               noise_sampler=generator_noise(noise, torch.Generator().manual_seed(4)))
     b = sample(den, schedule, noise, "ddim", steps=10, eta=1.0,
-               generator=torch.Generator().manual_seed(4))
+               noise_sampler=generator_noise(noise, torch.Generator().manual_seed(4)))
     torch.testing.assert_close(a, b)
 
 
@@ -123,10 +124,37 @@ def test_same_seed_same_image(sampler):
     def run(seed):
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn(8, 2, 1, 1, generator=g, dtype=F64)
-        return sample(den, schedule, noise, sampler, steps=7, generator=g)
+        return sample(den, schedule, noise, sampler, steps=7, noise_sampler=generator_noise(noise, g))
 
     assert torch.equal(run(0), run(0))
     assert not torch.allclose(run(0), run(1))
+
+
+def test_ddpm_draws_its_fresh_noise_from_the_noise_sampler():
+    """Step i's fresh noise is noise_sampler(i), once per step but the last (which goes to
+    t = 0 without noise); scaling it moves the sample, so it really is what is added."""
+    schedule = get_schedule("cosine")
+    den = MIXTURE.denoiser(schedule)
+    noise = _noise(16, 8, whitened=False)
+    asked: list[int] = []
+
+    def fresh(scale):
+        def draw(step):
+            asked.append(step)
+            return scale * torch.randn(noise.shape, generator=torch.Generator().manual_seed(step), dtype=F64)
+        return draw
+
+    a = sample(den, schedule, noise, "ddpm", steps=6, noise_sampler=fresh(1.0))
+    assert asked == list(range(5))
+    assert torch.equal(a, sample(den, schedule, noise, "ddpm", steps=6, noise_sampler=fresh(1.0)))
+    assert not torch.allclose(a, sample(den, schedule, noise, "ddpm", steps=6, noise_sampler=fresh(0.5)))
+    # Deterministic samplers never ask for any.
+    asked.clear()
+    for name in ("ddim", "dpm++"):
+        sample(den, schedule, noise, name, steps=6, noise_sampler=fresh(1.0))
+    assert asked == []
+    with pytest.raises(PixcadeError, match=r"fresh noise of shape \[16, 2, 1, 1\] is needed"):
+        sample(den, schedule, noise, "ddpm", steps=3, noise_sampler=lambda step: torch.zeros(3))
 
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
@@ -160,7 +188,6 @@ def test_threshold_applies_at_every_step(sampler):
                           "dynamic:99")
     seen = []
     sample(den, schedule, torch.randn(2, 3, 4, 4), sampler, steps=4,
-           generator=torch.Generator().manual_seed(0),
            callback=lambda i, n, x0: seen.append(x0))
     assert len(seen) == 4
     assert all(torch.allclose(x0, torch.ones_like(x0)) for x0 in seen)

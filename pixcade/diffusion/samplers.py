@@ -17,6 +17,15 @@ from pixcade.errors import PixcadeError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
+# step index -> fresh standard normal noise shaped like z, for the samplers that draw it.
+# A function rather than a generator so that a caller can draw each image's noise from its
+# own seed (the pipeline does, so an ancestral sample does not depend on its batch-mates).
+NoiseSampler = Callable[[int], torch.Tensor]
+
+
+def generator_noise(z: torch.Tensor, generator: torch.Generator | None) -> NoiseSampler:
+    """Fresh noise shaped like ``z`` from one generator (the global RNG when None)."""
+    return lambda step: torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
 
 # DPM-Solver++'s grid is uniform in log-SNR over this range. At +10, sigma ~ 0.007 is under
 # one 8-bit level of a [-1, 1] image; below -10, alpha < 0.007 and x0^ barely moves, so the
@@ -46,13 +55,14 @@ def _ddim_step(
     lam_t: float,
     lam_s: float,
     eta: float,
-    generator: torch.Generator | None,
+    fresh: torch.Tensor | None,
 ) -> torch.Tensor:
     """z_t -> z_s (s < t) given the x0 estimate (Song et al. 2021, in log-SNR form).
 
     c = sigma_{t|s}^2 / sigma_t^2 = 1 - exp(lam_t - lam_s) is the share of sigma_s^2 that
     the posterior q(z_s | z_t, x0) draws afresh; eta = 1 draws exactly that (ancestral
-    DDPM), eta = 0 none (deterministic DDIM).
+    DDPM), eta = 0 none (deterministic DDIM). ``fresh`` is that standard normal draw
+    (unused when eta = 0).
     """
     alpha, sigma = alpha_sigma(torch.tensor([lam_t, lam_s], dtype=torch.float64))
     (a_t, a_s), (s_t, s_s) = alpha.tolist(), sigma.tolist()
@@ -60,8 +70,10 @@ def _ddim_step(
     eps = (z - a_t * x0) / s_t
     z = a_s * x0 + s_s * math.sqrt(1.0 - eta * eta * c) * eps
     if eta > 0:
-        fresh = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z = z + eta * s_s * math.sqrt(c) * fresh
+        if fresh is None or fresh.shape != z.shape:
+            got = None if fresh is None else list(fresh.shape)
+            raise PixcadeError(f"fresh noise of shape {list(z.shape)} is needed for eta > 0, got {got}")
+        z = z + eta * s_s * math.sqrt(c) * fresh.to(device=z.device, dtype=z.dtype)
     return z
 
 
@@ -72,19 +84,24 @@ def sample_ddim(
     steps: int,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """DDIM with stochasticity eta in [0, 1], on a grid uniform in t (as DDPM/DDIM use)."""
+    """DDIM with stochasticity eta in [0, 1], on a grid uniform in t (as DDPM/DDIM use).
+
+    For eta > 0, step i's fresh noise is ``noise_sampler(i)`` (default: the global RNG).
+    """
     _check_steps(steps)
     if not 0.0 <= eta <= 1.0:
         raise PixcadeError(f"DDIM eta must be in [0, 1], got {eta}")
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     lam = schedule.log_snr(ts).tolist()
+    if noise_sampler is None:
+        noise_sampler = generator_noise(noise, None)
     z = noise
     for i in range(steps - 1):
         x0 = _denoise(denoiser, z, ts[i].item(), i, steps, callback)
-        z = _ddim_step(z, x0, lam[i], lam[i + 1], eta, generator)
+        z = _ddim_step(z, x0, lam[i], lam[i + 1], eta, noise_sampler(i) if eta > 0 else None)
     return _denoise(denoiser, z, ts[steps - 1].item(), steps - 1, steps, callback)
 
 
@@ -94,7 +111,7 @@ def sample_ddpm(
     noise: torch.Tensor,
     steps: int,
     *,
-    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling (Ho et al. 2020, Imagen's sampler): z_s ~ q(z_s | z_t, x0^).
@@ -103,7 +120,7 @@ def sample_ddpm(
     textbook mean and variance).
     """
     return sample_ddim(
-        denoiser, schedule, noise, steps, eta=1.0, generator=generator, callback=callback
+        denoiser, schedule, noise, steps, eta=1.0, noise_sampler=noise_sampler, callback=callback
     )
 
 
@@ -113,18 +130,18 @@ def sample_dpmpp_2m(
     noise: torch.Tensor,
     steps: int,
     *,
-    generator: torch.Generator | None = None,
+    noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): a deterministic multistep solver of
     the probability-flow ODE, second order in lambda = log(alpha / sigma) = log-SNR / 2.
 
     The grid is uniform in log-SNR over DPM_LOG_SNR_RANGE, its first point moved to t = 1
-    (uniform in log-SNR suits a solver whose steps are exact in it). ``generator`` is unused (the solver draws no noise); it is accepted so
-    all samplers share one signature.
+    (uniform in log-SNR suits a solver whose steps are exact in it). ``noise_sampler`` is
+    unused (the solver draws no noise); it is accepted so all samplers share one signature.
     """
     _check_steps(steps)
-    del generator
+    del noise_sampler
     lam_one = schedule.log_snr(torch.ones((), dtype=torch.float64)).item()
     start, end = max(DPM_LOG_SNR_RANGE[0], lam_one), min(DPM_LOG_SNR_RANGE[1], LOG_SNR_MAX)
     ts = schedule.t_from_log_snr(torch.linspace(start, end, steps, dtype=torch.float64))

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import from_pil, open_image, to_pil
-from pixcade.pipeline.jobs import Job, all_jobs, batches, derive_seed, per_image_noise
+from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
 from pixcade.pipeline.options import PerStage, StageOptions, resolve_options
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER
@@ -240,12 +240,10 @@ class Cascade:
     ) -> dict[str, torch.Tensor]:
         """Run one batch (one image per job) through the plan; each stage's output, in order.
 
-        Each image's starting noise, and an SR stage's noise for augmenting its low-res
-        input, come from (seed, stage, prompt index, image index), drawn on the CPU, so with
-        a deterministic sampler (DDIM, DPM-Solver++) an image is the same whatever its batch
-        or device (up to float rounding). Only an ancestral sampler's fresh noise at each
-        step is drawn per batch from (seed, stage, the batch's jobs): fixed batches still
-        give identical images.
+        Each image's starting noise, an SR stage's noise for augmenting its low-res input
+        and an ancestral sampler's fresh noise at each step come from (seed, stage, what the
+        noise is for, prompt index, image index), drawn on the CPU, so an image is the same
+        whatever its batch or device (up to float rounding), with every sampler.
         """
         if len(texts) != len(jobs):
             raise PixcadeError("one text per job is needed")
@@ -267,12 +265,10 @@ class Cascade:
                 # Drawn apart from the starting noise (another key) and at the working
                 # resolution, the shape of the upsampled low-res image it is added to.
                 aug_noise = per_image_noise(seed, (c.name, "aug"), jobs, (3, c.resolution, c.resolution)).to(device)
-            gen = torch.Generator(device=device).manual_seed(
-                derive_seed(seed, c.name, "batch", [tuple(j) for j in jobs])
-            )
             x = stage.sample(
                 emb, mask, x if c.is_super_resolution else None,
-                noise=noise, aug_noise=aug_noise, generator=gen,
+                noise=noise, aug_noise=aug_noise,
+                noise_sampler=per_image_step_noise(seed, c.name, jobs, shape, device),
                 callback=bars.callback(c.name) if bars else None,
                 **plan.options[c.name].as_kwargs(),
             )

@@ -1,8 +1,9 @@
 """A generation run as jobs: naming, seeding, sharding across ranks, resuming.
 
-A job is one image: (prompt index, image index). Jobs are listed prompt-major and cut into
-fixed batches by their global position, so a batch's make-up (and so its random numbers)
-does not depend on how many ranks run or how far an earlier attempt got. Ranks take
+A job is one image: (prompt index, image index), and every random number an image uses is
+drawn from its job, so images do not depend on their batch-mates. Jobs are listed
+prompt-major and cut into fixed batches by their global position, so a batch's make-up
+does not depend on how many ranks run or how far an earlier attempt got either. Ranks take
 batches round-robin; a batch whose images all exist is skipped, a partly written one is
 recomputed (identically) and only its missing images are written.
 """
@@ -13,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
@@ -38,6 +39,13 @@ def per_image_noise(seed: int, key: Any, jobs: Sequence[Job], shape: tuple[int, 
         torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, key, tuple(j))))
         for j in jobs
     ])
+
+
+def per_image_step_noise(
+    seed: int, key: Any, jobs: Sequence[Job], shape: tuple[int, ...], device: torch.device | str
+) -> Callable[[int], torch.Tensor]:
+    """A sampler's ``noise_sampler``: step i's fresh noise, each job's from (seed, key, "step", i, job)."""
+    return lambda step: per_image_noise(seed, (key, "step", step), jobs, shape).to(device)
 
 
 def all_jobs(num_prompts: int, n: int) -> list[Job]:
