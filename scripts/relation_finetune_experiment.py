@@ -13,19 +13,23 @@ OUT is given (then: python scripts/relation_direction_probe.py OUT).
 RUNS is $PIXCADE_RUNS or ~/pixcade-runs. Measured on phase 7's step-24,000 cascade, TLO 0.85,
 2,500 steps: see docs/shapes-model-notes.md.
 """
-import glob, json, os, re, sys, time
+import glob, json, os, sys, time
 import torch
 from PIL import Image
 from pixcade.pipeline import Cascade
+from pixcade.data.captions import RELATION_WORDS
 from pixcade.data.transforms import resize_center_crop, to_tensor
 from pixcade.diffusion.losses import diffusion_loss
 
 RUNS = os.environ.get("PIXCADE_RUNS", os.path.expanduser("~/pixcade-runs"))
-W = {"left": "right", "right": "left", "above": "below", "below": "above", "beneath": "above"}
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 def swap(c):
-    out, n = re.subn(r"\b(left|right|above|below|beneath)\b", lambda m: W[m.group(1)], c)
-    assert n == 1, c
-    return out
+    """The caption with its relation phrase replaced by the opposite relation's (same phrasing
+    where it has one: "left of" -> "right of", "beneath" -> "above")."""
+    rel, i, phrase = max(((r, i, p) for r, ps in RELATION_WORDS.items() for i, p in enumerate(ps) if f" {p} " in c),
+                         key=lambda f: len(f[2]))  # "to the left of" over "left of", as the caption parser does
+    other = RELATION_WORDS[OPPOSITE[rel]]
+    return c.replace(f" {phrase} ", f" {other[min(i, len(other) - 1)]} ", 1)
 
 def load(folder, n):
     caps, ims = [], []
@@ -40,13 +44,14 @@ model, tlo, steps = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 c = Cascade.from_pretrained(model); st = c.stage("base"); enc = c.encoder
 tr_caps, tr_x = load("shapes128-mix7", 3000)
 te_caps, te_x = load("shapes128-mix6", 128)
+# The test captions' text is fixed, so it is encoded once, true and swapped.
+te_text = [enc.encode(cs) for cs in (te_caps, [swap(x) for x in te_caps])]
 def gap(tvals=(0.97, 0.93, 0.9, 0.8)):
     st.net.eval(); out = []
     g = torch.Generator().manual_seed(0); noise = torch.randn(te_x.shape, generator=g)
     for tv in tvals:
         t = torch.full((len(te_caps),), tv); L = []
-        for cs in (te_caps, [swap(x) for x in te_caps]):
-            emb, mask = enc.encode(cs)
+        for emb, mask in te_text:
             cond = st.conditioning(emb, mask, None, None, None, resolution=32)
             with torch.no_grad():
                 L.append(diffusion_loss(lambda z, tt: st.net(z, tt, **cond), te_x, st.schedule, "v", t=t, noise=noise))
