@@ -148,9 +148,12 @@ class Stage:
         lowres: torch.Tensor | None = None,
         *,
         min_snr_gamma: float | None = None,
+        high_noise_share: float = 0.0,
+        high_noise_from: float = 0.85,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Per-sample training loss. SR stages draw the augmentation level uniformly in [0, 1]."""
+        """Per-sample training loss (t as `diffusion_loss` draws it). SR stages draw the
+        augmentation level uniformly in [0, 1]."""
         aug_t = None
         if self.config.is_super_resolution:
             if lowres is None:
@@ -165,6 +168,8 @@ class Stage:
             self.schedule,
             self.config.parameterization,
             min_snr_gamma=min_snr_gamma,
+            high_noise_share=high_noise_share,
+            high_noise_from=high_noise_from,
             generator=generator,
         )
 

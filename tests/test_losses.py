@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixcade.diffusion.losses import diffusion_loss, min_snr_weight
+from pixcade.diffusion.losses import diffusion_loss, min_snr_weight, training_t
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS, convert, model_target
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
 from pixcade.errors import PixcadeError
@@ -137,3 +137,44 @@ def test_errors():
             diffusion_loss(ident, x0, schedule, "eps", min_snr_gamma=gamma)
     with pytest.raises(PixcadeError, match="output shape"):
         diffusion_loss(lambda z, t: z[:, :1], x0, schedule, "eps")
+
+
+def _mixture_cdf(t, share, start):
+    return (1 - share) * t + share * ((t - start) / (1 - start)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("share,start", [(0.3, 0.85), (0.5, 0.6), (1.0, 0.85), (0.9, 0.0)])
+def test_training_t_follows_the_high_noise_mixture(share, start):
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(1), dtype=F64)
+    t = training_t(u, share, start)
+    assert t.min() >= 0 and t.max() <= 1
+    # Kolmogorov-Smirnov against the mixture's CDF; 1.63 / sqrt(n) is the 1% critical value.
+    ts = t.sort().values
+    empirical = torch.arange(1, len(ts) + 1, dtype=F64) / len(ts)
+    assert (empirical - _mixture_cdf(ts, share, start)).abs().max() < 1.63 / len(ts) ** 0.5
+    # The map is monotone in u, so each sample's t is its own mixture draw (no batch slice).
+    assert torch.equal(t[u.argsort()], ts)
+    assert (t >= start).double().mean().item() == pytest.approx(share + (1 - share) * (1 - start), abs=0.005)
+
+
+def test_training_t_share_zero_is_the_uniform_draw_itself():
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(training_t(u, 0.0, 0.85), u)
+    schedule = get_schedule("cosine")
+    x0, _ = _batch()
+    seen = []
+    def net(z, tt):
+        seen.append(tt)
+        return torch.zeros_like(z)
+    for share in (0.0, 1.0):
+        diffusion_loss(net, x0, schedule, "v", high_noise_share=share, high_noise_from=0.9,
+                       generator=torch.Generator().manual_seed(3))
+    uniform = torch.rand(6, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(seen[0], uniform)  # the old stream: t = the first draw
+    torch.testing.assert_close(seen[1], 0.9 + 0.1 * uniform)
+
+
+@pytest.mark.parametrize("share,start", [(-0.1, 0.85), (1.5, 0.85), (0.5, 1.0), (0.5, -0.2)])
+def test_training_t_rejects_bad_values(share, start):
+    with pytest.raises(PixcadeError, match="high-noise"):
+        training_t(torch.rand(4), share, start)

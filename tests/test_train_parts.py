@@ -61,6 +61,8 @@ def test_toml_config_reads_like_json(tmp_path):
     ({"cond_drop_prob": 1.0}, "cond_drop_prob"),
     ({"batch_size": 0}, "batch_size"),
     ({"learning_rate": 1e-4}, "unknown keys"),
+    ({"high_noise_share": 1.2}, "high_noise_share"),
+    ({"high_noise_from": 1.0}, "high_noise_from"),
 ])
 def test_bad_train_settings_name_the_problem(train, words):
     with pytest.raises(PixcadeError, match=words):

@@ -200,6 +200,24 @@ def test_bf16_adafactor_and_accumulation(shapes, tmp_path):
     assert [len(json.loads(b)["keys"]) for b in batches] == [4] * 6
 
 
+def test_high_noise_share_reaches_the_training_noise_levels(shapes, tmp_path, monkeypatch):
+    data, cache = shapes
+    seen = []
+    forward = EfficientUNet.forward
+
+    def recording(self, x, t, *args, **kwargs):
+        if self.training:
+            seen.append(t.detach().clone())
+        return forward(self, x, t, *args, **kwargs)
+
+    monkeypatch.setattr(EfficientUNet, "forward", recording)
+    cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=3, high_noise_share=1.0, high_noise_from=0.9))
+    Trainer(cfg, "base", tmp_path / "run").run()
+    t = torch.cat(seen)
+    assert len(seen) == 3 and t.numel() == 24
+    assert t.min() >= 0.9 and t.max() <= 1.0
+
+
 def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_path, capsys):
     from pixcade.train.config import CascadeTrainConfig
 

@@ -28,6 +28,31 @@ def min_snr_weight(log_snr: torch.Tensor, gamma: float, param: str) -> torch.Ten
     return clipped * torch.sigmoid(-log_snr)  # 1 / (SNR + 1) = sigmoid(-log_snr)
 
 
+def training_t(u: torch.Tensor, high_noise_share: float, high_noise_from: float) -> torch.Tensor:
+    """Noise levels for training from uniform draws ``u`` in [0, 1].
+
+    t follows the mixture (1 - share) U[0, 1] + share U[from, 1]: each sample, not a fixed
+    slice of the batch, so any batch size gets the mixture. It is the mixture's inverse CDF
+    applied to ``u`` (one draw per sample; share 0 returns ``u`` itself), so a run without
+    the option draws the same random stream as before it existed. Sampling t from a density
+    p(t) weights the loss at t by p(t): the share moves training towards high noise, where a
+    sample's layout is decided and the text is the only signal about it.
+    """
+    s, f = float(high_noise_share), float(high_noise_from)
+    if not 0.0 <= s <= 1.0:
+        raise PixcadeError(f"high-noise share must be in [0, 1], got {high_noise_share}")
+    if not 0.0 <= f < 1.0:
+        raise PixcadeError(f"high-noise range start must be in [0, 1), got {high_noise_from}")
+    if s == 0.0:
+        return u
+    # CDF: (1 - s) t below f; above it the U[f, 1] part adds s (t - f) / (1 - f). Inverted
+    # piece by piece; the pieces meet at u = (1 - s) f.
+    knee = (1.0 - s) * f
+    low = u / (1.0 - s) if s < 1.0 else torch.full_like(u, f)
+    high = (u + s * f / (1.0 - f)) / ((1.0 - s) + s / (1.0 - f))
+    return torch.where(u < knee, low, high)
+
+
 def diffusion_loss(
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
@@ -35,20 +60,24 @@ def diffusion_loss(
     param: str,
     *,
     min_snr_gamma: float | None = None,
+    high_noise_share: float = 0.0,
+    high_noise_from: float = 0.85,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per-sample loss [B]; the caller reduces.
 
-    ``net(z, t)`` returns the raw output. ``t`` defaults to uniform in [0, 1] and ``noise``
-    to standard normal, both drawn from ``generator``.
+    ``net(z, t)`` returns the raw output. ``t`` defaults to uniform in [0, 1], with
+    ``high_noise_share`` of the samples instead uniform in [high_noise_from, 1] (see
+    `training_t`), and ``noise`` to standard normal, both drawn from ``generator``.
     """
     check_parameterization(param)
     if min_snr_gamma is not None and not min_snr_gamma > 0:
         raise PixcadeError(f"min-SNR gamma must be positive, got {min_snr_gamma}")
     if t is None:
-        t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+        u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+        t = training_t(u, high_noise_share, high_noise_from)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     log_snr = schedule.log_snr(t)

@@ -56,6 +56,12 @@ class TrainConfig:
     # model also learns p(x) for classifier-free guidance.
     cond_drop_prob: float = 0.1
     min_snr_gamma: float | None = None
+    # This share of the samples draws t from U[high_noise_from, 1] instead of U[0, 1]. Where
+    # objects go, and which side of which, is settled at high noise; uniform t puts only
+    # 1 - high_noise_from of the batch there (shapes base: relations stayed at chance until
+    # training moved there, docs/shapes-model-notes.md).
+    high_noise_share: float = 0.0
+    high_noise_from: float = 0.85
     bf16: bool = True
     seed: int = 0
     num_workers: int = 4
@@ -113,6 +119,10 @@ class TrainConfig:
             raise PixcadeError(f"train.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise PixcadeError(f"train.min_snr_gamma must be positive, got {self.min_snr_gamma}")
+        if not 0.0 <= self.high_noise_share <= 1.0:
+            raise PixcadeError(f"train.high_noise_share must be in [0, 1], got {self.high_noise_share}")
+        if not 0.0 <= self.high_noise_from < 1.0:
+            raise PixcadeError(f"train.high_noise_from must be in [0, 1), got {self.high_noise_from}")
 
     def micro_batch(self, world_size: int) -> int:
         """Images per forward pass on one rank."""

@@ -213,6 +213,8 @@ class Trainer:
             with sync:
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=t.bf16):
                     loss = self.stage.loss(x, emb, mask, lowres, min_snr_gamma=t.min_snr_gamma,
+                                           high_noise_share=t.high_noise_share,
+                                           high_noise_from=t.high_noise_from,
                                            generator=self.gen).float().mean()
                 if self.step + 1 in self._nan_steps:  # test hook
                     loss = loss * float("nan")
