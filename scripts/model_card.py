@@ -175,6 +175,19 @@ def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], hi
     return runs
 
 
+def sampling_overrides(stage_config: Any, export: str | None) -> dict[str, Any]:
+    """The sampling defaults `pixcade assemble --set` gave this stage: where the cascade's
+    differ from its export's training config (so the card's assemble command reproduces them)."""
+    from pixcade.pipeline.cascade import SAMPLING_DEFAULTS
+
+    path = Path(export) / "stage.json" if export else None
+    if path is None or not path.is_file():
+        return {}
+    trained = read_json(path)["stage"]
+    values = {k: getattr(stage_config, k) for k in SAMPLING_DEFAULTS}
+    return {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in values.items() if trained.get(k) != v}
+
+
 def model_summary(model: Path) -> dict[str, Any]:
     from pixcade.eval.provenance import model_digest
     from pixcade.nn.unet import count_parameters
@@ -192,6 +205,7 @@ def model_summary(model: Path) -> dict[str, Any]:
             "threshold": sc.threshold, "aug_level": sc.aug_level if sc.is_super_resolution else None,
             "trained_step": sources.get(sc.name, {}).get("step"),
             "export": sources.get(sc.name, {}).get("export"),
+            "set": sampling_overrides(sc, sources.get(sc.name, {}).get("export")),
         })
     return {"dir": str(model), "digest": model_digest(model), "text_encoder": config.text_encoder, "max_length": config.max_length,
             "stages": stages, "total_bytes": sum(s["bytes"] for s in stages)}
@@ -302,7 +316,8 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_commands: li
         runs_by_stage = {r["stage"]: r["run"] for r in runs}
         lines = [f"pixcade train export --run {runs_by_stage.get(s['name'], 'RUN_DIR')} "
                  f"--checkpoint step-{s['trained_step']} --out {s['export']}" for s in model["stages"]]
-        lines.append(f"pixcade assemble {' '.join(s['export'] for s in model['stages'])} --out {model['dir']}")
+        lines.append(f"pixcade assemble {' '.join(s['export'] for s in model['stages'])} --out {model['dir']}"
+                     + "".join(f" --set {s['name']}.{k}={v}" for s in model["stages"] for k, v in s["set"].items()))
         out += ["The shipped weights are those steps' EMA weights, exported and assembled with:", "",
                 _code("\n".join(lines)), ""]
 

@@ -86,6 +86,24 @@ def test_export_and_assemble_cli(tmp_path, capsys):
     assert state_equal(net_state(cascade, "base"), base[10])
     assert state_equal(net_state(cascade, "sr"), sr[30])
 
+    # Sampling defaults chosen after training replace the config's; weights are untouched.
+    tuned = tmp_path / "tuned"
+    assert pixcade_main(["assemble", str(tmp_path / "e/base"), str(tmp_path / "sr/exports/step-00000030"),
+                         "--out", str(tuned), "--set", "base.guidance_weight=5", "--set", "base.threshold=static",
+                         "--set", "sr.steps=7"]) == 0
+    capsys.readouterr()
+    again = Cascade.from_pretrained(tuned)
+    base_config, sr_config = again.stage("base").config, again.stage("sr").config
+    assert (base_config.guidance_weight, base_config.threshold, sr_config.steps) == (5.0, "static", 7)
+    assert sr_config.guidance_weight == cascade.stage("sr").config.guidance_weight
+    assert state_equal(net_state(again, "base"), base[10])
+    for bad, words in [("base.lr=1", "lr is not a sampling default"), ("up.steps=3", "names stage 'up'"),
+                       ("base.steps=x", "not a valid int"), ("base.threshold=hard", "threshold"),
+                       ("base.sampler=euler9", "unknown sampler")]:
+        assert pixcade_main(["assemble", str(tmp_path / "e/base"), str(tmp_path / "sr/exports/step-00000030"),
+                             "--out", str(tmp_path / "bad"), "--set", bad]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
     # SR first is not a cascade: refused before anything is written.
     assert pixcade_main(["assemble", str(tmp_path / "sr/exports/step-00000030"), str(tmp_path / "e/base"),
                          "--out", str(tmp_path / "bad")]) == 2

@@ -3,16 +3,18 @@ end to end or from any stage to any later one."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pixcade.diffusion.guidance import parse_threshold
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import from_pil, open_image, to_pil
@@ -334,8 +336,34 @@ class Cascade:
         return results if return_stages else results[plan.names[-1]]
 
 
-def assemble(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Cascade:
-    """Build a cascade from trainer exports and save it as one model directory."""
+# The sampling defaults a cascade directory may carry that differ from the training config's:
+# they are chosen after training (on a validation set), and change no weight.
+SAMPLING_DEFAULTS = {"sampler": str, "steps": int, "guidance_weight": float, "threshold": str}
+
+
+def assemble(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Cascade:
+    """Build a cascade from trainer exports and save it as one model directory.
+
+    ``defaults`` maps a stage name to sampling defaults (keys of `SAMPLING_DEFAULTS`) that
+    replace the ones its training config gave; they are checked before anything is written.
+    """
     cascade = Cascade.from_stage_dirs(run_dirs)
+    for name, values in (defaults or {}).items():
+        if name not in cascade.names:
+            raise PixcadeError(f"--set names stage {name!r}, but the cascade has {', '.join(cascade.names)}")
+        unknown = sorted(set(values) - set(SAMPLING_DEFAULTS))
+        if unknown:
+            raise PixcadeError(f"stage {name!r}: {', '.join(unknown)} is not a sampling default "
+                               f"(choose from {', '.join(SAMPLING_DEFAULTS)})")
+        stage = cascade.stage(name)
+        stage.config = dataclasses.replace(stage.config, **values)  # re-validates the config
+        if "threshold" in values:
+            parse_threshold(values["threshold"])
+        if "steps" in values and values["steps"] < 1:
+            raise PixcadeError(f"stage {name!r}: steps must be at least 1, got {values['steps']}")
     cascade.save_pretrained(out_dir)
     return cascade
