@@ -13,8 +13,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from pixcade.diffusion.guidance import guided_denoiser
-from pixcade.diffusion.losses import diffusion_loss
+from pixcade.diffusion.guidance import guided_denoiser, parse_threshold
+from pixcade.diffusion.losses import HIGH_NOISE_FROM, diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
 from pixcade.diffusion.samplers import SAMPLERS, NoiseSampler, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
@@ -52,6 +52,9 @@ class StageConfig:
             )
         if self.sampler not in SAMPLERS:
             raise PixcadeError(f"stage {self.name!r}: unknown sampler {self.sampler!r}")
+        if int(self.steps) < 1:
+            raise PixcadeError(f"stage {self.name!r}: steps must be at least 1, got {self.steps}")
+        parse_threshold(self.threshold)  # a bad spec fails when the config is made, not when sampling
         if self.is_super_resolution != bool(self.unet.lowres_cond):
             raise PixcadeError(
                 f"stage {self.name!r}: lowres_resolution and the U-Net's lowres_cond disagree"
@@ -149,7 +152,7 @@ class Stage:
         *,
         min_snr_gamma: float | None = None,
         high_noise_share: float = 0.0,
-        high_noise_from: float = 0.85,
+        high_noise_from: float = HIGH_NOISE_FROM,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Per-sample training loss (t as `diffusion_loss` draws it). SR stages draw the

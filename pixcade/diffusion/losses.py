@@ -28,6 +28,10 @@ def min_snr_weight(log_snr: torch.Tensor, gamma: float, param: str) -> torch.Ten
     return clipped * torch.sigmoid(-log_snr)  # 1 / (SNR + 1) = sigmoid(-log_snr)
 
 
+# Where `training_t`'s high-noise range starts unless a config says otherwise.
+HIGH_NOISE_FROM = 0.85
+
+
 def training_t(u: torch.Tensor, high_noise_share: float, high_noise_from: float) -> torch.Tensor:
     """Noise levels for training from uniform draws ``u`` in [0, 1].
 
@@ -61,7 +65,7 @@ def diffusion_loss(
     *,
     min_snr_gamma: float | None = None,
     high_noise_share: float = 0.0,
-    high_noise_from: float = 0.85,
+    high_noise_from: float = HIGH_NOISE_FROM,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pixcade.diffusion.guidance import parse_threshold
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import from_pil, open_image, to_pil
@@ -360,10 +359,6 @@ def assemble(
             raise PixcadeError(f"stage {name!r}: {', '.join(unknown)} is not a sampling default "
                                f"(choose from {', '.join(SAMPLING_DEFAULTS)})")
         stage = cascade.stage(name)
-        stage.config = dataclasses.replace(stage.config, **values)  # re-validates the config
-        if "threshold" in values:
-            parse_threshold(values["threshold"])
-        if "steps" in values and values["steps"] < 1:
-            raise PixcadeError(f"stage {name!r}: steps must be at least 1, got {values['steps']}")
+        stage.config = dataclasses.replace(stage.config, **values)  # StageConfig validates them
     cascade.save_pretrained(out_dir)
     return cascade

@@ -61,7 +61,7 @@ class TrainConfig:
     # 1 - high_noise_from of the batch there (shapes base: relations stayed at chance until
     # training moved there, docs/shapes-model-notes.md).
     high_noise_share: float = 0.0
-    high_noise_from: float = 0.85
+    high_noise_from: float = 0.85  # = diffusion.losses.HIGH_NOISE_FROM (this module stays torch-free)
     bf16: bool = True
     seed: int = 0
     num_workers: int = 4
