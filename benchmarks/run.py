@@ -65,6 +65,8 @@ def run_worker(impl: str, task: str, args, opts: str) -> dict:
         cmd += ["--steps", str(args.steps)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -83,7 +85,7 @@ def run_in_process(impl: str, task: str, args, opts: str) -> dict:
         torch.set_num_threads(args.threads)
     name, opts = split_impl(impl, opts)
     try:
-        return dict(worker.measure(name, task, SUITES[args.suite], args.device,
+        return dict(worker.measure(name, task, SUITES[args.suite].with_batch(args.batch), args.device,
                                    frozenset(o for o in opts.split(",") if o), args.steps), impl=impl)
     except Exception as err:
         return {"impl": impl, "task": task, "error": f"{type(err).__name__}: {err}"}
@@ -241,8 +243,11 @@ def machine(device: str) -> str:
 
 
 def shapes_accuracy(args) -> list[str]:
+    import torch
     from shapes_speed import compare
 
+    if args.threads:  # runs in this process, not in a worker
+        torch.set_num_threads(args.threads)
     return compare(args.model, n=args.shapes_prompts, steps=args.pixcade_steps, device=args.device)
 
 
@@ -263,13 +268,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pixcade-opts", default=None,
                    help="pixcade speed options: bf16,cl,compile,ckpt,foreach (default: the device's best)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per measurement (default: torch's)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="every batch size of the suite: e.g. the gpu suite's models at batch 1 on a CPU "
+                        "(a first look; not comparable with the suite's table)")
     p.add_argument("--in-process", action="store_true", help="no subprocesses (memory then is not per run)")
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--model", default=None, help="a saved cascade: adds the shapes-accuracy comparison")
     p.add_argument("--shapes-prompts", type=int, default=30)
-    p.add_argument("--pixcade-steps", type=int, default=None, help="DPM-Solver++ steps for --model")
+    p.add_argument("--pixcade-steps", default=None,
+                   help="DPM-Solver++ step counts for --model, comma-separated (default: the base stage's)")
     a = p.parse_args(argv)
+    if a.batch is not None and a.batch < 1:
+        p.error(f"--batch must be >= 1, got {a.batch}")
+    if a.pixcade_steps is not None:
+        try:
+            a.pixcade_steps = [int(k) for k in a.pixcade_steps.split(",") if k.strip()]
+        except ValueError:
+            p.error(f"--pixcade-steps takes comma-separated integers, got {a.pixcade_steps!r}")
+        if not a.pixcade_steps or min(a.pixcade_steps) < 1:
+            p.error(f"--pixcade-steps takes step counts >= 1, got {a.pixcade_steps}")
 
     import torch
 
@@ -277,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = a.device.startswith("cuda")
     a.suite = a.suite or ("gpu" if gpu else "cpu")
     a.repeats = a.repeats or (1 if a.quick else 2)
-    suite = SUITES[a.suite]
+    suite = SUITES[a.suite].with_batch(a.batch)
     if a.steps is None:
         a.steps = 2 if a.quick else suite.sample_steps
     a.steps = a.steps or None  # 0 -> every step
@@ -303,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n## {a.suite} suite on {a.device}: {started:%Y-%m-%d %H:%M} UTC, {machine(a.device)}")
     print(f"pixcade training options: {a.pixcade_opts or 'fp32'} (fused AdamW; sampling in fp32 for all); "
           f"sampling steps run per stage: {a.steps or 'all'} (longer schedules extrapolated); "
-          f"threads: {a.threads or torch.get_num_threads()}; best of {a.repeats} runs\n")
+          f"threads: {a.threads or torch.get_num_threads()}; best of {a.repeats} runs"
+          + (f"; every batch size set to {a.batch} (--batch)" if a.batch else "") + "\n")
     print(text)
     lines = summary(res, a)
     if a.model:
@@ -318,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({
             "date": started.isoformat(), "machine": machine(a.device), "device": a.device, "suite": suite.describe(),
-            "pixcade_opts": a.pixcade_opts, "steps_run": a.steps, "results": res, "summary": lines,
+            "pixcade_opts": a.pixcade_opts, "steps_run": a.steps, "batch": a.batch, "results": res, "summary": lines,
         }, indent=2, default=str))
     return 0
 

@@ -51,6 +51,14 @@ class Suite:
     def describe(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_batch(self, n: int | None) -> "Suite":
+        """Every batch size set to n: a big suite's models on a small machine (a first look)."""
+        if n is None:
+            return self
+        if n < 1:
+            raise ValueError(f"batch must be >= 1, got {n}")
+        return dataclasses.replace(self, train_batch=n, sr_train_batch=n, sample_batch=n)
+
 
 # MiniLM's width, the project's default text encoder; CPU rows use it, GPU rows use T5-XXL's.
 MINILM_DIM = 384

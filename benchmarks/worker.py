@@ -125,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opts", default="", help="pixcade speed options, comma-separated")
     p.add_argument("--steps", type=int, default=None, help="sampling steps actually run (default: all)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None, help="every batch size of the suite (default: the suite's)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     opts = frozenset(o for o in a.opts.split(",") if o)
     try:
-        result = measure(a.impl, a.task, SUITES[a.suite], a.device, opts, a.steps)
+        result = measure(a.impl, a.task, SUITES[a.suite].with_batch(a.batch), a.device, opts, a.steps)
     except Exception as err:  # reported in the table, not a crash of the whole run
         result = {"impl": a.impl, "task": a.task, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     print(json.dumps(result), flush=True)

@@ -64,3 +64,50 @@ def test_paired_difference_counts_only_discordant_prompts(run_module):
     assert paired_difference([True] * 8, [False] * 8)[2] == pytest.approx(2 / 2**8)
     with pytest.raises(ValueError, match="differ in length"):
         paired_difference([True], [True, False])
+
+
+def test_batch_override_sets_every_batch_and_rejects_nonpositive(run_module, tmp_path, capsys):
+    from specs import SUITES
+
+    small = SUITES["gpu"].with_batch(1)
+    assert (small.train_batch, small.sr_train_batch, small.sample_batch) == (1, 1, 1)
+    assert small.base == SUITES["gpu"].base  # the models are unchanged
+    assert SUITES["gpu"].with_batch(None) is SUITES["gpu"]
+
+    out = tmp_path / "b.json"
+    code = run_module.main(["--suite", "micro", "--device", "cpu", "--impls", "pixcade", "--in-process",
+                            "--repeats", "1", "--tasks", "train-base", "--batch", "3", "--json", str(out)])
+    assert code == 0
+    saved = json.loads(out.read_text())
+    assert saved["batch"] == 3 and saved["suite"]["train_batch"] == 3
+    assert "every batch size set to 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_module.main(["--suite", "micro", "--batch", "0"])
+    assert "--batch must be >= 1" in capsys.readouterr().err
+
+
+def test_shapes_speed_scores_every_step_count_against_one_ddpm_run(run_module, tmp_path, monkeypatch):
+    import re
+
+    import shapes_speed
+    from tiny_cascade import save_tiny_cascade
+
+    model = save_tiny_cascade(tmp_path / "model")
+    monkeypatch.setattr(shapes_speed, "ANCESTRAL_STEPS", 3)
+    lines = shapes_speed.compare(str(model), n=4, steps=[1, 2])
+    assert len(lines) == 3 and "ancestral DDPM 3 steps" in lines[0]
+    a_slow = float(re.search(r"steps: ([0-9.]+)", lines[0]).group(1))
+    for k, line in zip((1, 2), lines[1:]):
+        assert line.startswith(f"- DPM-Solver++ {k} steps:")
+        a_fast, diff = (float(x) for x in re.search(r"steps: ([0-9.]+) .*difference ([-+0-9.]+)", line).groups())
+        only_fast, only_slow = (int(x) for x in re.search(r"passed: (\d+), only DDPM: (\d+)", line).groups())
+        # Paired counts and accuracies describe the same 4 prompts.
+        assert diff == pytest.approx(a_fast - a_slow, abs=1e-3)
+        assert (only_fast - only_slow) / 4 == pytest.approx(a_fast - a_slow, abs=1e-3)
+
+
+def test_pixcade_steps_must_be_positive_integers(run_module, capsys):
+    for bad in ("x", "0", ","):
+        with pytest.raises(SystemExit):
+            run_module.main(["--suite", "micro", "--pixcade-steps", bad])
+        assert "--pixcade-steps takes" in capsys.readouterr().err
