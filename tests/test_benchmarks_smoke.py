@@ -111,3 +111,19 @@ def test_pixcade_steps_must_be_positive_integers(run_module, capsys):
         with pytest.raises(SystemExit):
             run_module.main(["--suite", "micro", "--pixcade-steps", bad])
         assert "--pixcade-steps takes" in capsys.readouterr().err
+
+
+def test_training_targets_report_best_and_median_ratios(run_module):
+    from types import SimpleNamespace
+
+    def train(best, runs):
+        return {"train-base": {"images_per_s": best, "images_per_s_all": runs}}
+
+    res = {"pixcade@fp32": train(18.0, [16.0, 18.0, 15.0]), "imagen-pytorch": train(12.0, [10.0, 12.0, 9.0])}
+    args = SimpleNamespace(pixcade_opts="bf16", model=None, peak_flops=None)
+    (line,) = run_module.summary(res, args)
+    assert "both fp32: 1.50x (met; best of each)" in line  # 18 / 12
+    assert "medians of 3 runs: 1.60x" in line  # 16 / 10
+    res["pixcade@fp32"] = train(17.0, [17.0])
+    (line,) = run_module.summary(res, args)
+    assert "1.42x (MISSED; best of each)." in line and "median" not in line  # one run has no median
