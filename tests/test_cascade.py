@@ -234,10 +234,12 @@ def test_images_do_not_depend_on_batch_make_up(cascade: Cascade) -> None:
         together = cascade.generate(PROMPTS, n=2, batch_size=4, **kw)
         alone = cascade.generate(PROMPTS, n=2, batch_size=1, **kw)
         for name in ("base", "sr"):
-            # Rounding can tip a pixel by 2 levels after DDPM's many noisy steps (measured:
-            # 1 SR pixel in 12k); a batch-dependent draw moves them by ~50 on average.
+            # Batched kernels round differently, and DDPM's many noisy steps can amplify that
+            # into a few levels on a rare pixel (measured: 1 SR pixel in 12k off by 2 on an AMD
+            # EPYC, by 5 on an AMX Xeon); a batch-dependent draw moves pixels by ~30-50 on
+            # average. So bound how many pixels move and by how much on average, not the worst one.
             diff = np.abs(px(together[name]) - px(alone[name]))
-            assert diff.max() <= 2 and (diff > 1).mean() < 1e-3, (sampler, name, diff.max())
+            assert (diff > 1).mean() < 1e-3 and diff.mean() < 0.05, (sampler, name, diff.max(), diff.mean())
     # The augmentation noise is really used: another level, other SR images.
     other = cascade.generate(PROMPTS, n=2, batch_size=4, **{**kw, "aug_level": 0.9})
     assert np.abs(px(other["sr"]) - px(together["sr"])).max() > 1
