@@ -1,0 +1,100 @@
+"""The shipped shapes model's images, pinned by SHA-256 of their pixels.
+
+Refactors of the sampling path (options, samplers, stages, the pipeline) must leave every
+valid input's images byte-identical. These digests were computed with the code as it was
+before the sampling options were unified (main at cded934), on CPU with one thread (as
+conftest sets), torch 2.13. A change that is meant to alter images updates them in the
+same commit and says why; any other failure here is a behaviour change.
+
+Each case is a few steps per stage so the file runs in seconds on CPU; together they cover
+both stages, the three samplers, per-stage overrides of every option, the saved defaults
+and a run that starts at the super-resolution stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+import pixcade
+from pixcade.cli import main
+from pixcade.pipeline.cascade import Cascade
+
+SHIPPED = Path(pixcade.__file__).parent / "weights" / "shapes"
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def cascade() -> Cascade:
+    return Cascade.from_pretrained(SHIPPED)
+
+
+def digests(out: dict[str, list[Image.Image]]) -> dict[str, list[str]]:
+    return {
+        stage: [hashlib.sha256(f"{im.mode} {im.size} ".encode() + im.tobytes()).hexdigest()[:16]
+                for im in images]
+        for stage, images in out.items()
+    }
+
+
+def start_image() -> Image.Image:
+    """A 32px red disc on white, drawn without randomness."""
+    im = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(im).ellipse((6, 8, 24, 26), fill=(220, 30, 30))
+    return im
+
+
+CASES = {
+    "dpm++ both stages": (
+        dict(prompts=PROMPTS, seed=7, steps=4),
+        {"base": ["4464c11321e1e906", "1977891fdd14016d"],
+         "sr": ["87fe44a9f425e1ac", "0bf52189af8f33d8"]},
+    ),
+    "ddim both stages": (
+        dict(prompts=PROMPTS, seed=7, sampler="ddim", steps=4),
+        {"base": ["84a71421184ec113", "7cb4d0b7c0c2ffa3"],
+         "sr": ["104e9de78645badc", "81a8acc5689efc46"]},
+    ),
+    "ddpm, every option per stage": (
+        dict(prompts=PROMPTS, seed=7, sampler={"base": "ddpm", "sr": "ddim"}, steps={"base": 3, "sr": 2},
+             guidance_weight={"base": 3.0, "sr": 1.5}, threshold="dynamic:95", aug_level=0.3),
+        {"base": ["d6cbb0026385b0fb", "df3db00a9cff363e"],
+         "sr": ["8cfc2be01909113e", "321e2c8a3e5020db"]},
+    ),
+    "saved defaults": (
+        dict(prompts=["a small green triangle"], seed=3),
+        {"base": ["851fa5c537d10734"],
+         "sr": ["cbf5c92e031ac950"]},
+    ),
+    "sr only from a start image": (
+        dict(prompts=["a red circle"], seed=5, stages=["sr"], start_image=start_image(),
+             sampler="ddim", steps=3, aug_level=0.2),
+        {"sr": ["1f3b295a6baa37e4"]},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_shipped_model_images_are_unchanged(cascade: Cascade, case: str) -> None:
+    kwargs, expected = CASES[case]
+    out = cascade.generate(return_stages=True, progress=False, **kwargs)
+    assert digests(out) == expected
+
+
+def test_generate_cli_writes_the_same_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's per-stage spellings reach the same images as the API case they spell."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    out = tmp_path / "out"
+    rc = main(["generate", *PROMPTS, "--seed", "7", "--out", str(out), "--device", "cpu", "--save-stages",
+               "--sampler", "base=ddpm,sr=ddim", "--steps", "3,sr=2", "--guidance", "base=3,sr=1.5",
+               "--threshold", "dynamic:95", "--aug-level", "0.3"])
+    assert rc == 0
+    images = {
+        "base": [Image.open(out / "stages" / "base" / f"p000{p}_i00.png") for p in range(2)],
+        "sr": [Image.open(out / f"p000{p}_i00.png") for p in range(2)],
+    }
+    assert digests(images) == CASES["ddpm, every option per stage"][1]
