@@ -4,13 +4,19 @@ Every write goes to a temporary file in the target's directory (so the rename st
 one filesystem), is flushed to disk, and is then renamed over the target with
 `os.replace`. Without the fsync a crash soon after the rename can leave an empty file
 under the final name on filesystems that delay allocation. Temporary names are
-`.<name>.<random>.tmp`: hidden, recognisable as debris after a crash, and distinct
-between processes and threads writing the same target.
+`.<name>.<pid>-<random>.tmp`: hidden, distinct between processes and threads writing the
+same target, and recognisable as debris after a crash: `remove_stale_temps` deletes the
+ones whose writer (on this machine) is gone, so a run killed with -9 leaves nothing that
+the next run into the same directory does not clean up.
+
+A file gets the permissions any new file of the user gets (0666 less the umask), also when
+the writer (safetensors, mkstemp) creates its temporary file private.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -28,15 +34,62 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{12}\.tmp$")
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it (and at once putting it back), which races
+    # with other threads; Linux's /proc/self/status has it without the race.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process (or unknowable): leave its file alone
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> int:
+    """Delete temporary files of `atomic_write` in ``directory`` whose writing process is
+    gone (killed mid-write); returns how many. Files of live writers are kept."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp)`` creates the content under a temporary path, which then replaces ``path``.
 
     On any failure the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"))
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -14,6 +14,15 @@ from pixcade.text.encoders import load_text_encoder
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_user_cache(tmp_path_factory):
+    """Remembered weight digests go to a per-session folder, not the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    yield
+    mp.undo()
+
+
 # A tiny random T5 saved to disk once per module, and the encoder loaded from it through
 # the same call a user makes (the text-encoder and embedding-cache tests share them).
 @pytest.fixture(scope="module")

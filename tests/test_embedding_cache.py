@@ -150,29 +150,69 @@ def test_damaged_shard_is_detected_and_rebuilt(t5, tmp_path, damage):
     with pytest.warns(UserWarning, match="recomputing"):
         computed = cache.build(CAPTIONS, counting, progress=False)
     assert computed == len(in_victim) == 2 and sorted(counting.seen) == sorted(in_victim)
-    assert not victim.exists()
+    assert (tmp_path / "set-aside" / victim.name).read_bytes() == bytes(data)  # kept, not deleted
     assert_matches(EmbeddingCache(tmp_path, t5.name, 32).get(CAPTIONS), expected(t5, CAPTIONS))
 
 
-def test_unreadable_index_is_an_error_then_rebuilt(t5, tmp_path):
-    built_cache(tmp_path, t5)
-    (tmp_path / INDEX_NAME).write_text('{"format": "pixcade-embedding-cache", "shards": {')
-    with pytest.raises(PixcadeError, match="unreadable"):
+@pytest.mark.parametrize("damage", ["truncate by one byte", "garbage"])
+def test_unreadable_index_is_an_error_then_rebuilt_from_the_shards(t5, tmp_path, damage):
+    built_cache(tmp_path, t5, batch_size=2, shard_bytes=1)
+    index = tmp_path / INDEX_NAME
+    original = index.read_bytes()
+    index.write_bytes(original[:-1] if damage == "truncate by one byte" else b"\x00\xff not json")
+    with pytest.raises(PixcadeError, match="unreadable.*rebuilds it"):
         EmbeddingCache(tmp_path, t5.name, 32).get(CAPTIONS[:1])
-    with pytest.warns(UserWarning, match="fresh index"):
+    with pytest.warns(UserWarning, match="rebuilt it from 3 shard"):
         cache, counting, computed = built_cache(tmp_path, t5)
-    assert computed == len(CAPTIONS)
+    assert computed == 0 and counting.seen == []  # nothing lost, nothing recomputed
+    assert json.loads(index.read_text()) == json.loads(original)
     assert_matches(cache.get(CAPTIONS), expected(t5, CAPTIONS))
-    assert len(list(tmp_path.glob("shard-*.safetensors"))) == 1  # the unindexed old shard was removed
+    kept = list(tmp_path.glob(INDEX_NAME + ".unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() != original  # the damaged index, kept
 
 
-def test_leftovers_of_an_interrupted_build_are_removed(t5, tmp_path):
+def test_shards_that_cannot_be_adopted_are_set_aside_never_deleted(t5, tmp_path):
     built_cache(tmp_path, t5, CAPTIONS[:2])
-    (tmp_path / "shard-000042.safetensors").write_bytes(b"half a shard")
+    shard = next(tmp_path.glob("shard-*.safetensors"))
+    # A shard written without its entries (as by an older pixcade) cannot be re-indexed.
+    with safe_open(str(shard), "pt") as f:
+        tensors, meta = {"embeddings": f.get_tensor("embeddings")}, f.metadata()
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(shard), metadata={k: v for k, v in meta.items() if k != "entries"})
+    legacy = shard.read_bytes()
+    (tmp_path / INDEX_NAME).write_text("{")
+    with pytest.warns(UserWarning, match="not a readable pixcade cache shard"):
+        cache, _, computed = built_cache(tmp_path, t5)
+    assert computed == len(CAPTIONS)
+    assert (tmp_path / "set-aside" / shard.name).read_bytes() == legacy
+    assert_matches(cache.get(CAPTIONS), expected(t5, CAPTIONS))
+
+
+def test_an_index_of_another_version_is_refused_and_left_untouched(t5, tmp_path):
+    built_cache(tmp_path, t5, CAPTIONS[:2])
+    index = json.loads((tmp_path / INDEX_NAME).read_text())
+    (tmp_path / INDEX_NAME).write_text(json.dumps({**index, "version": 2}))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    for attempt in (lambda c: c.get(CAPTIONS[:1]), lambda c: c.build(CAPTIONS, t5, progress=False)):
+        with pytest.raises(PixcadeError, match="format version 2.*left untouched"):
+            attempt(EmbeddingCache(tmp_path, t5.name, 32))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_leftovers_of_an_interrupted_build_are_adopted_or_cleaned(t5, tmp_path):
+    built_cache(tmp_path, t5, CAPTIONS[:2])
+    index_after_first = (tmp_path / INDEX_NAME).read_bytes()
+    built_cache(tmp_path, t5, CAPTIONS[:4])
+    # Killed after the second shard was written but before the index named it:
+    (tmp_path / INDEX_NAME).write_bytes(index_after_first)
+    (tmp_path / "shard-000042.safetensors").write_bytes(b"not a shard")
     (tmp_path / ".index.json.abc.tmp").write_text("{")
-    cache, _, computed = built_cache(tmp_path, t5)
-    assert computed == len(CAPTIONS) - 2
-    assert not (tmp_path / "shard-000042.safetensors").exists() and not (tmp_path / ".index.json.abc.tmp").exists()
+    with pytest.warns(UserWarning, match="not a readable pixcade cache shard"):
+        cache, _, computed = built_cache(tmp_path, t5)
+    assert computed == len(CAPTIONS) - 4  # the orphan shard's two captions were adopted
+    assert not (tmp_path / ".index.json.abc.tmp").exists()
+    assert (tmp_path / "set-aside" / "shard-000042.safetensors").read_bytes() == b"not a shard"
     assert_matches(cache.get(CAPTIONS), expected(t5, CAPTIONS))
 
 

@@ -71,3 +71,59 @@ def test_save_tensors_round_trip_with_metadata(tmp_path):
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         assert f.metadata() == {"kind": "test"}
     assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_weights_and_text_get_the_users_umask(tmp_path, umask):
+    """safetensors creates its file private (0600); a saved file must still be readable by
+    whom the user's umask allows."""
+    import torch
+
+    from pixcade.io import save_tensors
+
+    old = os.umask(umask)
+    try:
+        save_tensors(tmp_path / "w.safetensors", {"w": torch.zeros(2)})
+        atomic_write_text(tmp_path / "t.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "t.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_kill_9_mid_write_leaves_debris_the_next_run_removes(tmp_path):
+    """A writer killed with -9 leaves its temporary file; the next run into the directory
+    (here: a generation run preparing its output folder) removes it, and leaves alone the
+    temporary file of a writer that is still alive."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pixcade.pipeline.jobs import Layout
+
+    code = (
+        "import time, sys\n"
+        "from pixcade.io import atomic_write\n"
+        "def slow(tmp):\n"
+        "    open(tmp, 'wb').write(b'half')\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "atomic_write(sys.argv[1], slow)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / name)], stdout=subprocess.PIPE)
+             for name in ("killed.png", "alive.png")]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline() == b"writing\n"
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(10)
+        debris = sorted(p.name for p in tmp_path.iterdir())
+        assert len(debris) == 2 and all(n.endswith(".tmp") for n in debris)
+        Layout(tmp_path, 1, 1).prepare(["a prompt"], {})
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+        assert len(left) == 1 and left[0].startswith(".alive.png.")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)

@@ -3,11 +3,13 @@ default, padding/mask behaviour, truncation, the unconditional empty prompt, bad
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from pixcade.errors import PixcadeError
 from pixcade.text import encoders
@@ -54,6 +56,25 @@ def test_directory_name_is_stable_content_id(t5_dir, t5, tmp_path):
     assert encoder_name(moved) == t5.name  # a moved copy keeps its cache
     other = make_tiny_t5(tmp_path / "tiny-t5", seed=1)  # same name and architecture, other weights
     assert encoder_name(other) != t5.name
+
+
+def test_any_changed_weight_byte_changes_the_name(t5_dir, tmp_path):
+    """A same-size edit in the middle of a weight file is a different encoder (its cached
+    embeddings must not be served), also when the digest of the old bytes was remembered."""
+    copy = shutil.copytree(t5_dir, tmp_path / "edited")
+    # A weight file of realistic size (1 MiB: far more than any sampled slices).
+    weights = copy / "model-00002-of-00002.safetensors"
+    save_file({"w": torch.randn(256, 1024, generator=torch.Generator().manual_seed(0))}, str(weights))
+    before = encoder_name(copy)
+    assert encoder_name(copy) == before  # now answered from the remembered digest
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2 + 100_000  # the middle, away from any 64 KiB sample around it
+    data[middle] ^= 0x01
+    size, mtime = weights.stat().st_size, weights.stat().st_mtime_ns
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(mtime, mtime))  # same size, same mtime: only the content differs
+    assert weights.stat().st_size == size
+    assert encoder_name(copy) != before
 
 
 def test_minilm_default(minilm):

@@ -185,6 +185,8 @@ def test_kill_9_during_checkpoint_write_keeps_the_previous_one(shapes, tmp_path)
                      resume=True).run()
     assert result.step == 4 and result.last_checkpoint.name == "step-00000004"
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the debris is cleaned up
+    # The killed run had logged steps 3 and 4 already; the resumed one logs them again, once.
+    assert [row["step"] for row in metrics(run) if "step" in row] == [1, 2, 3, 4]
 
 
 def test_bf16_adafactor_and_accumulation(shapes, tmp_path):

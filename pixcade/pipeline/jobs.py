@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write_text
+from pixcade.io import atomic_write_text, remove_stale_temps
 
 
 class Job(NamedTuple):
@@ -104,8 +104,10 @@ class Layout:
         directory written with other settings would silently mix two runs.
         """
         self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.out)  # debris of a run killed mid-write
         for stage in stage_names:
             (self.out / "stages" / stage).mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.out / "stages" / stage)
         run = {"num_prompts": len(prompts), "prompts_sha256": _digest(prompts), **settings}
         run_path = self.out / "run.json"
         if run_path.is_file():

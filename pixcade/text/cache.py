@@ -15,7 +15,14 @@ Shards are immutable: a build writes new shards and never rewrites old ones. Eve
 goes to a temporary file that is then renamed (``os.replace``), the index is rewritten after
 each shard, so an interrupted build keeps what it finished. Each shard's sha256 is in the
 index and is checked before a shard is first read, so a truncated or corrupted shard is
-detected (``build`` drops it and recomputes its captions; ``get`` refuses to read it).
+detected (``get`` refuses to read it; ``build`` recomputes its captions).
+
+Nothing the cache cannot read is ever deleted. Each shard also lists its own entries (key,
+offset, n) in its safetensors metadata, so ``build`` rebuilds an unreadable index from the
+shards (the unreadable index kept as ``index.json.unreadable-<time>``) and adopts a shard
+whose build was killed before the index named it. What it can neither verify nor adopt (a
+damaged shard, a file named like a shard that is none) is moved into ``set-aside/``, never
+removed. An index of another format version is refused as a whole: not read, not touched.
 Builds take an exclusive lock on ``build.lock`` (POSIX ``flock``) and re-read the index
 under it, so several processes (e.g. two stages starting to train at once) may build into
 one directory: each adds what the others have not; any number of readers.
@@ -33,12 +40,13 @@ import hashlib
 import json
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_text, save_tensors
@@ -50,6 +58,7 @@ _FORMAT = "pixcade-embedding-cache"
 _VERSION = 1
 _TENSOR = "embeddings"
 _SHARD_RE = re.compile(r"^shard-(\d+)\.safetensors$")
+SET_ASIDE = "set-aside"
 DEFAULT_SHARD_BYTES = 256 << 20
 
 
@@ -77,7 +86,8 @@ class EmbeddingCache:
         self._handles: dict[str, object] = {}  # shard name -> open safe_open handle
         # Shards whose checksum this process (or the one that pickled us) already checked.
         self._verified: set[str] = set()
-        self._index_problem: str | None = None
+        self._index_problem: str | None = None  # why the index could not be used
+        self._foreign_version: str | None = None  # set when it is another format version's
         self._index = self._load_index()
 
     # -- index ------------------------------------------------------------------------
@@ -86,6 +96,7 @@ class EmbeddingCache:
 
     def _load_index(self) -> dict:
         path = self.directory / INDEX_NAME
+        self._index_problem = self._foreign_version = None
         if not path.is_file():
             return self._empty_index()
         try:
@@ -95,11 +106,14 @@ class EmbeddingCache:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             ok = False
         if not ok:
-            self._index_problem = f"embedding cache index {path} is unreadable or not a pixcade cache index"
+            self._index_problem = (f"embedding cache index {path} is unreadable or not a pixcade cache index "
+                                   "(`pixcade embed` rebuilds it from the shards)")
             return self._empty_index()
         if index.get("version") != _VERSION:
-            self._index_problem = f"embedding cache {self.directory} has format version {index.get('version')}, " \
-                                  f"this pixcade reads version {_VERSION}"
+            self._index_problem = self._foreign_version = (
+                f"embedding cache {self.directory} has format version {index.get('version')!r}, this pixcade "
+                f"reads version {_VERSION}; it was left untouched: use another directory, or the pixcade "
+                "that wrote it")
             return self._empty_index()
         return index
 
@@ -176,8 +190,9 @@ class EmbeddingCache:
               progress: bool = True, shard_bytes: int = DEFAULT_SHARD_BYTES) -> int:
         """Embed the captions not yet cached; returns how many were computed.
 
-        Shards holding any of ``captions`` are checksum-verified first; a bad one is deleted
-        and its captions recomputed. ``shard_bytes`` bounds the size of each new shard.
+        Shards holding any of ``captions`` are checksum-verified first; a bad one is moved to
+        ``set-aside/`` and its captions recomputed. An unreadable index is rebuilt from the
+        shards; one of another format version is refused. ``shard_bytes`` bounds the size of each new shard.
         """
         if encoder.name != self.encoder_name or encoder.max_length != self.max_length:
             raise PixcadeError(
@@ -188,11 +203,11 @@ class EmbeddingCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._build_lock():
             # Another process may have built here since this object read the index.
-            self._index_problem = None
             self._index = self._load_index()
+            if self._foreign_version:
+                raise PixcadeError(self._foreign_version)
             if self._index_problem:
-                warnings.warn(f"{self._index_problem}; starting a fresh index", stacklevel=2)
-                self._index_problem = None
+                self._rebuild_index()
             return self._build_locked(captions, encoder, batch_size, progress, shard_bytes)
 
     @contextlib.contextmanager
@@ -211,7 +226,10 @@ class EmbeddingCache:
 
     def _build_locked(self, captions: list[str], encoder: TextEncoder, batch_size: int, progress: bool,
                       shard_bytes: int) -> int:
-        self._remove_orphans()
+        known = len(self._index["shards"])
+        self._adopt_orphans()
+        if len(self._index["shards"]) != known:
+            self._save_index()
         self._drop_bad_shards(captions)
         entries = self._index["entries"]
         todo = [c for c in captions if self._key(c) not in entries]
@@ -246,18 +264,68 @@ class EmbeddingCache:
         # float16 unless something would overflow it (see module docstring).
         fits = rows.numel() == 0 or rows.abs().max().item() <= torch.finfo(torch.float16).max
         rows = rows.to(torch.float16 if fits else torch.float32).contiguous()
-        metadata = {"encoder": self.encoder_name, "max_length": str(self.max_length)}
+        entries, offset = [], 0
+        for caption, emb in items:
+            entries.append([self._key(caption), offset, int(emb.shape[0])])
+            offset += int(emb.shape[0])
+        # The shard describes itself, so a lost index can be rebuilt from the shards.
+        metadata = {"encoder": self.encoder_name, "max_length": str(self.max_length),
+                    "entries": json.dumps(entries, separators=(",", ":"))}
         path = self.directory / name
         save_tensors(path, {_TENSOR: rows}, metadata=metadata)
-        self._index["shards"][name] = {"sha256": _sha256(path), "bytes": path.stat().st_size,
-                                       "encoder": self.encoder_name, "max_length": self.max_length,
-                                       "dim": dim, "dtype": str(rows.dtype).removeprefix("torch.")}
+        self._add_shard(name, self.encoder_name, self.max_length, dim, str(rows.dtype), entries)
         self._verified.add(name)
-        offset = 0
-        for caption, emb in items:
-            self._index["entries"][self._key(caption)] = [name, offset, int(emb.shape[0])]
-            offset += int(emb.shape[0])
         self._save_index()
+
+    def _add_shard(self, name: str, encoder: str, max_length: int, dim: int, dtype: str,
+                   entries: list[list]) -> None:
+        path = self.directory / name
+        self._index["shards"][name] = {"sha256": _sha256(path), "bytes": path.stat().st_size,
+                                       "encoder": encoder, "max_length": max_length,
+                                       "dim": dim, "dtype": dtype.removeprefix("torch.")}
+        for key, offset, n in entries:
+            self._index["entries"].setdefault(key, [name, offset, n])
+
+    def _adopt(self, name: str) -> bool:
+        """Add the self-describing shard ``name`` to the index; False if it is none."""
+        try:
+            with safe_open(str(self.directory / name), framework="pt") as f:
+                meta = f.metadata() or {}
+                shape, dtype = f.get_slice(_TENSOR).get_shape(), f.get_slice(_TENSOR).get_dtype()
+            entries = json.loads(meta["entries"])
+            max_length = int(meta["max_length"])
+            ok = (len(shape) == 2 and isinstance(entries, list)
+                  and all(isinstance(e, list) and len(e) == 3 and isinstance(e[0], str)
+                          and isinstance(e[1], int) and isinstance(e[2], int)
+                          and 0 <= e[1] and 0 <= e[2] and e[1] + e[2] <= shape[0] for e in entries))
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+            return False
+        if ok:
+            torch_dtype = {"F16": "float16", "F32": "float32"}.get(dtype, dtype)
+            self._add_shard(name, str(meta["encoder"]), max_length, int(shape[1]), torch_dtype, entries)
+        return ok
+
+    def _set_aside(self, name: str, why: str) -> None:
+        """Move ``name`` (unusable, but maybe still someone's data) into set-aside/."""
+        aside = self.directory / SET_ASIDE
+        aside.mkdir(exist_ok=True)
+        target = aside / name
+        if target.exists():
+            target = aside / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        os.replace(self.directory / name, target)
+        warnings.warn(f"{why}; moved it to {target}", stacklevel=4)
+
+    def _rebuild_index(self) -> None:
+        """Replace an unreadable index by one read from the shards; keeps the old index file."""
+        path = self.directory / INDEX_NAME
+        kept = path.with_name(f"{INDEX_NAME}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+        os.replace(path, kept)
+        self._index, self._index_problem = self._empty_index(), None
+        self._verified.clear()
+        self._adopt_orphans()
+        self._save_index()
+        warnings.warn(f"embedding cache index was unreadable (kept as {kept}); rebuilt it from "
+                      f"{len(self._index['shards'])} shard(s)", stacklevel=3)
 
     def _drop_bad_shards(self, captions: list[str]) -> None:
         entries = self._index["entries"]
@@ -274,17 +342,22 @@ class EmbeddingCache:
         if not bad:
             return
         for shard, problem in bad.items():
-            warnings.warn(f"{problem}; dropping it and recomputing its captions", stacklevel=3)
-            (self.directory / shard).unlink(missing_ok=True)
             del self._index["shards"][shard]
+            self._set_aside(shard, f"{problem}; recomputing its captions")
         self._index["entries"] = {k: v for k, v in entries.items() if v[0] not in bad}
         self._save_index()
 
-    def _remove_orphans(self) -> None:
-        """Delete leftovers of an interrupted build: temp files and shards the index never got."""
-        for path in self.directory.iterdir():
-            orphan_shard = _SHARD_RE.match(path.name) and path.name not in self._index["shards"]
-            if path.is_file() and (orphan_shard or (path.name.startswith(".") and path.name.endswith(".tmp"))):
+    def _adopt_orphans(self) -> None:
+        """Shards the index does not name (a build killed between shard and index, or a lost
+        index): adopted when they describe themselves, else set aside. Temporary files of
+        writes killed midway are deleted (only builds write here, and this one holds the lock)."""
+        for path in sorted(self.directory.iterdir()):
+            if not path.is_file():
+                continue
+            if _SHARD_RE.match(path.name) and path.name not in self._index["shards"]:
+                if not self._adopt(path.name):
+                    self._set_aside(path.name, f"{path} is not a readable pixcade cache shard")
+            elif path.name.startswith(".") and path.name.endswith(".tmp"):
                 path.unlink(missing_ok=True)
 
     # DataLoader workers get a copy without open file handles (each reopens lazily) but

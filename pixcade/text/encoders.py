@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write_text
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_MAX_LENGTH = 128
@@ -38,7 +39,6 @@ _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "vocab.txt", "spiece.model", "added_tokens.json")
-_SAMPLE_BYTES = 1 << 16
 
 
 def minilm_directory() -> Path:
@@ -56,15 +56,49 @@ def minilm_directory() -> Path:
     return directory.resolve()
 
 
+def _digest_memo_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "pixcade" / "weight-digests.json"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of every byte of ``path``, remembered across runs by (path, size, mtime, ctime,
+    inode): a T5-XXL is tens of GB, hashed once, not on every load. Any write changes ctime
+    (which, unlike mtime, cannot be set back), so an edited file is always hashed again."""
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    key = str(path.resolve())
+    memo_path = _digest_memo_path()
+    try:
+        memo = json.loads(memo_path.read_text(encoding="utf-8"))
+        if not isinstance(memo, dict):
+            memo = {}
+    except (OSError, ValueError):
+        memo = {}
+    known = memo.get(key)
+    if isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("sha256"), str):
+        return known["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    memo[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    try:  # a memo that cannot be written only costs the next load a re-hash
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(memo_path, json.dumps(memo))
+    except OSError:
+        pass
+    return digest.hexdigest()
+
+
 def directory_fingerprint(directory: Path) -> str:
     """A content id for a model directory ("t5@<hash>"), independent of where it lives.
 
     Used as the encoder's ``name`` (and so in embedding-cache keys). A path would make a
     moved or copied model look new, and the config alone can't tell two checkpoints of the
-    same architecture apart. Hashing every weight byte of a T5-XXL (tens of GB) on each
-    load is too slow, so weights contribute their file names, sizes and three 64 KiB
-    samples (start - which holds the safetensors header of names/shapes/offsets - middle
-    and end); config and tokenizer files are hashed whole.
+    same architecture apart. Every byte counts: config and tokenizer files, and each weight
+    file through its full sha256 (`file_digest`), so a changed weight anywhere is a new
+    encoder and never serves stale cached embeddings.
     """
     digest = hashlib.sha256()
     for fname in ("config.json",) + _TOKENIZER_FILES:
@@ -72,12 +106,7 @@ def directory_fingerprint(directory: Path) -> str:
         if path.is_file():
             digest.update(fname.encode() + b"\0" + path.read_bytes() + b"\0")
     for path in sorted(directory.glob("*.safetensors")):
-        size = path.stat().st_size
-        digest.update(f"{path.name}\0{size}\0".encode())
-        with open(path, "rb") as f:
-            for start in (0, max(0, size // 2 - _SAMPLE_BYTES // 2), max(0, size - _SAMPLE_BYTES)):
-                f.seek(start)
-                digest.update(f.read(_SAMPLE_BYTES))
+        digest.update(f"{path.name}\0{file_digest(path)}\0".encode())
     try:
         model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type", "model")
     except (OSError, ValueError, AttributeError):

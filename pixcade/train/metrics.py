@@ -10,6 +10,27 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pixcade.io import atomic_write_text
+
+
+def _forget_after(path: Path, step: int) -> None:
+    """Drop the rows of ``path`` logged after ``step`` (and a line torn by a kill): a run
+    resumed from the checkpoint of ``step`` logs those steps again, so they would appear
+    twice. Unchanged files are not rewritten."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int) or row["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
 
 class MetricsLog:
     """Appends one JSON object per line to ``RUN_DIR/metrics.jsonl`` and mirrors scalars to
@@ -22,7 +43,9 @@ class MetricsLog:
         self._bar = None
         if not enabled:
             return
-        self._file = (run_dir / "metrics.jsonl").open("a")
+        path = run_dir / "metrics.jsonl"
+        _forget_after(path, start_step)
+        self._file = path.open("a")
         try:
             from torch.utils.tensorboard import SummaryWriter
 

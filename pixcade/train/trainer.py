@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pixcade.data.samples import SkipStats
 from pixcade.data.transforms import collate
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write_text
+from pixcade.io import atomic_write_text, remove_stale_temps
 from pixcade.stage import Stage
 from pixcade.nn.unet import EfficientUNet
 from pixcade.train import checkpoint as ckpt
@@ -248,6 +248,7 @@ class Trainer:
     def _run(self, max_steps: int) -> TrainResult:
         info = self.info
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.run_dir)  # debris of a run killed mid-write
         self._build()
         self.log = MetricsLog(self.run_dir, start_step=self.step, total_steps=max_steps, enabled=info.is_main)
         try:
