@@ -150,13 +150,23 @@ class Stage:
         text_mask: torch.Tensor,
         lowres: torch.Tensor | None = None,
         *,
+        cond_drop_prob: float = 0.0,
         min_snr_gamma: float | None = None,
         high_noise_share: float = 0.0,
         high_noise_from: float = HIGH_NOISE_FROM,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Per-sample training loss (t as `diffusion_loss` draws it). SR stages draw the
-        augmentation level uniformly in [0, 1]."""
+        """Per-sample training loss (t as `diffusion_loss` draws it).
+
+        Each row's text is replaced by the null input (zero embedding, all-False mask) with
+        probability ``cond_drop_prob``, so the network also learns the unconditional model
+        classifier-free guidance needs. The dropout draw is made at every rate, so a
+        different rate does not shift the rest of the stream. SR stages draw the
+        augmentation level uniformly in [0, 1].
+        """
+        drop = torch.rand(images.shape[0], generator=generator, device=images.device) < cond_drop_prob
+        text_mask = text_mask & ~drop[:, None]
+        text_emb = text_emb * (~drop).to(text_emb.dtype)[:, None, None]
         aug_t = None
         if self.config.is_super_resolution:
             if lowres is None:

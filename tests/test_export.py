@@ -128,13 +128,13 @@ def test_export_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_exporting_the_last_checkpoint_equals_the_trainers_final(tmp_path):
-    from pixcade.train.trainer import Trainer
+    from pixcade.train.trainer import train
 
     data = make_shapes(tmp_path / "data", 8, resolution=32)
     build_cache(tmp_path / "cache", data)
     cfg = tiny_config(data, tmp_path / "cache", "base", batch_size=4, max_steps=2, log_every=1,
                       checkpoint_every=1, sample_every=1000, warmup_steps=1)
-    Trainer(cfg, "base", tmp_path / "run").run()
+    train(cfg, "base", tmp_path / "run")
     export = export_checkpoint(tmp_path / "run")
     assert export.name == "step-00000002"
     final = tmp_path / "run/final"

@@ -1,7 +1,7 @@
 """How a stage is conditioned in training: the SR stages' noise-conditioning augmentation
 (level uniform in [0, 1] per sample, fed to the U-Net, the low-res input a forward diffusion
-to that level), the trainer's text dropout for classifier-free guidance and its gradient
-clipping."""
+to that level), text dropout for classifier-free guidance (in `Stage.loss`) and the
+trainer's gradient clipping."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from scipy import stats
 from pixcade.diffusion.schedules import alpha_sigma
 from pixcade.errors import PixcadeError
 from pixcade.nn.configs import get_preset
+from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import Stage, StageConfig, upsample
-from pixcade.train.trainer import Trainer
+from pixcade.train.trainer import train
 from train_support import build_cache, make_shapes, tiny_config
 
 
@@ -88,32 +89,46 @@ def shapes(tmp_path_factory):
     return data, root / "cache"
 
 
-@pytest.mark.parametrize("p", [0.0, 0.5])
-def test_trainer_replaces_text_by_the_null_input_with_probability_p(shapes, tmp_path, monkeypatch, p):
-    data, cache = shapes
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = Stage.loss
-
-    def recording_loss(self, images, text_emb, text_mask, *args, **kwargs):
-        seen.append((text_emb.detach().clone(), text_mask.clone()))
-        return original(self, images, text_emb, text_mask, *args, **kwargs)
-
-    monkeypatch.setattr(Stage, "loss", recording_loss)
-    cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=4, cond_drop_prob=p, warmup_steps=1,
-                      log_every=1, checkpoint_every=1000, sample_every=1000)
-    Trainer(cfg, "base", tmp_path / "run").run()
-    dropped = torch.cat([~m.any(dim=1) for _, m in seen])
-    assert len(dropped) == 64
-    # Every caption is non-empty: a row without real tokens was dropped by the trainer.
-    for e, m in seen:
-        rows = ~m.any(dim=1)
-        assert (e[rows] == 0).all()  # the null input: no text at all
-        assert (e[~rows].abs().sum(dim=(1, 2)) > 0).all()
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_loss_replaces_text_by_the_null_input_with_probability_p(p):
+    b = 4000
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(b, 3, 32, generator=g)
+    mask = torch.rand(b, 3, generator=g) < 0.8
+    mask[:, 0] = True  # every caption has a real token
+    net = RecordingNet()
+    config = StageConfig(name="base", resolution=8, unet=get_preset("tiny-base"))
+    Stage(config, net=net).loss(torch.zeros(b, 3, 8, 8), emb, mask, cond_drop_prob=p, generator=g)
+    (cond,) = net.calls
+    dropped = ~cond["text_mask"].any(dim=1)
+    # A dropped row is the null input (no text at all); a kept row is untouched.
+    assert (cond["text_emb"][dropped] == 0).all()
+    assert torch.equal(cond["text_emb"][~dropped], emb[~dropped])
+    assert torch.equal(cond["text_mask"][~dropped], mask[~dropped])
     if p == 0.0:
         assert not dropped.any()
     else:
-        # Binomial(64, 0.5): 32 +- 4; the bounds are four standard deviations.
-        assert 16 <= int(dropped.sum()) <= 48
+        assert stats.binomtest(int(dropped.sum()), b, p).pvalue > 1e-3
+
+
+def test_trainer_drops_text_at_its_configured_rate(shapes, tmp_path, monkeypatch):
+    data, cache = shapes
+    masks: list[torch.Tensor] = []
+    forward = EfficientUNet.forward
+
+    def recording(self, x, t, text_emb, text_mask, *args, **kwargs):
+        if self.training:
+            masks.append(text_mask.clone())
+        return forward(self, x, t, text_emb, text_mask, *args, **kwargs)
+
+    monkeypatch.setattr(EfficientUNet, "forward", recording)
+    cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=4, cond_drop_prob=0.5, warmup_steps=1,
+                      log_every=1, checkpoint_every=1000, sample_every=1000)
+    train(cfg, "base", tmp_path / "run")
+    dropped = torch.cat([~m.any(dim=1) for m in masks])
+    assert len(dropped) == 64
+    # Every caption is non-empty, so a row without real tokens was dropped.
+    assert stats.binomtest(int(dropped.sum()), 64, 0.5).pvalue > 1e-3
 
 
 def test_trainer_clips_the_gradient_norm_before_each_update(shapes, tmp_path, monkeypatch):
@@ -139,7 +154,7 @@ def test_trainer_clips_the_gradient_norm_before_each_update(shapes, tmp_path, mo
     clip = 1e-3
     cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=2, grad_clip=clip, warmup_steps=1,
                       log_every=1, checkpoint_every=1000, sample_every=1000)
-    Trainer(cfg, "base", tmp_path / "run").run()
+    train(cfg, "base", tmp_path / "run")
     logged = [json.loads(line)["grad_norm"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(norms) == 2 and all(n > 10 * clip for n in logged)  # the raw norm is logged...
     assert all(n <= clip * (1 + 1e-4) for n in norms)  # ...the optimizer sees it clipped

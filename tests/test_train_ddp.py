@@ -22,16 +22,15 @@ WORKER = textwrap.dedent("""
     import json, os, sys
     from safetensors.torch import save_file
     from pixcade.train.config import CascadeTrainConfig
-    from pixcade.train.trainer import Trainer
+    from pixcade.train.trainer import train
 
     config = CascadeTrainConfig.from_dict(json.load(open(sys.argv[1])))
-    trainer = Trainer(config, "base", sys.argv[2], device="cpu")
-    trainer.run()
+    result = train(config, "base", sys.argv[2], device="cpu")
     rank = os.environ["RANK"]
     # What each process ends with (only rank 0 writes checkpoints).
-    save_file({k: v.contiguous() for k, v in trainer.net.state_dict().items()},
+    save_file({k: v.contiguous() for k, v in result.net.state_dict().items()},
               os.path.join(sys.argv[2], f"net-rank{rank}.safetensors"))
-    save_file(trainer.ema.state_dict(), os.path.join(sys.argv[2], f"ema-rank{rank}.safetensors"))
+    save_file(result.ema.state_dict(), os.path.join(sys.argv[2], f"ema-rank{rank}.safetensors"))
 """)
 
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from pixcade.errors import PixcadeError
 from pixcade.nn.unet import EfficientUNet
-from pixcade.stage import StageConfig
+from pixcade.stage import Stage, StageConfig
 from pixcade.train import checkpoint as ckpt
-from pixcade.train.trainer import NonFiniteLossError, Trainer
+from pixcade.train.trainer import NonFiniteLossError, train
 from train_support import REPO, build_cache, make_shapes, state_equal, tiny_config, tiny_config_dict
 
 # Small and quick: 8 images a step, no sample grids except at the end.
@@ -43,7 +43,7 @@ def test_loss_falls_on_tiny_shapes(shapes, tmp_path):
     data, cache = shapes
     cfg = tiny_config(data, cache, "base", batch_size=16, max_steps=40, log_every=5, sample_every=40,
                       warmup_steps=5)
-    result = Trainer(cfg, "base", tmp_path / "run").run()
+    result = train(cfg, "base", tmp_path / "run")
     losses = [m["loss"] for m in metrics(tmp_path / "run")]
     assert len(losses) == 8 and result.step == 40 and result.stopped_by is None
     # From ~1 (an untrained eps-prediction) to well under half within 40 steps.
@@ -81,47 +81,63 @@ SR = dict(QUICK, max_steps=8, num_workers=2)  # the SR stage: random crops + noi
 def straight_sr(shapes, tmp_path_factory):
     data, cache = shapes
     run = tmp_path_factory.mktemp("straight") / "run"
-    Trainer(tiny_config(data, cache, "sr", **SR), "sr", run).run()
+    train(tiny_config(data, cache, "sr", **SR), "sr", run)
     return run
 
 
 def test_resume_is_bit_exact(shapes, straight_sr, tmp_path):
     data, cache = shapes
     cfg = tiny_config(data, cache, "sr", **SR)
-    first = Trainer(cfg, "sr", tmp_path / "run").run(max_steps=4)
+    first = train(cfg, "sr", tmp_path / "run", max_steps=4)
     assert first.step == 4 and first.last_checkpoint.name == "step-00000004"
-    second = Trainer(cfg, "sr", tmp_path / "run", resume=True).run()
+    second = train(cfg, "sr", tmp_path / "run", resume=True)
     assert second.step == 8
     _assert_same_run(straight_sr, tmp_path / "run")
+
+
+def on_loss_calls(monkeypatch, act) -> None:
+    """Runs ``act(n, loss) -> loss`` on the n-th call (1-based) of `Stage.loss`: with one
+    micro-batch a step, call n is optimizer step n. A fault-injection point for tests that
+    costs the trainer nothing."""
+    original = Stage.loss
+    calls = [0]
+
+    def wrapped(self, *args, **kwargs):
+        calls[0] += 1
+        return act(calls[0], original(self, *args, **kwargs))
+
+    monkeypatch.setattr(Stage, "loss", wrapped)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_writes_a_checkpoint_and_resume_continues_exactly(shapes, straight_sr, tmp_path, monkeypatch, sig):
     data, cache = shapes
     cfg = tiny_config(data, cache, "sr", **SR)
-    original = Trainer._train_step
 
-    def step_then_signal(self):
-        out = original(self)
-        if self.step == 2:  # arrives during step 3, like a Ctrl-C would
+    def signal_in_step_3(n, loss):
+        if n == 3:  # arrives during step 3, like a Ctrl-C would
             os.kill(os.getpid(), sig)
-        return out
+        return loss
 
-    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
-    result = Trainer(cfg, "sr", tmp_path / "run").run()
+    with monkeypatch.context() as patch:
+        on_loss_calls(patch, signal_in_step_3)
+        result = train(cfg, "sr", tmp_path / "run")
     assert result.stopped_by == sig.name and result.step == 3
     assert result.last_checkpoint.name == "step-00000003" and result.final_dir is None
     assert signal.getsignal(sig) is not None  # handlers restored
-    monkeypatch.setattr(Trainer, "_train_step", original)
-    Trainer(cfg, "sr", tmp_path / "run", resume=True).run()
+    train(cfg, "sr", tmp_path / "run", resume=True)
     _assert_same_run(straight_sr, tmp_path / "run")
+
+
+def nan_at_steps(monkeypatch, steps) -> None:
+    on_loss_calls(monkeypatch, lambda n, loss: loss * float("nan") if n in steps else loss)
 
 
 def test_non_finite_loss_skips_the_update(shapes, tmp_path, monkeypatch):
     data, cache = shapes
-    monkeypatch.setenv("PIXCADE_TEST_NAN_STEPS", "3,4")
+    nan_at_steps(monkeypatch, {3, 4})
     cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=6))
-    result = Trainer(cfg, "base", tmp_path / "run").run()
+    result = train(cfg, "base", tmp_path / "run")
     assert result.step == 6 and result.skipped_nonfinite == 2
     c = ckpt.load_checkpoint(result.last_checkpoint)
     assert all(int(s["step"]) == 4 for s in c.optimizer["state"].values())  # 6 steps, 4 updates
@@ -133,21 +149,29 @@ def test_non_finite_loss_skips_the_update(shapes, tmp_path, monkeypatch):
 
 def test_many_non_finite_losses_stop_naming_the_last_good_checkpoint(shapes, tmp_path, monkeypatch):
     data, cache = shapes
-    monkeypatch.setenv("PIXCADE_TEST_NAN_STEPS", ",".join(str(s) for s in range(3, 20)))
+    nan_at_steps(monkeypatch, set(range(3, 20)))
     cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=20, checkpoint_every=2, max_nonfinite=3))
     with pytest.raises(NonFiniteLossError, match=r"3 consecutive .*steps 3\.\.5.*update at step 2") as err:
-        Trainer(cfg, "base", tmp_path / "run").run()
+        train(cfg, "base", tmp_path / "run")
     named = Path(str(err.value).split("last good checkpoint is ")[1].split(" ")[0])
     assert named == ckpt.latest_checkpoint(tmp_path / "run/checkpoints")
     assert all(torch.isfinite(v).all() for v in ckpt.load_checkpoint(named).model.values())
 
 
+def test_training_reads_no_test_hook_from_the_environment(shapes, tmp_path, monkeypatch):
+    # The variable an earlier trainer read inside every step to inject NaN losses.
+    monkeypatch.setenv("PIXCADE_TEST_NAN_STEPS", "1,2")
+    data, cache = shapes
+    result = train(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2)), "base", tmp_path / "run")
+    assert result.skipped_nonfinite == 0 and all(m["loss"] is not None for m in metrics(tmp_path / "run"))
+
+
 def test_existing_run_needs_resume(shapes, tmp_path):
     data, cache = shapes
     cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=1))
-    Trainer(cfg, "base", tmp_path / "run").run()
+    train(cfg, "base", tmp_path / "run")
     with pytest.raises(PixcadeError, match="--resume"):
-        Trainer(cfg, "base", tmp_path / "run").run()
+        train(cfg, "base", tmp_path / "run")
 
 
 def _digest(path: Path) -> dict[str, str]:
@@ -158,7 +182,7 @@ def test_kill_9_during_checkpoint_write_keeps_the_previous_one(shapes, tmp_path)
     data, cache = shapes
     conf = tiny_config_dict(data, cache, "base", **dict(QUICK, max_steps=2, checkpoint_every=2))
     run = tmp_path / "run"
-    Trainer(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2, checkpoint_every=2)), "base", run).run()
+    train(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2, checkpoint_every=2)), "base", run)
     good = ckpt.latest_checkpoint(run / "checkpoints")
     before = _digest(good)
     (tmp_path / "c.json").write_text(json.dumps(conf))
@@ -181,8 +205,8 @@ def test_kill_9_during_checkpoint_write_keeps_the_previous_one(shapes, tmp_path)
     assert proc.returncode == -signal.SIGKILL
     assert ckpt.list_checkpoints(run / "checkpoints") == [good] and _digest(good) == before
     assert ckpt.load_checkpoint(good).step == 2
-    result = Trainer(tiny_config(data, cache, "base", **dict(QUICK, max_steps=4, checkpoint_every=2)), "base", run,
-                     resume=True).run()
+    result = train(tiny_config(data, cache, "base", **dict(QUICK, max_steps=4, checkpoint_every=2)), "base", run,
+                     resume=True)
     assert result.step == 4 and result.last_checkpoint.name == "step-00000004"
     assert not list((run / "checkpoints").glob(".tmp-*"))  # the debris is cleaned up
     # The killed run had logged steps 3 and 4 already; the resumed one logs them again, once.
@@ -193,7 +217,7 @@ def test_bf16_adafactor_and_accumulation(shapes, tmp_path):
     data, cache = shapes
     cfg = tiny_config(data, cache, "sr", **dict(QUICK, max_steps=3, bf16=True, optimizer="adafactor",
                                                 grad_accum=2, log_sample_keys=True))
-    result = Trainer(cfg, "sr", tmp_path / "run").run()
+    result = train(cfg, "sr", tmp_path / "run")
     c = ckpt.load_checkpoint(result.last_checkpoint)
     assert result.skipped_nonfinite == 0 and all(int(s["step"]) == 3 for s in c.optimizer["state"].values())
     assert all(torch.isfinite(v).all() for v in c.model.values())
@@ -214,7 +238,7 @@ def test_high_noise_share_reaches_the_training_noise_levels(shapes, tmp_path, mo
 
     monkeypatch.setattr(EfficientUNet, "forward", recording)
     cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=3, high_noise_share=1.0, high_noise_from=0.9))
-    Trainer(cfg, "base", tmp_path / "run").run()
+    train(cfg, "base", tmp_path / "run")
     t = torch.cat(seen)
     assert len(seen) == 3 and t.numel() == 24
     assert t.min() >= 0.9 and t.max() <= 1.0
@@ -224,13 +248,13 @@ def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_
     from pixcade.train.config import CascadeTrainConfig
 
     data, cache = shapes
-    Trainer(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2)), "base", tmp_path / "a").run()
+    train(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2)), "base", tmp_path / "a")
     source = load_file(tmp_path / "a/final/ema.safetensors")
     # The same stage grown by coordinate channels, from those weights, at an lr too small to move them.
     conf = tiny_config_dict(data, cache, "base", **dict(QUICK, max_steps=1, lr=1e-12,
                                                         init_from=str(tmp_path / "a/final")))
     conf["stages"][0]["stage"]["unet"]["coord_channels"] = True
-    Trainer(CascadeTrainConfig.from_dict(conf), "base", tmp_path / "b").run()
+    train(CascadeTrainConfig.from_dict(conf), "base", tmp_path / "b")
     grown = load_file(tmp_path / "b/final/ema.safetensors")
     assert set(grown) - set(source) == {"coord_in.weight"}
     for name, value in source.items():
@@ -240,7 +264,7 @@ def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_
     # Resumed without the option, the run still records where its weights came from.
     del conf["stages"][0]["train"]["init_from"]
     conf["stages"][0]["train"].update(max_steps=2, checkpoint_every=1)
-    Trainer(CascadeTrainConfig.from_dict(conf), "base", tmp_path / "b", resume=True).run()
+    train(CascadeTrainConfig.from_dict(conf), "base", tmp_path / "b", resume=True)
     recorded = json.loads((tmp_path / "b/config.json").read_text())["config"]["stages"][0]["train"]
     assert recorded["init_from"] == str(tmp_path / "a/final") and recorded["max_steps"] == 2
     # Weights that do not fit: the SR stage's into the base stage; and a missing file.
@@ -256,4 +280,4 @@ def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_
                         (tmp_path / "nothing", "no weights at")):
         bad = tiny_config(data, cache, "base", **dict(QUICK, max_steps=1, init_from=str(init)))
         with pytest.raises(PixcadeError, match=words):
-            Trainer(bad, "base", tmp_path / f"c-{init.name}").run()
+            train(bad, "base", tmp_path / f"c-{init.name}")

@@ -54,9 +54,9 @@ def main(argv: list[str]) -> int:
     if args.embedding_cache:
         config.embedding_cache = args.embedding_cache
 
-    from pixcade.train.trainer import Trainer  # heavy imports only once the args are good
+    from pixcade.train.trainer import train  # heavy imports only once the args are good
 
     out = Path(args.out) if args.out else Path("runs") / args.stage
     # Interrupted runs return 0 too: they stopped as asked, with a checkpoint to resume.
-    Trainer(config, args.stage, out, resume=args.resume, device=args.device).run()
+    train(config, args.stage, out, resume=args.resume, device=args.device)
     return 0

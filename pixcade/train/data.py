@@ -1,4 +1,4 @@
-"""An endless, resumable stream of training batches for one rank.
+"""An endless, resumable stream of training batches for one rank, and the loop's view of it.
 
 The position is (epoch, batches taken in that epoch). Every epoch is a fresh,
 deterministic pass over this rank's share of the data (the dataset reshuffles itself from
@@ -11,14 +11,19 @@ worker, so the batches do not depend on when the loader was started.
 
 from __future__ import annotations
 
+import json
 import signal
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from pixcade.data.samples import SkipStats
 from pixcade.errors import PixcadeError
+from pixcade.text.cache import EmbeddingCache
+from pixcade.train.metrics import MetricsLog
+from pixcade.train.setup import embed_batch
 
 
 @dataclass
@@ -116,3 +121,31 @@ class BatchStream:
         """Drops the epoch's loader (and so its worker processes)."""
         self._iter = None
         self._loader = None
+
+
+class Batches:
+    """This rank's micro-batches for the loop: non-empty, on the device, captions embedded
+    from the cache; each batch's sample keys go to ``keys_log`` when one is given."""
+
+    def __init__(self, stream: BatchStream, cache: EmbeddingCache, device: torch.device, keys_log: TextIO | None):
+        self.stream, self.cache, self.device, self.keys_log = stream, cache, device, keys_log
+        self.skips = SkipStats()
+
+    def next(self, step: int) -> dict[str, torch.Tensor | None]:
+        while True:
+            batch = next(self.stream)
+            self.skips.update(batch)
+            if batch["key"]:
+                break
+        if self.keys_log is not None:
+            self.keys_log.write(json.dumps({"step": step, "epoch": self.stream.position.epoch,
+                                            "keys": batch["key"]}) + "\n")
+        emb, mask = embed_batch(self.cache, batch["caption"], self.device)
+        lowres = batch["lowres"].to(self.device, non_blocking=True) if "lowres" in batch else None
+        return {"images": batch["image"].to(self.device, non_blocking=True), "text_emb": emb, "text_mask": mask,
+                "lowres": lowres}
+
+    def close(self, log: MetricsLog) -> None:
+        self.stream.close()
+        if self.skips.count:
+            log.message(f"pixcade train: {self.skips.summary()}")
