@@ -167,3 +167,20 @@ def test_collate_stacks_tensors_keeps_captions_and_sets_skips_aside():
     assert "image" not in empty and empty["key"] == [] and len(empty["skipped"]) == 1
     with pytest.raises(PixcadeError, match="transformed"):
         collate([sample(textured((8, 8)))])
+
+
+@pytest.mark.parametrize("size", [(33, 32), (40, 27), (32, 45), (24, 24)])
+def test_a_start_image_is_framed_exactly_as_a_training_image(size):
+    # Odd size differences put the centred square half a pixel off the pixel grid: an
+    # integer crop there shifts the start image by half a pixel against the training data.
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.stage import Stage, StageConfig
+    from pixcade.nn.configs import get_preset
+
+    image = textured(size)
+    sr = StageConfig(name="sr", resolution=32, lowres_resolution=16, unet=get_preset("tiny-sr"))
+    cascade = Cascade([Stage(StageConfig(name="base", resolution=16, unet=get_preset("tiny-base"))), Stage(sr)])
+    plan = cascade.plan(stages=["sr"], start_resolution=16)
+    start = cascade.start_tensor(plan, [image])[0]
+    trained = ImageTransform(16)({"image": image, "caption": "", "key": "k"})["image"]
+    assert torch.equal(start, trained)

@@ -37,6 +37,13 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), RESAMPLE, box=(left, top, left + side, top + side))
 
 
+def square_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """An image as a stage sees it at ``size``: the centred square, one antialiased resize,
+    [3, size, size] in [-1, 1]. Training images and start images both go through here, so a
+    start image is framed exactly as the stage's training data was."""
+    return to_tensor(resize_center_crop(image.convert("RGB"), size))
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float [3, H, W] in [-1, 1]."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -58,7 +65,7 @@ class ImageTransform:
         self.resolution = resolution
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        image = to_tensor(resize_center_crop(sample["image"], self.resolution))
+        image = square_tensor(sample["image"], self.resolution)
         return {"image": image, "caption": sample["caption"], "key": sample["key"]}
 
 

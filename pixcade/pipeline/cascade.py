@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from pixcade.data.transforms import square_tensor
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
-from pixcade.pipeline.images import from_pil, open_image, to_pil
+from pixcade.pipeline.images import open_image, to_pil
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
 from pixcade.pipeline.options import PerStage, StageOptions, resolve_options
 from pixcade.stage import Stage
@@ -227,7 +228,7 @@ class Cascade:
         """Start images as the first stage's low-res input ``[B, 3, r, r]`` on the device."""
         r = plan.stages[0].config.lowres_resolution
         pil = [open_image(im) if not isinstance(im, Image.Image) else im for im in images]
-        return torch.stack([from_pil(im, r) for im in pil]).to(self.device)
+        return torch.stack([square_tensor(im, r) for im in pil]).to(self.device)
 
     @torch.no_grad()
     def sample_batch(

@@ -20,19 +20,6 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [transforms.to_pil(x) for x in images]
 
 
-def from_pil(image: Image.Image, resolution: int) -> torch.Tensor:
-    """An image as a ``[3, R, R]`` tensor in [-1, 1]: centre-cropped square, then resized."""
-    image = image.convert("RGB")
-    w, h = image.size
-    side = min(w, h)
-    if w != h:
-        left, top = (w - side) // 2, (h - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
-        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return transforms.to_tensor(image)
-
-
 def open_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as im:
