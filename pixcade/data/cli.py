@@ -4,6 +4,8 @@
 real data, a folder of images with same-named .txt captions (`00000000.png`,
 `00000000.txt`), plus `00000000.json` holding each image's structured scene, which generic
 loaders ignore and the shapes scorer reads.
+
+`pixcade data emoji --out DIR [--from TARBALLS]` builds the emoji domain (pixcade.data.emoji).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pixcade.data.emoji import cli as emoji_cli
 from pixcade.data.render import MIN_RESOLUTION, render
 from pixcade.data.shapes import HELD_OUT, SCENE_KINDS, kind_probabilities, scene_for_index
 from pixcade.errors import PixcadeError
@@ -108,7 +111,10 @@ def shapes_main(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"shapes": (shapes_main, "write a shapes dataset (images, captions, scenes)")}
+SUBCOMMANDS = {
+    "shapes": (shapes_main, "write a shapes dataset (images, captions, scenes)"),
+    "emoji": (emoji_cli.main, "build the emoji dataset from its six pinned npm packages"),
+}
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,34 @@
+"""`pixcade data emoji`: parse, then `pixcade.data.emoji.build.build_emoji_dataset`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pixcade.data.emoji.build import build_emoji_dataset
+from pixcade.data.emoji.sources import default_cache
+from pixcade.data.emoji.spec import STYLES
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="pixcade data emoji",
+        description="Build the emoji dataset (64 px base set, 256 px SR set, held-out rows apart) "
+        "from the six pinned npm packages.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    p.add_argument("--from", dest="source", type=Path, default=None,
+                   help="folder holding the `npm pack` tarballs (default: fetch with npm into "
+                   f"{default_cache()})")
+    p.add_argument("--styles", default=None, metavar="A,B,...",
+                   help=f"only these styles (default: all: {','.join(s.name for s in STYLES)})")
+    args = p.parse_args(argv)
+    summary = build_emoji_dataset(
+        args.out, args.source or default_cache(), fetch=args.source is None,
+        style_names=args.styles.split(",") if args.styles else None,
+    )
+    refused = sum(len(s["refused"]) for s in summary["styles"].values())
+    print(f"wrote {summary['images']['train']} training and {summary['images']['held_out']} held-out images "
+          f"to {args.out} ({summary['held_out_rows']['not_in_build']} held-out rows not in the build, "
+          f"{refused} files refused by the renderer; see summary.json)")
+    return 0
