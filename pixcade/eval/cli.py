@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "sr-psnr": "a super-resolution stage given the true low-res shapes render: PSNR vs bicubic upsampling",
     "grid": "a labelled PNG of prompts and each stage's image (base and final), e.g. for the README",
     "train-shapes-features": "train pixcade's shapes-domain feature CNN (for --features shapes:FILE)",
+    "emoji": "the emoji domain's judge: train it, judge generated images and the SR stage",
 }
 
 GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunks of `eval grid` images
@@ -334,4 +335,8 @@ def main(argv: list[str]) -> int:
         return _grid(rest)
     if command == "train-shapes-features":
         return _train_shapes_features(rest)
+    if command == "emoji":
+        from pixcade.eval.emoji_cli import main as emoji_main
+
+        return emoji_main(rest)
     raise PixcadeError(f"unknown eval subcommand {command!r} (choose from {', '.join(SUBCOMMANDS)})")

@@ -1,0 +1,128 @@
+"""`pixcade eval emoji SUBCOMMAND`: parse, call pixcade.eval.emoji / emoji_classifier.
+
+  train      train the judge on DATA/base-64/train.jsonl; report its ceiling on the held-out rows
+  generated  judge `pixcade generate` folders of held-out prompts with one or more judges
+  sr         PSNR/SSIM of a cascade's SR stage on held-out 256 px rows, beside bicubic
+
+Every subcommand prints JSON (and with --out writes it), including the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import torch
+
+from pixcade.errors import PixcadeError
+from pixcade.eval import emoji
+from pixcade.eval.emoji_classifier import load_classifier, read_manifest, save_classifier, train_classifier
+from pixcade.eval.fid import image_index
+from pixcade.pipeline.images import open_image
+
+BASE, SR = "base-64", "sr-256"
+
+
+def _emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")
+
+
+def _train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval emoji train", description="train the emoji judge")
+    p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
+    p.add_argument("--out", required=True, help="weights file (.safetensors)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (training is deterministic per count)")
+    p.add_argument("--report", help="also write the JSON report here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train = read_manifest(args.data / BASE / "train.jsonl")
+    held = read_manifest(args.data / BASE / "heldout.jsonl")
+    net, log = train_classifier(train, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    command = shlex.join(["pixcade", "eval", "emoji", "train", *argv])
+    ceiling = emoji.ceiling(net, held)
+    digest = save_classifier(args.out, net, {"command": command, "threads": args.threads, **log, "ceiling": ceiling})
+    _emit({"command": command, "weights": args.out, "sha256": digest, "training": log, "ceiling": ceiling},
+          args.report)
+    return 0
+
+
+def _generated(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval emoji generated",
+                                description="judge generated images of held-out prompts")
+    p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
+    p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
+    p.add_argument("--images", action="append", required=True, help="a `pixcade generate` output folder (repeat)")
+    p.add_argument("--copy-psnr", type=float, default=20.0, help="near-copy threshold in dB (64 px pixels)")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    train = read_manifest(args.data / BASE / "train.jsonl")
+    held = read_manifest(args.data / BASE / "heldout.jsonl")
+    sets = {}
+    for folder in args.images:
+        listed = image_index(folder)
+        if listed is None:
+            raise PixcadeError(f"{folder} has no prompts.jsonl (make it with `pixcade generate --out`)")
+        sets[folder] = [(open_image(path), prompt) for path, prompt in listed]
+    reports: dict[str, dict] = {}
+    for weights in args.classifier:
+        net, info = load_classifier(weights)
+        reports[weights] = {"sha256": info["digest"], "trained_by": info.get("command"), "seed": info.get("seed"),
+                            "models": {f: emoji.judge_generated(net, held, train, s, copy_psnr=args.copy_psnr)
+                                       for f, s in sets.items()}}
+    rankings = {w: {"joint": sorted(sets, key=lambda f: -r["models"][f]["accuracy"]["all"]["generated"]["joint"]),
+                    "fd": sorted(sets, key=lambda f: r["models"][f]["distance"]["fd"])}
+                for w, r in reports.items()}
+    agree = {k: len({tuple(r[k]) for r in rankings.values()}) == 1 for k in ("joint", "fd")}
+    command = shlex.join(["pixcade", "eval", "emoji", "generated", *argv])
+    _emit({"command": command, "judges": reports, "rankings": rankings, "rankings_agree": agree}, args.out)
+    return 0
+
+
+def _sr(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="pixcade eval emoji sr", description="SR stage vs bicubic on held-out rows")
+    p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
+    p.add_argument("--model", required=True, help="cascade directory")
+    p.add_argument("--stage", help="SR stage name (default: the last)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N held-out rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.eval.sr_psnr import sr_stage_name
+
+    manifest = args.data / SR / "heldout.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = rows[: args.limit] if args.limit else rows
+    truths = [open_image(manifest.parent / r["image"]) for r in rows]
+    cascade = Cascade.from_pretrained(args.model, device=args.device)
+    name = sr_stage_name(cascade, args.stage)
+
+    def upsample(lows: list, captions: list[str]) -> list:
+        return cascade.generate(captions, seed=args.seed, stages=[name], start_image=lows)
+
+    report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
+    command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
+    _emit({"command": command, "stage": name, "seed": args.seed, **report}, args.out)
+    return 0
+
+
+SUBCOMMANDS = {"train": _train, "generated": _generated, "sr": _sr}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[1])
+        return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS:
+        raise PixcadeError(f"unknown `eval emoji` subcommand {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})")
+    return SUBCOMMANDS[argv[0]](argv[1:])
