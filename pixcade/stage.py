@@ -18,9 +18,10 @@ from pixcade.diffusion.losses import HIGH_NOISE_FROM, diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
 from pixcade.diffusion.samplers import SAMPLERS, NoiseSampler, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
-from pixcade.errors import PixcadeError, check_known_keys
+from pixcade.errors import PixcadeError
 from pixcade.nn.configs import UNetConfig
 from pixcade.nn.unet import EfficientUNet
+from pixcade.schema import from_json
 
 
 @dataclass
@@ -76,8 +77,7 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageConfig":
-        check_known_keys(cls, d, "stage config")
-        return cls(**d)
+        return from_json(cls, d, "stage config")
 
 
 def upsample(lowres: torch.Tensor, resolution: int) -> torch.Tensor:

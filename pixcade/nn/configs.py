@@ -10,7 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from pixcade.errors import PixcadeError, check_known_keys
+from pixcade.errors import PixcadeError
+from pixcade.schema import from_json
 
 
 @dataclass
@@ -20,8 +21,9 @@ class UNetConfig:
     # Channels of level i are channels * channel_mult[i]; level i works at resolution / 2**i.
     channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 4)
-    # ResNet blocks per level, used in both the DBlock and the UBlock of that level.
-    num_res_blocks: tuple[int, ...] = (2, 2, 2)
+    # ResNet blocks per level, used in both the DBlock and the UBlock of that level (one
+    # number: the same at every level).
+    num_res_blocks: int | tuple[int, ...] = (2, 2, 2)
     # Levels (0 = full resolution) whose blocks end in self-attention / cross-attention.
     attn_levels: tuple[int, ...] = ()
     cross_attn_levels: tuple[int, ...] = ()
@@ -113,8 +115,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        check_known_keys(cls, d, "U-Net config")
-        return cls(**d)
+        return from_json(cls, d, "U-Net config")
 
 
 T5_XXL_DIM = 4096
@@ -161,7 +162,7 @@ PRESETS: dict[str, UNetConfig] = {
 
 def get_preset(name: str, **overrides: Any) -> UNetConfig:
     """A fresh copy of a preset, with any fields replaced (e.g. ``text_dim=4096``)."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise PixcadeError(f"unknown U-Net preset {name!r} (choose from {', '.join(PRESETS)})")
     d = PRESETS[name].to_dict()
     unknown = set(overrides) - set(d)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixcade.errors import PixcadeError, check_known_keys
+from pixcade.errors import PixcadeError
+from pixcade.schema import from_json
 
 OPTIMIZERS = ("adam", "adafactor")
 LR_SCHEDULES = ("constant", "cosine")
@@ -141,8 +142,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        check_known_keys(cls, d, "train")
-        return cls(**d)
+        return from_json(cls, d, "train")
 
 
 @dataclass
@@ -150,7 +150,7 @@ class StageEntry:
     """One stage of the cascade file: its model (a `StageConfig` dict) and its training."""
 
     stage: dict[str, Any]
-    train: TrainConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def stage_config(self):  # -> StageConfig; imported lazily (it pulls in the U-Net)
         from pixcade.stage import StageConfig
@@ -164,10 +164,22 @@ class StageEntry:
 
 @dataclass
 class CascadeTrainConfig:
-    text_encoder: str
-    max_length: int
-    embedding_cache: str
     stages: list[StageEntry]
+    text_encoder: str = "minilm"
+    max_length: int = 128
+    embedding_cache: str = "cache/embeddings"
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise PixcadeError("config needs a non-empty list 'stages'")
+        if self.max_length < 1:
+            raise PixcadeError(f"max_length must be at least 1, got {self.max_length}")
+        # Every stage's model config is checked now, before any data is read or model built.
+        for i, entry in enumerate(self.stages):
+            try:
+                entry.stage_config()
+            except PixcadeError as err:
+                raise PixcadeError(f"config stages[{i}].stage: {err}") from None
 
     def stage(self, name: str) -> StageEntry:
         for entry in self.stages:
@@ -186,23 +198,7 @@ class CascadeTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CascadeTrainConfig":
-        check_known_keys(cls, d, "config")
-        if not isinstance(d.get("stages"), list) or not d["stages"]:
-            raise PixcadeError("config needs a non-empty list 'stages'")
-        entries = []
-        for i, s in enumerate(d["stages"]):
-            if not isinstance(s, dict) or set(s) - {"stage", "train"} or "stage" not in s:
-                raise PixcadeError(f"config stages[{i}] must be {{'stage': {{...}}, 'train': {{...}}}}")
-            entries.append(StageEntry(stage=dict(s["stage"]), train=TrainConfig.from_dict(s.get("train", {}))))
-        max_length = int(d.get("max_length", 128))
-        if max_length < 1:
-            raise PixcadeError(f"max_length must be at least 1, got {max_length}")
-        return cls(
-            text_encoder=str(d.get("text_encoder", "minilm")),
-            max_length=max_length,
-            embedding_cache=str(d.get("embedding_cache", "cache/embeddings")),
-            stages=entries,
-        )
+        return from_json(cls, d, "config")
 
 
 def resolve_unet(stage: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +208,8 @@ def resolve_unet(stage: dict[str, Any]) -> dict[str, Any]:
     if isinstance(unet, str):
         unet = {"preset": unet}
     if isinstance(unet, dict) and "preset" in unet:
+        if not isinstance(unet["preset"], str):
+            raise PixcadeError(f"unet.preset must be a preset name (a string), got {unet['preset']!r}")
         from pixcade.nn.configs import get_preset
 
         overrides = {k: v for k, v in unet.items() if k != "preset"}
@@ -229,8 +227,8 @@ def load_config(path: str | Path) -> CascadeTrainConfig:
             with path.open("rb") as f:
                 data = tomllib.load(f)
         else:
-            data = json.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+            data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, tomllib.TOMLDecodeError) as err:  # ValueError: bad JSON, or not UTF-8
         raise PixcadeError(f"cannot parse config {path}: {err}") from None
     if not isinstance(data, dict):
         raise PixcadeError(f"config {path} must hold an object at the top level")
