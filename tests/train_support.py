@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +54,29 @@ def tiny_config(data: Path, cache: Path, stage: str, **train: Any) -> CascadeTra
 
 def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(argv: list[str], world_size: int, **env: str) -> list[subprocess.Popen]:
+    """``world_size`` processes of ``python argv...`` with the variables torchrun sets (gloo
+    on CPU, one thread each), importing this checkout's pixcade."""
+    port = str(free_port())
+    procs = []
+    for rank in range(world_size):
+        full = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **env)
+        procs.append(subprocess.Popen([sys.executable, *argv], cwd=REPO, env=full, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    """Their outputs; asserts every process exited 0."""
+    outputs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(outputs)[-4000:]
+    return outputs

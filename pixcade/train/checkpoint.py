@@ -28,10 +28,10 @@ from pixcade.errors import PixcadeError
 from pixcade.io import fsync_file, save_tensors
 
 _NAME = re.compile(r"^step-(\d{8,})$")
-_TMP_PREFIX = ".tmp-"
+TMP_PREFIX = ".tmp-"
 # Test hook: seconds to sleep in the middle of a checkpoint write, so a test can kill -9
 # the process while the temporary directory is half written.
-_WRITE_SLEEP_ENV = "PIXCADE_TEST_CHECKPOINT_SLEEP"
+WRITE_SLEEP_ENV = "PIXCADE_TEST_CHECKPOINT_SLEEP"
 
 
 @dataclass
@@ -100,6 +100,15 @@ def _fsync_dir(path: Path) -> None:
         pass
 
 
+def test_write_pause(tmp: Path) -> None:
+    """Test hook: with WRITE_SLEEP_ENV set, sleep mid-write beside a WRITING marker."""
+    sleep = float(os.environ.get(WRITE_SLEEP_ENV, "0") or 0)
+    if sleep > 0:
+        (tmp / "WRITING").touch()  # lets the test see that the write is in progress
+        time.sleep(sleep)
+        (tmp / "WRITING").unlink()
+
+
 def save_checkpoint(
     directory: str | Path,
     step: int,
@@ -116,17 +125,13 @@ def save_checkpoint(
     final = directory / checkpoint_name(step)
     if final.exists():  # saved at this very step already (e.g. a signal right after a save)
         return final
-    for stale in directory.glob(_TMP_PREFIX + "*"):  # left by a crash mid-write
+    for stale in directory.glob(TMP_PREFIX + "*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = directory / f"{_TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
+    tmp = directory / f"{TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
     tmp.mkdir()
     opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
     save_tensors(tmp / "model.safetensors", model)
-    sleep = float(os.environ.get(_WRITE_SLEEP_ENV, "0") or 0)
-    if sleep > 0:
-        (tmp / "WRITING").touch()  # lets the test see that the write is in progress
-        time.sleep(sleep)
-        (tmp / "WRITING").unlink()
+    test_write_pause(tmp)
     save_tensors(tmp / "ema.safetensors", ema)
     save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     state_path = tmp / "state.json"
