@@ -10,13 +10,15 @@ import torch
 from PIL import Image
 
 from pixcade.errors import PixcadeError
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from pixcade.eval.clip_score import (
     clip_score_report,
     load_clip,
     pair_images_with_prompts,
     scores_from_embeddings,
 )
+
+eval_main = verbs("eval")
 
 PROMPTS = ["a red circle", "two blue squares", "a green star"]
 

@@ -9,12 +9,15 @@ import urllib.error
 import urllib.request
 
 import pytest
+from cli_support import verbs
 from drawbench_fixtures import MODELS, N, PROMPTS, LiveServer, make_run
 from PIL import Image
 
 from pixcade.errors import PixcadeError
 from pixcade.eval import drawbench
 from pixcade.eval.drawbench_votes import build_report, report_markdown, wilson_interval
+
+drawbench_main = verbs("drawbench")
 
 
 @pytest.fixture
@@ -192,7 +195,7 @@ def _fake_run(tmp_path, monkeypatch):
 def test_generate_layout_manifest_and_resume(tmp_path, monkeypatch, capsys):
     argv, out = _fake_run(tmp_path, monkeypatch)
     csv = tmp_path / "p.csv"
-    assert drawbench.main(argv) == 0
+    assert drawbench_main(argv) == 0
     assert json.loads(capsys.readouterr().out)["prompts"] == 3
     manifest = json.loads((out / "manifest.json").read_text())
     assert [m["name"] for m in manifest["models"]] == MODELS and manifest["prompts"] == PROMPTS
@@ -206,13 +209,13 @@ def test_generate_layout_manifest_and_resume(tmp_path, monkeypatch, capsys):
     assert FakeCascade.loaded == MODELS
     # Resume: with every image present nothing is loaded or drawn again.
     (out / "model-1" / "0002_1.png").unlink()
-    assert drawbench.main(argv) == 0
+    assert drawbench_main(argv) == 0
     assert FakeCascade.loaded == MODELS + [MODELS[1]]
     # A different run into the same folder is refused.
     with pytest.raises(PixcadeError, match="different DrawBench run"):
-        drawbench.main(argv[:-3] + ["2", "--out", str(out)])
+        drawbench_main(argv[:-3] + ["2", "--out", str(out)])
     with pytest.raises(PixcadeError, match="two different"):
-        drawbench.main(["generate", "--prompts", str(csv), "--model", "m", "--model", "m", "--out", str(tmp_path / "x")])
+        drawbench_main(["generate", "--prompts", str(csv), "--model", "m", "--model", "m", "--out", str(tmp_path / "x")])
 
 
 class Crash(BaseException):
@@ -239,13 +242,13 @@ def test_generate_resume_after_a_crash_mid_write_redraws_the_cut_off_image(tmp_p
 
     monkeypatch.setattr(Image.Image, "save", save)
     with pytest.raises(Crash):
-        drawbench.main(argv)
+        drawbench_main(argv)
     assert not (out / "model-0" / "0001_2.png").exists()
     assert sorted(f.name for f in (out / "model-0").iterdir()) == [f"0000_{k}.png" for k in range(3)] + [
         f"0001_{k}.png" for k in range(2)]  # no temporary file left behind either
     monkeypatch.setattr(Image.Image, "save", real_save)
 
-    assert drawbench.main(argv) == 0
+    assert drawbench_main(argv) == 0
     capsys.readouterr()
     for i in range(2):
         for p in PROMPTS:
@@ -258,7 +261,7 @@ def test_generate_resume_after_a_crash_mid_write_redraws_the_cut_off_image(tmp_p
 def test_report_cli_writes_json_and_markdown(live, capsys):
     c = _next(live)
     assert _vote(live, c["token"], "indifferent", "indifferent")[0] == 200
-    assert drawbench.main(["report", "--dir", str(live.session.root)]) == 0
+    assert drawbench_main(["report", "--dir", str(live.session.root)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((live.session.root / "report.json").read_text())
     assert printed["n_votes"] == 1
@@ -273,7 +276,7 @@ def test_generate_with_real_tiny_cascades(tmp_path, capsys):
     csv = tmp_path / "p.csv"
     csv.write_text("Prompt,Category\nA red colored car.,Colors\nThree cats.,Counting\n")
     out = tmp_path / "gen"
-    assert drawbench.main(["generate", "--prompts", str(csv), "--model", str(a), "--model", str(b),
+    assert drawbench_main(["generate", "--prompts", str(csv), "--model", str(a), "--model", str(b),
                            "--n", "2", "--out", str(out)]) == 0
     capsys.readouterr()
     images = {i: [Image.open(out / f"model-{i}" / f"0001_{k}.png").convert("RGB") for k in range(2)] for i in (0, 1)}

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 
 from browser import browser  # noqa: F401 (fixture)
+from cli_support import verbs
 from drawbench_fixtures import MODELS, LiveServer, make_run
 
-from pixcade.eval import drawbench
+drawbench_main = verbs("drawbench")
+
 
 
 def test_rater_votes_in_a_real_browser(tmp_path, browser):
@@ -47,7 +49,7 @@ def test_rater_votes_in_a_real_browser(tmp_path, browser):
     finally:
         live.close()
 
-    assert drawbench.main(["report", "--dir", str(tmp_path / "run")]) == 0
+    assert drawbench_main(["report", "--dir", str(tmp_path / "run")]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     (pair,) = report["pairs"]
     assert report["n_votes"] == 1 and pair["model"] == MODELS[0]

@@ -25,4 +25,4 @@ def test_bad_numbers_exit_2_with_one_line(tmp_path, capsys, args, message):
         where = ["--real", str(tmp_path), "--fake", str(tmp_path), "--features", "py:nowhere:none"]
     assert main(["eval", *args, *where]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"pixcade eval: error: {message}"
+    assert err == f"pixcade eval {args[0]}: error: {message}"

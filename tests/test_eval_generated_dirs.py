@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 
 from pixcade.errors import PixcadeError
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from pixcade.eval.clip_score import pair_images_with_prompts
 from pixcade.eval.fid import extract_features
 from pixcade.pipeline.jobs import Job, Layout
+
+eval_main = verbs("eval")
 
 PROMPTS = ["a red circle", "two blue squares"]
 N = 2

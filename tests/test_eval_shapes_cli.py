@@ -9,7 +9,9 @@ from PIL import Image
 
 from pixcade.data.render import render
 from pixcade.data.shapes import BACKGROUND, evaluation_prompts
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
+
+eval_main = verbs("eval")
 
 
 # The CLI's default prompt set (seed 1234, a third held out) for 10 prompts.

@@ -13,8 +13,10 @@ from pixcade.data.render import render
 from pixcade.data.shapes import BACKGROUND, evaluation_prompts
 from pixcade.errors import PixcadeError
 from pixcade.eval import sweep
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from tiny_cascade import tiny_configs
+
+eval_main = verbs("eval")
 
 N = 12
 SCENES = evaluation_prompts(N, 1 / 3, 1234)  # the CLI's default prompt set for N prompts

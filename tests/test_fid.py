@@ -11,9 +11,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pixcade.errors import PixcadeError
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from pixcade.eval.fid import extract_features, fid_from_features, frechet_distance, kernel_inception_distance
 from pixcade.eval.inception import FIDInceptionV3, load_inception
+
+eval_main = verbs("eval")
 
 
 def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:

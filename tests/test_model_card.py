@@ -14,12 +14,14 @@ from PIL import Image
 from pixcade.cli import main as pixcade_main
 from pixcade.data.render import render
 from pixcade.data.shapes import BACKGROUND, HELD_OUT, evaluation_prompts
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from pixcade.eval.provenance import model_digest
 from pixcade.stage import Stage
 from pixcade.train import checkpoint as ckpt
 from tiny_cascade import tiny_configs
 from train_support import REPO
+
+eval_main = verbs("eval")
 
 spec = importlib.util.spec_from_file_location("model_card", REPO / "scripts" / "model_card.py")
 model_card = importlib.util.module_from_spec(spec)

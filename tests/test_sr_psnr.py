@@ -13,10 +13,12 @@ from PIL import Image
 from pixcade.data.render import render
 from pixcade.data.shapes import evaluation_prompts
 from pixcade.errors import PixcadeError
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from pixcade.eval.sr_psnr import bicubic, evaluate_sr, markdown_table, psnr
 from pixcade.stage import StageConfig
 from tiny_cascade import tiny_configs
+
+eval_main = verbs("eval")
 
 
 def test_psnr_matches_its_definition():

@@ -11,8 +11,10 @@ from PIL import Image, ImageDraw
 from pixcade.data.shapes import parse_caption
 from pixcade.errors import PixcadeError
 from pixcade.eval.cli import GRID_COMMAND_KEY
-from pixcade.eval.cli import main as eval_main
+from cli_support import verbs
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, PAD, TEXT_WIDTH, _font, labelled_grid, prompt_label, wrap
+
+eval_main = verbs("eval")
 
 
 def test_default_prompts_cover_every_scene_kind_seen_and_held_out():

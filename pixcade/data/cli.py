@@ -1,11 +1,10 @@
-"""`pixcade data`: make datasets.
+"""`pixcade data shapes`: parse, then `write_shapes_dataset`.
 
 `pixcade data shapes --n N --res R --out DIR` writes the shapes domain in the on-disk form of
 real data, a folder of images with same-named .txt captions (`00000000.png`,
 `00000000.txt`), plus `00000000.json` holding each image's structured scene, which generic
 loaders ignore and the shapes scorer reads.
 
-`pixcade data emoji --out DIR [--from TARBALLS]` builds the emoji domain (pixcade.data.emoji).
 """
 
 from __future__ import annotations
@@ -15,14 +14,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pixcade.data.emoji import cli as emoji_cli
 from pixcade.data.render import MIN_RESOLUTION, render
 from pixcade.data.shapes import HELD_OUT, SCENE_KINDS, kind_probabilities, scene_for_index
+from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 
 
 def _shapes_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="pixcade data shapes",
         description="Write a shapes dataset: DIR/00000000.png + .txt caption + .json scene.",
     )
@@ -109,21 +108,3 @@ def shapes_main(argv: list[str]) -> int:
     )
     print(f"wrote {args.n} images of {args.res}x{args.res} px to {args.out}")
     return 0
-
-
-SUBCOMMANDS = {
-    "shapes": (shapes_main, "write a shapes dataset (images, captions, scenes)"),
-    "emoji": (emoji_cli.main, "build the emoji dataset from its six pinned npm packages"),
-}
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        lines = ["usage: pixcade data SUBCOMMAND [options]", "", "subcommands:"]
-        lines += [f"  {name:<8} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
-        print("\n".join(lines))
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        raise PixcadeError(f"unknown subcommand {name!r} (choose from {', '.join(SUBCOMMANDS)})")
-    return SUBCOMMANDS[name][0](rest)

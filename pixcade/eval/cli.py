@@ -14,19 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pixcade.commands import ArgumentParser, emit_json
 from pixcade.errors import PixcadeError
 from pixcade.eval.provenance import model_digest
-
-SUBCOMMANDS = {
-    "fid": "FID (and with --kid, KID) between a real and a generated image set",
-    "kid": "KID between a real and a generated image set",
-    "clip-score": "CLIP score of images against their prompts",
-    "shapes": "the compositional benchmark on the shapes domain: per scene kind, seen vs held-out pairs",
-    "sr-psnr": "a super-resolution stage given the true low-res shapes render: PSNR vs bicubic upsampling",
-    "grid": "a labelled PNG of prompts and each stage's image (base and final), e.g. for the README",
-    "train-shapes-features": "train pixcade's shapes-domain feature CNN (for --features shapes:FILE)",
-    "emoji": "the emoji domain's judge: train it, judge generated images and the SR stage",
-}
 
 GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunks of `eval grid` images
 GRID_DIGEST_KEY = "pixcade-model-digest"
@@ -37,21 +27,21 @@ def _command(subcommand: str, argv: list[str]) -> str:
     return shlex.join(["pixcade", "eval", subcommand, *argv])
 
 
-def _emit(result: dict, out: str | None) -> None:
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n", encoding="utf-8")
-
-
 def _at_least(value: int, flag: str, minimum: int = 1) -> None:
     if value < minimum:
         raise PixcadeError(f"{flag} must be at least {minimum}, got {value}")
 
 
+def fid_main(argv: list[str]) -> int:
+    return _distance(argv, "fid")
+
+
+def kid_main(argv: list[str]) -> int:
+    return _distance(argv, "kid")
+
+
 def _distance(argv: list[str], command: str) -> int:
-    p = argparse.ArgumentParser(prog=f"pixcade eval {command}", description=SUBCOMMANDS[command])
+    p = ArgumentParser(prog=f"pixcade eval {command}")
     p.add_argument("--real", required=True, help="folder of images, or dataset shards (e.g. data/{000..009}.tar)")
     p.add_argument("--fake", required=True, help="folder of generated images (of a `pixcade generate` "
                                                  "folder: the final images its prompts.jsonl lists)")
@@ -100,12 +90,12 @@ def _distance(argv: list[str], command: str) -> int:
     for name, stats in skips.items():
         if stats.count:
             print(f"{name} images: {stats.summary()}", file=sys.stderr)
-    _emit(result, args.out)
+    emit_json(result, args.out)
     return 0
 
 
-def _clip_score(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval clip-score", description=SUBCOMMANDS["clip-score"])
+def clip_score_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval clip-score")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--prompts", help="prompts.txt (one per line; sorted images split evenly over them) "
                    "or a .jsonl of {image, prompt} or {images, prompt}; default: the folder's "
@@ -122,12 +112,12 @@ def _clip_score(argv: list[str]) -> int:
     pairs = pair_images_with_prompts(args.images, args.prompts)
     result = clip_score_report(load_clip(args.clip, args.device), pairs, args.batch_size)
     print(f"CLIP score {result['mean']:.2f} over {result['n_prompts']} prompts", file=sys.stderr)
-    _emit(result, args.out)
+    emit_json(result, args.out)
     return 0
 
 
-def _shapes(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval shapes", description=SUBCOMMANDS["shapes"])
+def shapes_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval shapes")
     p.add_argument("--model", required=True, help="saved cascade directory")
     p.add_argument("--prompts", type=int, default=300, help="number of evaluation prompts")
     p.add_argument("--held-out-fraction", type=float, default=1 / 3, help="share of prompts naming a held-out pair")
@@ -165,7 +155,7 @@ def _shapes(argv: list[str]) -> int:
     out = Path(args.out)
     if not sweeping:
         report = _shapes_run(cascade, scenes, args, out, {})
-        _emit({"command": command, **report}, str(out / "shapes.json"))
+        emit_json({"command": command, **report}, str(out / "shapes.json"))
         return 0
 
     from pixcade.pipeline.options import resolve_options
@@ -192,7 +182,7 @@ def _shapes(argv: list[str]) -> int:
         f"(held-out: prompts naming a held-out colour-shape pair); other stages at their defaults.\n\n"
         f"{table}\n", encoding="utf-8")
     print(table, file=sys.stderr)
-    _emit(result, str(out / "sweep.json"))
+    emit_json(result, str(out / "sweep.json"))
     return 0
 
 
@@ -226,8 +216,8 @@ def _shapes_run(cascade, scenes: list, args: argparse.Namespace, out: Path, opti
     return report
 
 
-def _sr_psnr(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval sr-psnr", description=SUBCOMMANDS["sr-psnr"])
+def sr_psnr_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval sr-psnr")
     p.add_argument("--model", required=True, help="saved cascade directory")
     p.add_argument("--stage", help="the super-resolution stage (default: the cascade's last)")
     p.add_argument("--n", type=int, default=200, help="number of scenes (the shapes benchmark's prompt set)")
@@ -257,12 +247,12 @@ def _sr_psnr(argv: list[str]) -> int:
         f"# Super-resolution PSNR: {args.model}, stage {report['stage']}\n\n{table}\n\n"
         "examples.png rows: low-res input (enlarged), bicubic, SR output, true render\n", encoding="utf-8")
     print(table, file=sys.stderr)
-    _emit(report, str(out / "sr_psnr.json"))
+    emit_json(report, str(out / "sr_psnr.json"))
     return 0
 
 
-def _grid(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval grid", description=SUBCOMMANDS["grid"])
+def grid_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval grid")
     p.add_argument("--model", required=True, help="saved cascade directory")
     p.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
                    help="a prompt (repeatable; default: ten shapes prompts, two per scene kind)")
@@ -295,8 +285,8 @@ def _grid(argv: list[str]) -> int:
     return 0
 
 
-def _train_shapes_features(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval train-shapes-features", description=SUBCOMMANDS["train-shapes-features"])
+def train_shapes_features_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval train-shapes-features")
     p.add_argument("--out", required=True, help="where to write the weights (.safetensors)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--resolution", type=int, default=64)
@@ -310,33 +300,3 @@ def _train_shapes_features(argv: list[str]) -> int:
                                    batch_size=args.batch_size)
     print(json.dumps(result, indent=2))
     return 0
-
-
-def _usage() -> str:
-    lines = ["usage: pixcade eval SUBCOMMAND [options]", "", "subcommands:"]
-    lines += [f"  {name:<22} {text}" for name, text in SUBCOMMANDS.items()]
-    return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command in ("fid", "kid"):
-        return _distance(rest, command)
-    if command == "clip-score":
-        return _clip_score(rest)
-    if command == "shapes":
-        return _shapes(rest)
-    if command == "sr-psnr":
-        return _sr_psnr(rest)
-    if command == "grid":
-        return _grid(rest)
-    if command == "train-shapes-features":
-        return _train_shapes_features(rest)
-    if command == "emoji":
-        from pixcade.eval.emoji_cli import main as emoji_main
-
-        return emoji_main(rest)
-    raise PixcadeError(f"unknown eval subcommand {command!r} (choose from {', '.join(SUBCOMMANDS)})")

@@ -1,4 +1,4 @@
-"""`pixcade drawbench`: DrawBench side-by-side human evaluation, as in Imagen.
+"""DrawBench side-by-side human evaluation, as in Imagen (`pixcade drawbench`, eval/drawbench_cli.py).
 
     pixcade drawbench generate --prompts ../shared/drawbench.csv --model A --model B --n 4 --out DIR
     pixcade drawbench rate --dir DIR [--db DIR/votes.sqlite] [--host 127.0.0.1 --port 8000]
@@ -13,15 +13,14 @@ page; ``report`` writes ``report.json`` and ``report.md`` and prints the JSON.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pixcade.errors import PixcadeError
+from pixcade.eval.drawbench_votes import VoteStore, build_report, report_markdown
 from pixcade.io import atomic_write_text
 
 MANIFEST = "manifest.json"
@@ -103,81 +102,16 @@ def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, se
     return manifest
 
 
-def _generate_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade drawbench generate",
-                                description="write N images per prompt per model for side-by-side rating")
-    p.add_argument("--prompts", required=True, help="DrawBench CSV (Prompt,Category), e.g. ../shared/drawbench.csv")
-    p.add_argument("--model", action="append", required=True, help="saved cascade directory (give two or more)")
-    p.add_argument("--n", type=int, default=4, help="images per prompt per model")
-    p.add_argument("--out", required=True)
-    p.add_argument("--category", action="append", help="only these categories (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    prompts = read_prompts(args.prompts, args.category)
-    manifest = generate(prompts, args.model, args.n, args.out, args.seed, args.device, args.batch_size)
-    print(json.dumps({"out": str(args.out), "models": [m["name"] for m in manifest["models"]],
-                      "prompts": len(prompts), "n": args.n}))
-    return 0
-
-
-def _rate_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade drawbench rate", description="serve the blind rating page")
-    p.add_argument("--dir", required=True, help="the folder `pixcade drawbench generate` wrote")
-    p.add_argument("--db", help="votes database (default DIR/votes.sqlite)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    args = p.parse_args(argv)
-    from pixcade.eval.drawbench_server import RatingServer, RatingSession
-    from pixcade.eval.drawbench_votes import VoteStore
-
-    store = VoteStore(args.db or Path(args.dir) / "votes.sqlite")
-    session = RatingSession(args.dir, store, load_manifest(args.dir))
-    try:
-        server = RatingServer(session, args.host, args.port)
-    except OSError as err:
-        raise PixcadeError(f"cannot listen on {args.host}:{args.port}: {err}") from None
-    print(f"rating page on {server.url} ({store.count()} votes in {store.path}); Ctrl-C to stop",
-          file=sys.stderr)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def _report_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade drawbench report",
-                                description="per-category preference rates with 95% intervals")
-    p.add_argument("--dir", required=True, help="the DrawBench folder (report.json/.md are written here)")
-    p.add_argument("--db", help="votes database (default DIR/votes.sqlite)")
-    args = p.parse_args(argv)
-    from pixcade.eval.drawbench_votes import VoteStore, build_report, report_markdown
-
-    directory = Path(args.dir)
-    db = Path(args.db) if args.db else directory / "votes.sqlite"
+def write_report(directory: str | Path, db: str | Path | None = None) -> tuple[dict, str]:
+    """Per-category preference rates from the votes in ``db`` (default DIR/votes.sqlite),
+    written to DIR/report.json and DIR/report.md; (report, its markdown)."""
+    directory = Path(directory)
+    db = Path(db) if db else directory / "votes.sqlite"
     if not db.is_file():
         raise PixcadeError(f"no votes database at {db}")
     order = [m["name"] for m in load_manifest(directory)["models"]] if (directory / MANIFEST).is_file() else None
     report = build_report(VoteStore(db).rows(), order)
     markdown = report_markdown(report)
-    (directory / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (directory / "report.md").write_text(markdown + "\n", encoding="utf-8")
-    print(markdown, file=sys.stderr)
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-COMMANDS = {"generate": _generate_main, "rate": _rate_main, "report": _report_main}
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[1].rstrip() if __doc__ else "")
-        return 0 if argv else 2
-    if argv[0] not in COMMANDS:
-        raise PixcadeError(f"unknown drawbench subcommand {argv[0]!r} (choose from {', '.join(COMMANDS)})")
-    return COMMANDS[argv[0]](argv[1:])
+    atomic_write_text(directory / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(directory / "report.md", markdown + "\n")
+    return report, markdown

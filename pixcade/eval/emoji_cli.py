@@ -9,13 +9,13 @@ Every subcommand prints JSON (and with --out writes it), including the command l
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 from pathlib import Path
 
 import torch
 
+from pixcade.commands import ArgumentParser, emit_json
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import load_classifier, read_manifest, save_classifier, train_classifier
@@ -25,16 +25,8 @@ from pixcade.pipeline.images import open_image
 BASE, SR = "base-64", "sr-256"
 
 
-def _emit(result: dict, out: str | None) -> None:
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n", encoding="utf-8")
-
-
-def _train(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval emoji train", description="train the emoji judge")
+def train_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval emoji train")
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
     p.add_argument("--out", required=True, help="weights file (.safetensors)")
     p.add_argument("--steps", type=int, default=3000)
@@ -50,14 +42,13 @@ def _train(argv: list[str]) -> int:
     command = shlex.join(["pixcade", "eval", "emoji", "train", *argv])
     ceiling = emoji.ceiling(net, held)
     digest = save_classifier(args.out, net, {"command": command, "threads": args.threads, **log, "ceiling": ceiling})
-    _emit({"command": command, "weights": args.out, "sha256": digest, "training": log, "ceiling": ceiling},
+    emit_json({"command": command, "weights": args.out, "sha256": digest, "training": log, "ceiling": ceiling},
           args.report)
     return 0
 
 
-def _generated(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval emoji generated",
-                                description="judge generated images of held-out prompts")
+def generated_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval emoji generated")
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
     p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
     p.add_argument("--images", action="append", required=True, help="a `pixcade generate` output folder (repeat)")
@@ -83,12 +74,12 @@ def _generated(argv: list[str]) -> int:
                 for w, r in reports.items()}
     agree = {k: len({tuple(r[k]) for r in rankings.values()}) == 1 for k in ("joint", "fd")}
     command = shlex.join(["pixcade", "eval", "emoji", "generated", *argv])
-    _emit({"command": command, "judges": reports, "rankings": rankings, "rankings_agree": agree}, args.out)
+    emit_json({"command": command, "judges": reports, "rankings": rankings, "rankings_agree": agree}, args.out)
     return 0
 
 
-def _sr(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pixcade eval emoji sr", description="SR stage vs bicubic on held-out rows")
+def sr_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval emoji sr")
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
     p.add_argument("--model", required=True, help="cascade directory")
     p.add_argument("--stage", help="SR stage name (default: the last)")
@@ -112,17 +103,5 @@ def _sr(argv: list[str]) -> int:
 
     report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
     command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
-    _emit({"command": command, "stage": name, "seed": args.seed, **report}, args.out)
+    emit_json({"command": command, "stage": name, "seed": args.seed, **report}, args.out)
     return 0
-
-
-SUBCOMMANDS = {"train": _train, "generated": _generated, "sr": _sr}
-
-
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[1])
-        return 0 if argv else 2
-    if argv[0] not in SUBCOMMANDS:
-        raise PixcadeError(f"unknown `eval emoji` subcommand {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})")
-    return SUBCOMMANDS[argv[0]](argv[1:])

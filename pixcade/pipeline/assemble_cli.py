@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_text
 from pixcade.pipeline import saving
@@ -14,7 +15,7 @@ SOURCES = "sources.json"  # beside cascade.json; Cascade ignores it
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="pixcade assemble",
         description="Combine stage exports (RUN_DIR/final/, or a `pixcade train export` directory), "
                     "given base first, into a cascade directory that `pixcade generate --model` loads.",

@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
+from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import JobManager
 from pixcade.serve.requests import Limits
@@ -24,14 +24,9 @@ requests are refused (HTTP 503) until the queue drains.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one-line errors, exit status 2 via the CLI
-        raise PixcadeError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = Limits()
-    p = _Parser(prog="pixcade serve", description="Serve a web page and HTTP API for generation.",
+    p = ArgumentParser(prog="pixcade serve", description="Serve a web page and HTTP API for generation.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="DIR", help="saved cascade directory (default: the shipped shapes model)")
     p.add_argument("--host", default="127.0.0.1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.text.cache import DEFAULT_SHARD_BYTES, EmbeddingCache
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, DEFAULT_MAX_LENGTH, load_text_encoder
@@ -19,7 +20,7 @@ def read_caption_file(path: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="pixcade embed",
         description="Precompute text-encoder embeddings of captions into sharded safetensors files, "
                     "so training reads them instead of running the encoder.",

@@ -1,10 +1,15 @@
-"""`pixcade train`: train one stage of a cascade described by a config file."""
+"""`pixcade train` (one stage of a cascade described by a config file) and `pixcade train
+export` (a checkpoint as a stage export): parse, then `pixcade.train.trainer.train` /
+`pixcade.train.export.export_checkpoint`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
+from pixcade.commands import ArgumentParser
 from pixcade.train.config import load_config
 
 EPILOG = """\
@@ -18,7 +23,7 @@ weights as a stage export (like RUN_DIR/final/), e.g. to evaluate a run still tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixcade train", description=__doc__, epilog=EPILOG,
+    p = ArgumentParser(prog="pixcade train", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="cascade training config (.json or .toml)")
     p.add_argument("--stage", required=True, help="name of the stage to train (e.g. base, sr256)")
@@ -37,10 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["export"]:  # `pixcade train export`: a checkpoint as a stage export
-        from pixcade.train.export import main as export_main
-
-        return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     config = load_config(args.config)
     entry = config.stage(args.stage)
@@ -59,4 +60,23 @@ def main(argv: list[str]) -> int:
     out = Path(args.out) if args.out else Path("runs") / args.stage
     # Interrupted runs return 0 too: they stopped as asked, with a checkpoint to resume.
     train(config, args.stage, out, resume=args.resume, device=args.device)
+    return 0
+
+
+def export_main(argv: list[str]) -> int:
+    p = ArgumentParser(
+        prog="pixcade train export",
+        description="write a run's checkpoint (EMA weights) as a stage export, like RUN_DIR/final/, "
+                    "for `pixcade assemble` or Cascade.from_stage_dirs",
+    )
+    p.add_argument("--run", required=True, help="run directory (as given to `pixcade train --out`)")
+    p.add_argument("--checkpoint", help="step-N or N (default: the newest checkpoint)")
+    p.add_argument("--out", help="export directory (default: RUN/exports/step-N)")
+    args = p.parse_args(argv)
+    from pixcade.train.export import export_checkpoint  # torch: only once the arguments are good
+
+    out = export_checkpoint(args.run, args.checkpoint, args.out)
+    step = json.loads((out / "stage.json").read_text())["step"]
+    print(f"exported step {step} of {args.run} to {out}", file=sys.stderr)
+    print(out)
     return 0

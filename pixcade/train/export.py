@@ -8,12 +8,10 @@ An export is a directory holding ``stage.json`` = ``{"stage": StageConfig, "text
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -93,21 +91,3 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None, out: s
         raise PixcadeError(f"{path}: state.json does not record the stage config")
     out = Path(out) if out is not None else run_dir / "exports" / path.name
     return write_stage_export(out, c.state["stage"], encoder["text_encoder"], encoder["max_length"], c.ema, c.step)
-
-
-def main(argv: list[str]) -> int:
-    """`pixcade train export`."""
-    p = argparse.ArgumentParser(
-        prog="pixcade train export",
-        description="write a run's checkpoint (EMA weights) as a stage export, like RUN_DIR/final/, "
-                    "for `pixcade assemble` or Cascade.from_stage_dirs",
-    )
-    p.add_argument("--run", required=True, help="run directory (as given to `pixcade train --out`)")
-    p.add_argument("--checkpoint", help="step-N or N (default: the newest checkpoint)")
-    p.add_argument("--out", help="export directory (default: RUN/exports/step-N)")
-    args = p.parse_args(argv)
-    out = export_checkpoint(args.run, args.checkpoint, args.out)
-    step = json.loads((out / "stage.json").read_text())["step"]
-    print(f"exported step {step} of {args.run} to {out}", file=sys.stderr)
-    print(out)
-    return 0

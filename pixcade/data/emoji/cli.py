@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from pixcade.commands import ArgumentParser
 from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.data.emoji.sources import default_cache
 from pixcade.data.emoji.spec import STYLES
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="pixcade data emoji",
         description="Build the emoji dataset (64 px base set, 256 px SR set, held-out rows apart) "
         "from the six pinned npm packages.",
