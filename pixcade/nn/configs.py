@@ -27,35 +27,28 @@ class UNetConfig:
     # Levels (0 = full resolution) whose blocks end in self-attention / cross-attention.
     attn_levels: tuple[int, ...] = ()
     cross_attn_levels: tuple[int, ...] = ()
+    # Channels per attention head (a level's channels must be a multiple where it attends).
     head_dim: int = 64
+    # Width of the text encoder's token embeddings.
     text_dim: int = 384
     # Super-resolution: the (upsampled) low-res image is concatenated to the input and
     # the noise-augmentation level is embedded beside the timestep.
     lowres_cond: bool = False
-    # Two extra input channels holding each pixel's (x, y) in [-1, 1] (CoordConv). Convolutions
-    # only learn where they are from the zero padding, which a small model picks up slowly:
-    # the shapes base stage learned colours and shapes but was still at chance on "in the
-    # top left" / "to the left of" after 300k images. Imagen has none (off in its presets).
-    # Only for stages that train on whole images: a random crop's coordinates would lie.
+    # Two extra input channels holding each pixel's (x, y) in [-1, 1] (CoordConv), through a
+    # zero-initialised convolution, so absolute positions are learnable without relying on
+    # the zero padding. Not in Imagen. Refused with crop training: a crop's coordinates lie.
     coord_channels: bool = False
-    # Add a learnt function of each text token's index to its embedding before the U-Net reads
-    # it (attention pooling and cross-attention). Attention is blind to order: with encoder
-    # states that carry word order weakly (MiniLM: "blue" named first or second is 0.95 alike),
-    # "a red circle left of a blue square" and "a blue circle left of a red square" are
-    # nearly the same set of keys. Zero-initialised, so a trained model takes it on by
-    # fine-tuning. Imagen has none: T5-XXL's states carry order well enough.
+    # A learnt, zero-initialised function of each text token's index added to its embedding
+    # before pooling and cross-attention, which are blind to order, for encoders whose
+    # states carry word order weakly. Not in Imagen.
     text_positions: bool = False
-    # Trainable transformer blocks over the text tokens (after the position map, before the
-    # pooling and cross-attention), so tokens can combine before the image reads them: a
-    # relation is "the object named first goes on the side the relation word names", a fact
-    # about two tokens at once, which cross-attention from one pixel to single tokens finds
-    # hard. The shapes base stage, with MiniLM and text positions, placed "A left of B" and
-    # "A right of B" alike (chance) after 1.5M training images with text positions (3.8M in
-    # all). Zero-initialised residual
-    # blocks, so a trained model takes them on by fine-tuning. Imagen has none: its frozen
-    # T5-XXL already relates the words.
+    # Trainable pre-LN transformer blocks (zero-initialised residuals) over the text tokens
+    # before the U-Net reads them, so tokens can combine first (e.g. a relation word with
+    # the object it binds). Not in Imagen, whose frozen T5-XXL relates the words itself.
     text_layers: int = 0
+    # Dropout inside the ResNet blocks.
     dropout: float = 0.0
+    # Group-norm groups (every level's channels must be a multiple).
     norm_groups: int = 32
     # Recompute block activations in the backward pass: memory for compute, same gradients.
     gradient_checkpointing: bool = False

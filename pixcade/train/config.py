@@ -37,51 +37,69 @@ LR_SCHEDULES = ("constant", "cosine")
 class TrainConfig:
     """How one stage trains. Defaults follow Imagen's recipe (batch 2048, lr 1e-4, 10k warmup)."""
 
+    # Training data: what `open_dataset` takes (image folder, JSONL/CSV manifest, tar shards).
     data: str = ""
-    # Global batch: images per optimizer step over all ranks and accumulation steps, so a
-    # recipe means the same thing on one GPU or many.
+    # Images per optimizer step over all ranks and accumulation steps, so a recipe means
+    # the same on one GPU or many (per forward pass: batch_size / (world size x grad_accum)).
     batch_size: int = 2048
+    # Forward/backward passes whose gradients are summed into one optimizer step.
     grad_accum: int = 1
+    # Optimizer steps of the run (skipped non-finite steps count); `--max-steps` overrides.
     max_steps: int = 2_500_000
+    # "adam", or "adafactor" (factored second moments: less optimizer memory).
     optimizer: str = "adam"
+    # Peak learning rate, reached after the warmup.
     lr: float = 1e-4
+    # Steps of linear warmup from 0 to lr.
     warmup_steps: int = 10_000
-    # After warmup: "constant", or "cosine" from lr down to 0 at max_steps (a run that is
-    # to end at a known step; the final weights come from the low-lr tail, where the
-    # noise of a large constant step is averaged away).
+    # After warmup: "constant", or "cosine" from lr down to 0 at max_steps, for a run that
+    # ends at a known step (its final weights come from the low-lr tail).
     lr_schedule: str = "constant"
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    # Gradient norm clipped to this before each update (0: no clipping); the logged
+    # grad_norm is the norm before clipping.
     grad_clip: float = 1.0
+    # Decay of the weights' exponential moving average, what sampling and exports use
+    # (ramped up over the first updates, see train.ema.EMA).
     ema_decay: float = 0.9999
-    # Text is replaced by the null embedding (all-False mask) with this probability so the
-    # model also learns p(x) for classifier-free guidance.
+    # Probability that a sample's text is replaced by the null input (all-False mask), so
+    # the model also learns the unconditional p(x) that classifier-free guidance needs.
     cond_drop_prob: float = 0.1
+    # Min-SNR-gamma loss weighting (min(SNR, gamma) in x0 terms); None: the plain loss of
+    # the parameterisation.
     min_snr_gamma: float | None = None
-    # This share of the samples draws t from U[high_noise_from, 1] instead of U[0, 1]. Where
-    # objects go, and which side of which, is settled at high noise; uniform t puts only
-    # 1 - high_noise_from of the batch there (shapes base: relations stayed at chance until
-    # training moved there, docs/shapes-model-notes.md).
+    # This share of the samples draws t from U[high_noise_from, 1] instead of U[0, 1], to
+    # spend more training where layout (what goes where) is decided.
     high_noise_share: float = 0.0
     high_noise_from: float = 0.85  # = diffusion.losses.HIGH_NOISE_FROM (this module stays torch-free)
+    # Forward and backward under bfloat16 autocast (weights and optimizer stay float32).
     bf16: bool = True
+    # Seeds the initial weights, the data order, crops and every random draw of the loss.
     seed: int = 0
+    # Data-loader worker processes per rank (0: load in the training process).
     num_workers: int = 4
+    # Steps between metrics.jsonl rows (mean loss over the window, lr, grad norm, images/s).
     log_every: int = 50
+    # Steps between checkpoints (one is also written at the end and when a run is stopped).
     checkpoint_every: int = 5_000
+    # Newest checkpoints kept; older ones are deleted after each new one is complete.
     keep_checkpoints: int = 3
+    # Steps between preview grids (RUN_DIR/samples/, from the EMA weights).
     sample_every: int = 5_000
     # Prompts for a base stage's preview grid; empty means the captions of the first
     # training samples. Super-resolution stages always preview the first samples' low-res
     # images with their captions.
     sample_prompts: list[str] = field(default_factory=list)
+    # Images in a preview grid (when taken from the data).
     sample_count: int = 8
+    # Sampling steps of a preview; None: the stage's sampling default.
     sample_steps: int | None = None
     # Start a new run from these weights (a stage export of `pixcade train export`, or its
     # ema.safetensors): fine-tuning, or growing a model. Parameters the file lacks keep their
     # initialisation and are listed when the run starts; any other mismatch is an error.
     # Ignored on --resume (the checkpoint has everything).
     init_from: str | None = None
-    # Consecutive non-finite losses tolerated before the run stops.
+    # Consecutive non-finite losses tolerated (their updates skipped) before the run stops.
     max_nonfinite: int = 20
     # Write each batch's sample keys to RUN_DIR/sample_keys/rank-R.jsonl (data audits).
     log_sample_keys: bool = False
