@@ -11,6 +11,7 @@ from PIL import Image
 
 from pixcade.eval.drawbench_server import RatingServer, RatingSession
 from pixcade.eval.drawbench_votes import VoteStore
+from pixcade.web.limits import WebLimits
 
 MODELS = ["runs/alpha-model", "runs/beta-model"]
 PROMPTS = [
@@ -39,10 +40,10 @@ def make_run(directory: Path) -> Path:
 
 
 class LiveServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, web: WebLimits | None = None) -> None:
         self.store = VoteStore(directory / "votes.sqlite")
         self.session = RatingSession(directory, self.store, json.loads((directory / "manifest.json").read_text()))
-        self.server = RatingServer(self.session, "127.0.0.1", 0)
+        self.server = RatingServer(self.session, "127.0.0.1", 0, web=web)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -51,5 +52,5 @@ class LiveServer:
         return self.server.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
+        self.thread.join(10)

@@ -14,6 +14,7 @@ from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import JobManager
 from pixcade.serve.requests import GenerationRequest, Limits
 from pixcade.serve.server import PixcadeServer, make_server
+from pixcade.web.limits import WebLimits
 
 FAKE_STAGES = [
     {"name": "base", "resolution": 16, "super_resolution": False, "steps": 3, "guidance": 4.0},
@@ -69,13 +70,13 @@ class FakeModel:
 
 
 @contextlib.contextmanager
-def running_server(model: Any, limits: Limits | None = None, keep: int = 64, start_worker: bool = True
-                   ) -> Iterator[PixcadeServer]:
+def running_server(model: Any, limits: Limits | None = None, keep: int = 64, start_worker: bool = True,
+                   web: WebLimits | None = None) -> Iterator[PixcadeServer]:
     """A server on 127.0.0.1 (a free port) in a thread; closed, worker and all, on exit."""
     limits = limits or Limits()
     manager = JobManager(model, max_queue=limits.max_queue, keep=keep)
-    server = make_server(manager, limits, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    server = make_server(manager, limits, "127.0.0.1", 0, web=web)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     if start_worker:
         manager.start()

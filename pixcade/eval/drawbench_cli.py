@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from pixcade.commands import ArgumentParser
-from pixcade.errors import PixcadeError
 from pixcade.eval.drawbench import generate, load_manifest, read_prompts, write_report
 from pixcade.eval.drawbench_server import RatingServer, RatingSession
 from pixcade.eval.drawbench_votes import VoteStore
@@ -36,23 +35,23 @@ def rate_main(argv: list[str]) -> int:
     p = ArgumentParser(prog="pixcade drawbench rate")
     p.add_argument("--dir", required=True, help="the folder `pixcade drawbench generate` wrote")
     p.add_argument("--db", help="votes database (default DIR/votes.sqlite)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to answer besides the loopback names and --host (repeatable): "
+                        "the names raters on other machines use; others are refused")
     args = p.parse_args(argv)
     store = VoteStore(args.db or Path(args.dir) / "votes.sqlite")
     session = RatingSession(args.dir, store, load_manifest(args.dir))
-    try:
-        server = RatingServer(session, args.host, args.port)
-    except OSError as err:
-        raise PixcadeError(f"cannot listen on {args.host}:{args.port}: {err}") from None
-    print(f"rating page on {server.url} ({store.count()} votes in {store.path}); Ctrl-C to stop",
-          file=sys.stderr)
+    server = RatingServer(session, args.host, args.port, args.allow_host)
+    print(f"rating page on {server.url} ({store.count()} votes in {store.path}; answering Host names "
+          f"{', '.join(server.hosts)}); Ctrl-C to stop", file=sys.stderr)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.close()
     return 0
 
 

@@ -5,29 +5,48 @@ an opaque comparison token (random, 128 bits) and the labels "A" and "B"; the ma
 token -> (prompt, which model is A, which is B) lives in this process, the A/B order is
 drawn at random per comparison, and images are served by token and label, never by
 path. Each served token can be voted on once. Refused, with nothing stored: an unknown
-token (404), a second vote on a token (409), a malformed request (400).
+token (404), a second vote on a token (409), a malformed request (400), a body over
+MAX_BODY bytes (413).
+
+API: GET / (the page, rating_page/), POST /api/next -> a comparison {"token", "prompt",
+"images", "questions", "choices", "rated"} (a POST: it opens state, so the guard's Origin
+check keeps other sites' pages from asking), GET /images/TOKEN/A|B/K, POST /api/vote
+{"token", "fidelity", "quality"}. The app runs behind `pixcade.web`'s guard, like
+`pixcade serve`. Open comparisons are bounded per client address (MAX_OPEN_PER_CLIENT)
+and in all (MAX_OPEN); past either bound the oldest comparison of the client holding the
+most is dropped, so one client asking repeatedly can't expire another rater's.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import secrets
 import sqlite3
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
-from pixcade.eval.drawbench_page import PAGE
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
 from pixcade.eval.drawbench_votes import CHOICES, QUESTIONS, VoteStore
+from pixcade.web.body import read_json
+from pixcade.web.errors import RequestError
+from pixcade.web.guard import guarded_app
+from pixcade.web.limits import WebLimits, allowed_hosts
+from pixcade.web.server import WebServer
 
 MAX_BODY = 4096
 # Served but not yet voted comparisons kept; older ones expire (a rater who left).
 MAX_OPEN = 10_000
-_IMAGE_PATH = re.compile(r"^/images/([A-Za-z0-9_-]{10,64})/([AB])/(\d+)$")
+MAX_OPEN_PER_CLIENT = 64
+PAGE = resources.files("pixcade.eval") / "rating_page"
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,7 @@ class Comparison:
     prompt_index: int
     model_a: str
     model_b: str
+    client: str = ""
 
 
 class RatingSession:
@@ -48,6 +68,7 @@ class RatingSession:
         self.prompts = manifest["prompts"]
         self.n = int(manifest["n"])
         self._open: OrderedDict[str, Comparison] = OrderedDict()
+        self._open_per_client: Counter[str] = Counter()
         self._voted: set[str] = set()
         self._lock = threading.Lock()
         self._rng = secrets.SystemRandom()
@@ -61,7 +82,14 @@ class RatingSession:
             if all(self.image_path(m, p["index"], k).is_file() for m in (x, y) for k in range(self.n))
         ]
 
-    def next_comparison(self) -> dict:
+    def _close(self, token: str) -> None:
+        """Forget an open comparison (the caller holds the lock)."""
+        client = self._open.pop(token).client
+        self._open_per_client[client] -= 1
+        if not self._open_per_client[client]:
+            del self._open_per_client[client]
+
+    def next_comparison(self, client: str = "") -> dict:
         names = list(self.models)
         x, y = self._rng.sample(names, 2)
         candidates = self.rateable(x, y)
@@ -73,9 +101,13 @@ class RatingSession:
         prompt_index = self._rng.choice([i for i in candidates if counts.get(i, 0) == fewest])
         token = secrets.token_urlsafe(16)
         with self._lock:
-            self._open[token] = Comparison(prompt_index, x, y)  # x, y already in random order
-            while len(self._open) > MAX_OPEN:
-                self._open.popitem(last=False)
+            if self._open_per_client[client] >= MAX_OPEN_PER_CLIENT:
+                self._close(next(t for t, c in self._open.items() if c.client == client))
+            self._open[token] = Comparison(prompt_index, x, y, client)  # x, y already in random order
+            self._open_per_client[client] += 1
+            while len(self._open) > MAX_OPEN:  # the oldest of whoever holds the most
+                busiest = max(self._open_per_client, key=self._open_per_client.__getitem__)
+                self._close(next(t for t, c in self._open.items() if c.client == busiest))
         prompt = self.prompts[prompt_index]["prompt"]
         return {
             "token": token,
@@ -111,67 +143,58 @@ class RatingSession:
                                comp.model_a, comp.model_b, body["fidelity"], body["quality"])
             except sqlite3.IntegrityError:
                 return HTTPStatus.CONFLICT, {"error": "this comparison was already rated"}
-            del self._open[token]
+            self._close(token)
             self._voted.add(token)
         return HTTPStatus.OK, {"ok": True, "rated": self.store.count()}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "RatingServer"
+class RatingApi:
+    """The routes over one rating session (sqlite and file reads run in Starlette's threads)."""
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
-        pass  # keep the terminal for the rater count, not per-request lines
+    def __init__(self, session: RatingSession, web: WebLimits) -> None:
+        self.session, self.web = session, web
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    def routes(self) -> list:
+        return [
+            Route("/", self.page),
+            Mount("/static", StaticFiles(directory=str(PAGE))),
+            Route("/api/next", self.next, methods=["POST"]),
+            Route("/images/{token}/{side}/{k:int}", self.image),
+            Route("/api/vote", self.vote, methods=["POST"]),
+        ]
 
-    def _json(self, status: HTTPStatus, obj: dict) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
+    async def page(self, request: Request) -> Response:
+        return FileResponse(str(PAGE / "index.html"), headers={"Cache-Control": "no-cache"})
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        session = self.server.session
-        path = self.path.split("?", 1)[0]
-        if path == "/":
-            return self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
-        if path == "/api/next":
-            return self._json(HTTPStatus.OK, session.next_comparison())
-        match = _IMAGE_PATH.match(path)
-        if match:
-            file = session.image(match.group(1), match.group(2), int(match.group(3)))
-            if file is not None and file.is_file():
-                return self._send(HTTPStatus.OK, file.read_bytes(), "image/png")
-        self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+    async def next(self, request: Request) -> Response:
+        client = request.client.host if request.client else ""
+        comparison = await run_in_threadpool(self.session.next_comparison, client)
+        return JSONResponse(comparison, headers={"Cache-Control": "no-store"})
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        if self.path != "/api/vote":
-            return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
-        if not 0 < length <= MAX_BODY:
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": f"body must be 1..{MAX_BODY} bytes"})
-        try:
-            body = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
-            return self._json(HTTPStatus.BAD_REQUEST, {"error": "body is not JSON"})
-        status, reply = self.server.session.vote(body)
-        self._json(status, reply)
+    async def image(self, request: Request) -> Response:
+        p = request.path_params
+        file = self.session.image(p["token"], p["side"], p["k"]) if p["side"] in ("A", "B") else None
+        if file is None or not file.is_file():
+            raise RequestError(404, "no such image (unknown or already rated comparison)")
+        return FileResponse(str(file), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    async def vote(self, request: Request) -> Response:
+        body = await read_json(request, MAX_BODY, self.web)
+        status, reply = await run_in_threadpool(self.session.vote, body)
+        return JSONResponse(reply, status, headers={"Cache-Control": "no-store"})
 
 
-class RatingServer(ThreadingHTTPServer):
-    daemon_threads = True
+class RatingServer(WebServer):
+    """The rating app on a bound socket (see `WebServer`), behind the shared guard;
+    ``hosts``: Host names to answer besides the loopback ones (`allowed_hosts`)."""
 
-    def __init__(self, session: RatingSession, host: str = "127.0.0.1", port: int = 8000) -> None:
-        super().__init__((host, port), _Handler)
+    def __init__(self, session: RatingSession, host: str = "127.0.0.1", port: int = 8000,
+                 hosts: Sequence[str] = (), web: WebLimits | None = None) -> None:
+        web = web or WebLimits()
         self.session = session
+        self.hosts = allowed_hosts(host, hosts)
+        super().__init__(guarded_app(RatingApi(session, web).routes(), self.hosts, web), host, port, web)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return super().url + "/"

@@ -11,7 +11,8 @@ from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import JobManager
 from pixcade.serve.requests import Limits
-from pixcade.serve.server import is_loopback, make_server
+from pixcade.serve.server import make_server
+from pixcade.web.limits import is_loopback
 
 EPILOG = """\
 The page at http://HOST:PORT/ takes a prompt, seed, guidance, steps and number of images,
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="saved cascade directory (default: the shipped shapes model)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a Host name to answer besides localhost/127.0.0.1/[::1] and the --host address "
+                        "(repeatable; *.example.org for subdomains; * for any): the names other machines "
+                        "use to reach this one. Others are refused, against DNS rebinding")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
                    help=f"jobs that may wait; more are refused with 503 (default {d.max_queue})")
@@ -69,21 +74,20 @@ def main(argv: list[str]) -> int:
     cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
     cascade.encoder  # load the text encoder now: a mismatch fails here, not on the first request
     manager = JobManager(CascadeModel(cascade), max_queue=limits.max_queue, keep=args.keep_jobs, ttl=args.job_ttl)
-    server = make_server(manager, limits, args.host, args.port)
+    server = make_server(manager, limits, args.host, args.port, args.allow_host)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     if not is_loopback(args.host):
         print(f"pixcade serve: warning: listening on {args.host}, reachable from other machines; "
-              "there is no authentication", file=sys.stderr)
+              f"there is no authentication (answering Host names: {', '.join(server.hosts)})", file=sys.stderr)
     manager.start()
     print(f"pixcade serve: {model_dir} (stages {', '.join(cascade.names)}) at {server.url}/", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever()  # Ctrl-C: the running job is cancelled at its next step, open requests end
     except KeyboardInterrupt:
-        print("pixcade serve: stopping", file=sys.stderr)
+        print("pixcade serve: stopped", file=sys.stderr)
     finally:
-        # An idle worker exits at once; a running job gets a moment, not its full length. Joining
-        # it (rather than leaving a daemon thread inside torch at interpreter exit) avoids an
-        # abort ("terminate called without an active exception") seen under load.
-        manager.stop(timeout=2)
-        server.server_close()
+        # Joining the worker (rather than leaving a daemon thread inside torch at interpreter
+        # exit) avoids an abort ("terminate called without an active exception").
+        manager.stop(timeout=10, cancel=True)
+        server.close()
     return 0

@@ -3,8 +3,13 @@
 Memory stays flat whatever the traffic: at most ``max_queue`` jobs wait, one runs, and
 finished jobs are kept (their stage images as PNG bytes) only up to ``keep`` of them and
 for at most ``ttl`` seconds, least recently looked-at evicted first. A job that waits or
-runs is never evicted. Every change to a job bumps its version and wakes the waiters
-(`wait`), which is what the Server-Sent Events stream blocks on.
+runs is never evicted. Every change to a job bumps its version and wakes the waiters:
+threads blocked in `wait`, and the callbacks given to `subscribe` (how the server's event
+loop learns of changes without a thread per event stream).
+
+Stopping (`stop`) takes no more work; with ``cancel`` the running job ends at its next
+sampling step and queued jobs end too, each as failed with the reason, so Ctrl-C on the
+server never waits for a whole job.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 TERMINAL = (DONE, FAILED)
+CANCELLED = "cancelled: the server is shutting down"
 
 
 class QueueFull(Exception):
     """The queue holds ``max_queue`` jobs already; the request was not taken."""
+
+
+class JobCancelled(PixcadeError):
+    """Raised inside the model's progress callback to end the running job early."""
 
 
 @dataclass
@@ -76,6 +86,8 @@ class JobManager:
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # all known jobs, LRU order
         self._cond = threading.Condition()
         self._stopping = False
+        self._cancel = False
+        self._watchers: list[Callable[[], None]] = []
         self._worker: threading.Thread | None = None
         self.completed = 0  # jobs that reached a terminal state, ever
 
@@ -87,12 +99,18 @@ class JobManager:
             self._worker.start()
         return self
 
-    def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop taking work; the running job (if any) finishes first. Wakes every waiter."""
+    def stop(self, timeout: float | None = 10.0, cancel: bool = False) -> None:
+        """Stop taking work and wake every waiter; wait up to ``timeout`` for the worker (None:
+        don't wait). The running job finishes first, or with ``cancel`` ends at its next step,
+        and the queued ones are failed as cancelled."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
-        if self._worker is not None:
+            if cancel:
+                self._cancel = True
+                while self._queue:
+                    self._finish(self._queue.popleft(), {"state": FAILED, "error": CANCELLED})
+            self._changed()
+        if self._worker is not None and timeout is not None:
             self._worker.join(timeout)
 
     @property
@@ -115,7 +133,7 @@ class JobManager:
             )
             self._jobs[job.id] = job
             self._queue.append(job)
-            self._cond.notify_all()
+            self._changed()
             return job
 
     def get(self, job_id: str) -> Job | None:
@@ -164,6 +182,17 @@ class JobManager:
                 self._cond.wait(left)
             return job.version
 
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake()`` (from whichever thread made the change, under the manager's lock:
+        it must only schedule work) after every change; returns the unsubscribe function."""
+        with self._cond:
+            self._watchers.append(wake)
+        return lambda: self._unsubscribe(wake)
+
+    def _unsubscribe(self, wake: Callable[[], None]) -> None:
+        with self._cond:
+            self._watchers.remove(wake)
+
     def stats(self) -> dict[str, Any]:
         with self._cond:
             self._evict()
@@ -189,12 +218,29 @@ class JobManager:
         for j in finished[: max(0, len(finished) - self.keep)]:
             del self._jobs[j.id]
 
+    def _changed(self) -> None:
+        """Wake everyone waiting for a change (the caller holds the lock)."""
+        self._cond.notify_all()
+        for wake in self._watchers:
+            wake()
+
+    def _finish(self, job: Job, outcome: dict[str, Any]) -> None:
+        """Put a job in its terminal state (the caller holds the lock and calls `_changed`)."""
+        for k, v in outcome.items():
+            setattr(job, k, v)
+        job.finished = self.clock()
+        job.version += 1
+        self.completed += 1
+        self._jobs.move_to_end(job.id)  # just finished = most recently used
+
     def _on_progress(self, job: Job, stage: str, step: int, total: int) -> None:
         with self._cond:
+            if self._cancel:
+                raise JobCancelled(CANCELLED)
             s = job.stages[stage]
             s.step, s.total = step, total
             job.version += 1
-            self._cond.notify_all()
+            self._changed()
 
     def _on_stage_done(self, job: Job, stage: str, images: list[Image.Image]) -> None:
         from pixcade.pipeline.images import png_bytes  # here: the pipeline loads torch
@@ -204,7 +250,7 @@ class JobManager:
             s = job.stages[stage]
             s.images, s.sizes, s.done, s.step = files, [im.size for im in images], True, s.total
             job.version += 1
-            self._cond.notify_all()
+            self._changed()
 
     def _run(self) -> None:
         while True:
@@ -216,7 +262,7 @@ class JobManager:
                 job = self._queue.popleft()
                 job.state, job.started = RUNNING, self.clock()
                 job.version += 1
-                self._cond.notify_all()
+                self._changed()
             try:
                 self.model.generate(
                     job.request,
@@ -233,11 +279,6 @@ class JobManager:
                 log.exception("job %s failed", job.id)
                 outcome = {"state": FAILED, "error": f"internal error: {type(err).__name__}: {err}"}
             with self._cond:
-                for k, v in outcome.items():
-                    setattr(job, k, v)
-                job.finished = self.clock()
-                job.version += 1
-                self.completed += 1
-                self._jobs.move_to_end(job.id)  # just finished = most recently used
+                self._finish(job, outcome)
                 self._evict()
-                self._cond.notify_all()
+                self._changed()

@@ -13,26 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from pixcade.errors import PixcadeError
+from pixcade.web.errors import RequestError
 
 FIELDS = ("prompt", "n", "seed", "guidance", "steps", "stages")
 MAX_SEED = 2**63 - 1
-
-
-class RequestError(PixcadeError):
-    """A refused request: ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str, limit: str | None = None, value: Any = None):
-        super().__init__(message)
-        self.status = status
-        self.limit = limit
-        self.value = value
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": str(self)}
-        if self.limit is not None:
-            body["limit"] = self.limit
-            body["max"] = self.value
-        return body
 
 
 @dataclass(frozen=True)

@@ -1,44 +1,6 @@
-"""The rating page: one static HTML document with its script (no external assets).
-
-It knows nothing of models: it asks the server for a comparison (an opaque token, a
-prompt and image URLs for sets "A" and "B"), lets the rater answer both questions, and
-posts ``{"token", "fidelity", "quality"}`` back.
-"""
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>pixcade DrawBench rating</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-  body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 70rem; color: #222; }
-  #prompt { font-size: 1.5rem; margin: .5rem 0 1rem; }
-  .sets { display: flex; gap: 2rem; }
-  .set { flex: 1; }
-  .set h2 { margin: 0 0 .5rem; font-size: 1.1rem; }
-  .grid { display: grid; grid-template-columns: repeat(2, 1fr); gap: .4rem; }
-  .grid img { width: 100%; image-rendering: auto; background: #eee; aspect-ratio: 1; }
-  fieldset { border: 1px solid #ccc; margin: 1rem 0; padding: .6rem 1rem; }
-  .choice { margin-right: .6rem; padding: .4rem 1.1rem; font-size: 1rem; cursor: pointer; }
-  .choice[aria-pressed="true"] { background: #2a5bd7; color: white; border-color: #2a5bd7; }
-  #submit { padding: .6rem 2rem; font-size: 1.1rem; }
-  #status { margin-left: 1rem; }
-  .error { color: #b00020; }
-</style>
-</head>
-<body>
-<p>Compare the two image sets for the text below. Votes so far: <span id="rated">0</span></p>
-<div id="prompt">Loading&hellip;</div>
-<div class="sets">
-  <section class="set"><h2>Image set A</h2><div class="grid" id="set-A"></div></section>
-  <section class="set"><h2>Image set B</h2><div class="grid" id="set-B"></div></section>
-</div>
-<form id="form">
-  <div id="questions"></div>
-  <button type="submit" id="submit" disabled>Submit vote</button><span id="status" role="status"></span>
-</form>
-<script>
+// The DrawBench rating page. It knows nothing of models: it asks the server for a
+// comparison (an opaque token, a prompt and image URLs for sets "A" and "B"), lets the
+// rater answer both questions, and posts {"token", "fidelity", "quality"} back.
 "use strict";
 const LABELS = { A: "Set A", B: "Set B", indifferent: "Indifferent" };
 let current = null;
@@ -94,7 +56,8 @@ function render(c) {
 }
 
 async function loadNext() {
-  const r = await fetch("/api/next", { cache: "no-store" });
+  // A POST: it opens a comparison (state), so a cross-site page can't make the browser ask.
+  const r = await fetch("/api/next", { method: "POST", cache: "no-store" });
   const c = await r.json();
   if (c.done) {
     current = null;
@@ -121,7 +84,3 @@ document.getElementById("form").addEventListener("submit", async ev => {
 });
 
 loadNext().catch(e => setStatus("Could not load a comparison: " + e, true));
-</script>
-</body>
-</html>
-"""
