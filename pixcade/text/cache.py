@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -130,6 +131,10 @@ class EmbeddingCache:
                   if info["encoder"] == self.encoder_name and info["max_length"] == self.max_length}
         return sum(1 for shard, _, _ in self._index["entries"].values() if shard in shards)
 
+    def keys(self) -> set[str]:
+        """Cache keys (`cache_key`) of every entry, of any encoder."""
+        return set(self._index["entries"])
+
     def missing(self, captions: Iterable[str]) -> list[str]:
         """The distinct captions (first-seen order) that have no embedding in the cache."""
         entries = self._index["entries"]
@@ -200,15 +205,60 @@ class EmbeddingCache:
                 f"{self.encoder_name!r} with max_length {self.max_length}"
             )
         captions = list(dict.fromkeys(_check_prompts(list(captions))))
+        with self._writing():
+            return self._build_locked(captions, encoder, batch_size, progress, shard_bytes)
+
+    def absorb(self, part: "EmbeddingCache") -> int:
+        """Bring the shards of another cache directory ``part`` (one rank's share of a
+        distributed build) into this one; returns how many captions this cache gained.
+
+        Shards are hard-linked (copied across filesystems) under new names, then adopted
+        into the index one at a time, so a crash midway leaves shards that the next build or
+        absorb adopts. A shard that fails its checksum is left in ``part`` with a warning;
+        one whose captions are all here already is skipped. ``part`` itself is not changed.
+        """
+        if (part.encoder_name, part.max_length) != (self.encoder_name, self.max_length):
+            raise PixcadeError(f"cannot merge cache {part.directory} ({part.encoder_name!r}, {part.max_length}) "
+                               f"into {self.directory} ({self.encoder_name!r}, {self.max_length})")
+        with part._writing():  # shards a killed build wrote but did not index yet
+            part._adopt_orphans()
+            part._save_index()
+        added = 0
+        with self._writing():
+            self._adopt_orphans()
+            entries = self._index["entries"]
+            for shard in sorted(part._index["shards"]):
+                keys = [k for k, (s, _, _) in part._index["entries"].items() if s == shard and k not in entries]
+                if not keys:
+                    continue
+                problem = part._shard_problem(shard)
+                if problem:
+                    warnings.warn(f"{problem}; not merged into {self.directory}", stacklevel=2)
+                    continue
+                name = self._next_shard_name()
+                try:
+                    os.link(part.directory / shard, self.directory / name)
+                except OSError:
+                    shutil.copyfile(part.directory / shard, self.directory / name)
+                if not self._adopt(name):
+                    raise PixcadeError(f"embedding cache shard {part.directory / shard} does not describe itself")
+                self._verified.add(name)
+                self._save_index()
+                added += len(keys)
+        return added
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The build lock, with the index re-read under it (another process may have
+        written since this object read it)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._build_lock():
-            # Another process may have built here since this object read the index.
             self._index = self._load_index()
             if self._foreign_version:
                 raise PixcadeError(self._foreign_version)
             if self._index_problem:
                 self._rebuild_index()
-            return self._build_locked(captions, encoder, batch_size, progress, shard_bytes)
+            yield
 
     @contextlib.contextmanager
     def _build_lock(self) -> Iterator[None]:
@@ -256,10 +306,13 @@ class EmbeddingCache:
                 self._write_shard(pending, encoder.dim)
         return len(todo)
 
-    def _write_shard(self, items: list[tuple[str, torch.Tensor]], dim: int) -> None:
+    def _next_shard_name(self) -> str:
         numbers = [int(m.group(1)) for p in self.directory.iterdir() if (m := _SHARD_RE.match(p.name))]
         numbers += [int(_SHARD_RE.match(s).group(1)) for s in self._index["shards"] if _SHARD_RE.match(s)]
-        name = f"shard-{max(numbers, default=0) + 1:06d}.safetensors"
+        return f"shard-{max(numbers, default=0) + 1:06d}.safetensors"
+
+    def _write_shard(self, items: list[tuple[str, torch.Tensor]], dim: int) -> None:
+        name = self._next_shard_name()
         rows = torch.cat([e for _, e in items], dim=0) if items else torch.zeros(0, dim)
         # float16 unless something would overflow it (see module docstring).
         fits = rows.numel() == 0 or rows.abs().max().item() <= torch.finfo(torch.float16).max

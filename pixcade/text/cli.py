@@ -6,7 +6,9 @@ import argparse
 
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
-from pixcade.text.cache import DEFAULT_SHARD_BYTES, EmbeddingCache
+from pixcade.train import distributed as dist
+from pixcade.text.cache import DEFAULT_SHARD_BYTES
+from pixcade.text.distributed import build_distributed
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, DEFAULT_MAX_LENGTH, load_text_encoder
 
 
@@ -23,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="pixcade embed",
         description="Precompute text-encoder embeddings of captions into sharded safetensors files, "
-                    "so training reads them instead of running the encoder.",
+                    "so training reads them instead of running the encoder. Under torchrun the ranks "
+                    "split the captions and their shards are merged into the one cache.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="SOURCE", help="dataset: image folder, .jsonl/.csv manifest or tar shards")
@@ -59,11 +62,17 @@ def main(argv: list[str]) -> int:
         captions = list(open_dataset(args.data).captions())
     if not captions:
         raise PixcadeError(f"no captions in {args.captions or args.data}")
-    encoder = load_text_encoder(args.encoder, max_length=args.max_length, device=args.device, dtype=args.dtype)
-    cache = EmbeddingCache(args.out, encoder.name, encoder.max_length)
+    info = dist.setup(args.device)  # under torchrun: this rank's device (cuda:LOCAL_RANK)
+    try:
+        encoder = load_text_encoder(args.encoder, max_length=args.max_length, device=info.device, dtype=args.dtype)
+        shard_bytes = int(args.shard_mb * 2**20)
+        computed = build_distributed(info, args.out, captions, encoder, batch_size=args.batch_size,
+                                     shard_bytes=shard_bytes)
+    finally:
+        dist.teardown(info)
+    if not info.is_main:
+        return 0
     distinct = len(set(captions))
-    computed = cache.build(captions, encoder, batch_size=args.batch_size,
-                           shard_bytes=int(args.shard_mb * 2**20))
     print(f"{len(captions)} captions ({distinct} distinct): {computed} embedded, {distinct - computed} already "
           f"cached; encoder {encoder.name!r}, max_length {encoder.max_length}, cache {args.out}")
     return 0

@@ -282,13 +282,19 @@ def _from_pretrained(cls, source: str, local: bool, dtype: torch.dtype):
     # `torch_dtype` was renamed `dtype` in transformers 4.56; the old name still works there.
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    kwargs = {dtype_kw: dtype}
+    # Low CPU memory (a T5-XXL is 19 GB in fp32): the model is built on the meta device and
+    # the weights are read into it once, in ``dtype``. transformers >= 5 always loads this
+    # way; before, it takes low_cpu_mem_usage, which needs accelerate.
+    if major < 5 and importlib.util.find_spec("accelerate") is not None:
+        kwargs["low_cpu_mem_usage"] = True
     # transformers draws a progress bar per load, which would interleave with pixcade's own
     # bars at every `generate`; switched off for this call only, the user's setting restored.
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()
     try:
         # safetensors only: pixcade never unpickles weight files.
-        return cls.from_pretrained(source, local_files_only=local, use_safetensors=True, **{dtype_kw: dtype})
+        return cls.from_pretrained(source, local_files_only=local, use_safetensors=True, **kwargs)
     finally:
         if bars:
             transformers.utils.logging.enable_progress_bar()

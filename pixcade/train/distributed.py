@@ -40,7 +40,10 @@ def setup(device: str | None = None) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PixcadeError(f"unknown device {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise PixcadeError("device 'cuda' requested but CUDA is not available")
