@@ -353,7 +353,7 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_commands: li
 def grid_info(path: Path, card_path: Path) -> dict[str, Any]:
     from PIL import Image
 
-    from pixcade.eval.cli import GRID_COMMAND_KEY, GRID_DIGEST_KEY
+    from pixcade.eval.stage_grid import GRID_COMMAND_KEY, GRID_DIGEST_KEY
 
     with Image.open(path) as im:
         text = getattr(im, "text", {})

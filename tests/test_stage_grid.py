@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from pixcade.data.shapes import parse_caption
 from pixcade.errors import PixcadeError
-from pixcade.eval.cli import GRID_COMMAND_KEY
+from pixcade.eval.stage_grid import GRID_COMMAND_KEY
 from cli_support import verbs
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, PAD, TEXT_WIDTH, _font, labelled_grid, prompt_label, wrap
 

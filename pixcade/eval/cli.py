@@ -15,11 +15,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pixcade.commands import ArgumentParser, emit_json
+from pixcade.data.shapes import evaluation_prompts
 from pixcade.errors import PixcadeError
+from pixcade.eval.features import get_extractor
+from pixcade.eval.fid import compare_image_sets
 from pixcade.eval.provenance import model_digest
+from pixcade.eval.sr_psnr import evaluate_sr, write_sr_report
+from pixcade.eval.stage_grid import DEFAULT_PROMPTS, save_grid
+from pixcade.pipeline.cascade import Cascade
 
-GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunks of `eval grid` images
-GRID_DIGEST_KEY = "pixcade-model-digest"
 
 
 def _command(subcommand: str, argv: list[str]) -> str:
@@ -59,31 +63,10 @@ def _distance(argv: list[str], command: str) -> int:
     _at_least(args.kid_subsets, "--kid-subsets")
     _at_least(args.kid_subset_size, "--kid-subset-size", 2)  # an unbiased MMD needs two per set
 
-    from pixcade.data.samples import SkipStats
-    from pixcade.eval.features import get_extractor
-    from pixcade.eval.fid import extract_features, fid_from_features, kernel_inception_distance
-
     extractor = get_extractor(args.features, args.inception_weights, args.device)
-    skips = {"real": SkipStats(), "fake": SkipStats()}
-    real = extract_features(args.real, extractor, args.batch_size, args.device, desc="real features",
-                            skips=skips["real"])
-    fake = extract_features(args.fake, extractor, args.batch_size, args.device, desc="fake features",
-                            skips=skips["fake"])
-    result: dict = {
-        "features": extractor.name,
-        "comparable_to_published": extractor.comparable,
-        "note": extractor.note,
-        "n_real": int(real.shape[0]),
-        "n_fake": int(fake.shape[0]),
-        # Unreadable dataset images left out: the n above are what was measured.
-        "skipped_real": skips["real"].count,
-        "skipped_fake": skips["fake"].count,
-    }
-    if command == "fid":
-        result["fid"] = fid_from_features(real, fake)
-    if command == "kid" or args.kid:
-        mean, std = kernel_inception_distance(real, fake, args.kid_subsets, args.kid_subset_size)
-        result.update(kid=mean, kid_std=std)
+    result, skips = compare_image_sets(args.real, args.fake, extractor, batch_size=args.batch_size, device=args.device,
+                                       fid=command == "fid", kid=command == "kid" or args.kid,
+                                       kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size)
     label = "" if extractor.comparable else f"  [{extractor.note}]"
     summary = ", ".join(f"{k}={result[k]:.4f}" for k in ("fid", "kid") if k in result)
     print(f"{summary} ({extractor.name}){label}", file=sys.stderr)
@@ -230,24 +213,13 @@ def sr_psnr_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     _at_least(args.batch_size, "--batch-size")
 
-    from pixcade.data.shapes import evaluation_prompts
-    from pixcade.eval.sr_psnr import evaluate_sr, examples_grid, markdown_table
-    from pixcade.pipeline.cascade import Cascade
-
     scenes = evaluation_prompts(args.n, 1 / 3, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
     report, images = evaluate_sr(cascade, scenes, args.stage, seed=args.seed, batch_size=args.batch_size)
     report = {"model": args.model, "model_digest": model_digest(args.model), "command": _command("sr-psnr", argv),
               "prompt_seed": args.prompt_seed, **report}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    examples_grid(images).save(out / "examples.png")
-    table = markdown_table(report)
-    (out / "sr_psnr.md").write_text(
-        f"# Super-resolution PSNR: {args.model}, stage {report['stage']}\n\n{table}\n\n"
-        "examples.png rows: low-res input (enlarged), bicubic, SR output, true render\n", encoding="utf-8")
-    print(table, file=sys.stderr)
-    emit_json(report, str(out / "sr_psnr.json"))
+    print(write_sr_report(args.out, report, images), file=sys.stderr)
+    emit_json(report, str(Path(args.out) / "sr_psnr.json"))
     return 0
 
 
@@ -264,23 +236,12 @@ def grid_main(argv: list[str]) -> int:
     if args.cell is not None and args.cell < 8:
         raise PixcadeError("--cell must be at least 8 pixels")
 
-    from PIL.PngImagePlugin import PngInfo
-
-    from pixcade.eval.stage_grid import DEFAULT_PROMPTS, labelled_grid
-    from pixcade.pipeline.cascade import Cascade
-
     prompts = args.prompts or list(DEFAULT_PROMPTS)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
-    stages = cascade.generate(prompts, seed=args.seed, return_stages=True)
-    grid = labelled_grid(prompts, stages, args.cell)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     command = _command("grid", argv)
-    info = PngInfo()
-    info.add_text(GRID_COMMAND_KEY, command)
-    info.add_text(GRID_DIGEST_KEY, model_digest(args.model) or "")
-    grid.save(out, pnginfo=info)
-    print(json.dumps({"out": str(out), "command": command, "stages": list(stages), "prompts": prompts,
+    grid, stages = save_grid(cascade, prompts, args.out, seed=args.seed, cell=args.cell, command=command,
+                             model_digest=model_digest(args.model))
+    print(json.dumps({"out": str(args.out), "command": command, "stages": stages, "prompts": prompts,
                       "seed": args.seed, "size": list(grid.size)}, indent=2))
     return 0
 

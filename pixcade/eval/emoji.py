@@ -120,6 +120,28 @@ def judge_generated(
     }
 
 
+def judge_generated_sets(
+    judges: dict[str, tuple[EmojiClassifier, dict[str, Any]]],
+    held_out: LabelledImages,
+    train: LabelledImages,
+    sets: dict[str, list[tuple[Image.Image, str]]],
+    copy_psnr: float,
+) -> dict[str, Any]:
+    """`judge_generated` for every image set with every judge ({name: (net, its weights'
+    info)}), and each judge's ranking of the sets by joint accuracy and by FD, with whether
+    the judges agree on them."""
+    reports: dict[str, dict[str, Any]] = {}
+    for name, (net, info) in judges.items():
+        reports[name] = {"sha256": info["digest"], "trained_by": info.get("command"), "seed": info.get("seed"),
+                         "models": {f: judge_generated(net, held_out, train, s, copy_psnr=copy_psnr)
+                                    for f, s in sets.items()}}
+    rankings = {w: {"joint": sorted(sets, key=lambda f: -r["models"][f]["accuracy"]["all"]["generated"]["joint"]),
+                    "fd": sorted(sets, key=lambda f: r["models"][f]["distance"]["fd"])}
+                for w, r in reports.items()}
+    agree = {k: len({tuple(r[k]) for r in rankings.values()}) == 1 for k in ("joint", "fd")}
+    return {"judges": reports, "rankings": rankings, "rankings_agree": agree}
+
+
 def ssim(a: Image.Image, b: Image.Image) -> float:
     """Mean SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) over
     the RGB channels, on 0-255 values; windows wholly inside the image."""

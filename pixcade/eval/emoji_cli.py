@@ -63,18 +63,10 @@ def generated_main(argv: list[str]) -> int:
         if listed is None:
             raise PixcadeError(f"{folder} has no prompts.jsonl (make it with `pixcade generate --out`)")
         sets[folder] = [(open_image(path), prompt) for path, prompt in listed]
-    reports: dict[str, dict] = {}
-    for weights in args.classifier:
-        net, info = load_classifier(weights)
-        reports[weights] = {"sha256": info["digest"], "trained_by": info.get("command"), "seed": info.get("seed"),
-                            "models": {f: emoji.judge_generated(net, held, train, s, copy_psnr=args.copy_psnr)
-                                       for f, s in sets.items()}}
-    rankings = {w: {"joint": sorted(sets, key=lambda f: -r["models"][f]["accuracy"]["all"]["generated"]["joint"]),
-                    "fd": sorted(sets, key=lambda f: r["models"][f]["distance"]["fd"])}
-                for w, r in reports.items()}
-    agree = {k: len({tuple(r[k]) for r in rankings.values()}) == 1 for k in ("joint", "fd")}
+    judges = {weights: load_classifier(weights) for weights in args.classifier}
+    result = emoji.judge_generated_sets(judges, held, train, sets, copy_psnr=args.copy_psnr)
     command = shlex.join(["pixcade", "eval", "emoji", "generated", *argv])
-    emit_json({"command": command, "judges": reports, "rankings": rankings, "rankings_agree": agree}, args.out)
+    emit_json({"command": command, **result}, args.out)
     return 0
 
 

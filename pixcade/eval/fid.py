@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from pixcade.data import transforms
 from pixcade.data.samples import SkipStats
 from pixcade.errors import PixcadeError
 from pixcade.pipeline.images import open_image
+
+if TYPE_CHECKING:
+    from pixcade.eval.features import FeatureExtractor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # The index `pixcade generate` (and `pixcade drawbench generate`, per model) writes beside
@@ -237,3 +240,39 @@ def extract_features(
     if not chunks:
         raise PixcadeError(f"no images in {source}")
     return np.concatenate(chunks)
+
+
+def compare_image_sets(
+    real: str,
+    fake: str,
+    extractor: FeatureExtractor,
+    *,
+    batch_size: int,
+    device: str,
+    fid: bool,
+    kid: bool,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+) -> tuple[dict[str, Any], dict[str, SkipStats]]:
+    """FID and/or KID between two image sources (folders, `pixcade generate` folders or
+    datasets) in ``extractor``'s feature space: (the result `pixcade eval fid|kid` prints,
+    the unreadable images left out of each set)."""
+    skips = {"real": SkipStats(), "fake": SkipStats()}
+    real_f = extract_features(real, extractor, batch_size, device, desc="real features", skips=skips["real"])
+    fake_f = extract_features(fake, extractor, batch_size, device, desc="fake features", skips=skips["fake"])
+    result: dict[str, Any] = {
+        "features": extractor.name,
+        "comparable_to_published": extractor.comparable,
+        "note": extractor.note,
+        "n_real": int(real_f.shape[0]),
+        "n_fake": int(fake_f.shape[0]),
+        # Unreadable dataset images left out: the n above are what was measured.
+        "skipped_real": skips["real"].count,
+        "skipped_fake": skips["fake"].count,
+    }
+    if fid:
+        result["fid"] = fid_from_features(real_f, fake_f)
+    if kid:
+        mean, std = kernel_inception_distance(real_f, fake_f, kid_subsets, kid_subset_size)
+        result.update(kid=mean, kid_std=std)
+    return result, skips

@@ -9,6 +9,7 @@ render is the baseline an SR stage has to beat.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from pixcade.data.render import render
 from pixcade.data.shapes import Scene
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write_text
 from pixcade.pipeline.images import make_grid
 
 
@@ -129,3 +131,15 @@ def examples_grid(images: dict[str, list[Image.Image]], count: int = 8) -> Image
         for i in range(min(count, len(images["truth"])))
     ]
     return make_grid(rows)
+
+
+def write_sr_report(out: str | Path, report: dict[str, Any], images: dict[str, list[Image.Image]]) -> str:
+    """``out``/examples.png and sr_psnr.md for an `evaluate_sr` report; the markdown table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    examples_grid(images).save(out / "examples.png")
+    table = markdown_table(report)
+    atomic_write_text(out / "sr_psnr.md",
+                      f"# Super-resolution PSNR: {report['model']}, stage {report['stage']}\n\n{table}\n\n"
+                      "examples.png rows: low-res input (enlarged), bicubic, SR output, true render\n")
+    return table

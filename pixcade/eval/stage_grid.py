@@ -3,11 +3,18 @@ each stage's image (the base enlarged to the final size), for the README."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from pixcade.errors import PixcadeError
+from pixcade.io import atomic_write_bytes
+from pixcade.pipeline.images import png_bytes
+
+if TYPE_CHECKING:
+    from pixcade.pipeline.cascade import Cascade
 
 # Two prompts per scene kind; the second of each names a held-out colour-shape pair.
 DEFAULT_PROMPTS: tuple[str, ...] = (
@@ -23,6 +30,8 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "a green circle in the bottom left corner",
 )
 PAD = 6
+GRID_COMMAND_KEY = "pixcade-command"  # PNG text chunks: the command that made the grid, the model's digest
+GRID_DIGEST_KEY = "pixcade-model-digest"
 TEXT_WIDTH = 240
 FONT_SIZE = 14
 
@@ -96,3 +105,17 @@ def labelled_grid(prompts: Sequence[str], stages: dict[str, Sequence[Image.Image
                 image = image.resize((cell, cell), Image.Resampling.NEAREST)
             grid.paste(image, (x0 + k * (cell + PAD), y))
     return grid
+
+
+def save_grid(cascade: Cascade, prompts: Sequence[str], out: str | Path, *, seed: int, cell: int | None,
+              command: str, model_digest: str | None) -> tuple[Image.Image, list[str]]:
+    """Generate ``prompts`` with every stage of ``cascade`` and write their `labelled_grid` to
+    ``out`` as a PNG recording ``command`` and the model's digest; (the grid, the stage names)."""
+    stages = cascade.generate(list(prompts), seed=seed, return_stages=True)
+    grid = labelled_grid(prompts, stages, cell)
+    info = PngInfo()
+    info.add_text(GRID_COMMAND_KEY, command)
+    info.add_text(GRID_DIGEST_KEY, model_digest or "")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, png_bytes(grid, pnginfo=info))
+    return grid, list(stages)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from pixcade.data import transforms
 from pixcade.errors import PixcadeError
@@ -41,10 +42,10 @@ def make_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Imag
     return grid
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    """The image as a PNG file's bytes."""
+def png_bytes(image: Image.Image, pnginfo: PngInfo | None = None) -> bytes:
+    """The image as a PNG file's bytes (with ``pnginfo``'s text chunks)."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", pnginfo=pnginfo)
     return buf.getvalue()
 
 
