@@ -7,7 +7,7 @@ from PIL import Image
 from pixcade import cli
 from pixcade.data import render as R
 from pixcade.data import shapes as S
-from pixcade.data.cli import write_shapes_dataset
+from pixcade.data.shapes_dataset import write_shapes_dataset
 from pixcade.errors import PixcadeError
 
 
