@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pixcade.pipeline.cli as gen_cli
+import pixcade.pipeline.shipped as shipped
 from pixcade.cli import main
 from tiny_cascade import BASE_RES, SR_RES, save_tiny_cascade
 
@@ -193,7 +193,7 @@ def test_broken_model_directory(model: Path, tmp_path: Path, no_shard: None,
 
 def test_shipped_model_missing_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(gen_cli.resources, "files", lambda package: tmp_path)
+    monkeypatch.setattr(shipped.resources, "files", lambda package: tmp_path)
     assert main(["generate", "x", "--out", str(tmp_path / "out")]) == 2
     assert "the shipped default model is missing" in capsys.readouterr().err
 

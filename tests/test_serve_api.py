@@ -311,12 +311,12 @@ def test_served_images_are_the_cascades_stage_by_stage(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_bad_settings_and_a_missing_default_model(tmp_path: Path, monkeypatch) -> None:
-    from pixcade.pipeline import cli as generate_cli
+    from pixcade.pipeline import shipped
     from pixcade.serve.cli import main
 
     with pytest.raises(PixcadeError, match="max_queue must be at least 1"):
         main(["--model", str(tmp_path), "--max-queue", "0"])
-    monkeypatch.setattr(generate_cli.resources, "files", lambda package: tmp_path)
+    monkeypatch.setattr(shipped.resources, "files", lambda package: tmp_path)
     with pytest.raises(PixcadeError, match="shipped default model is missing.*pass --model"):
         main([])
 

@@ -18,6 +18,7 @@ from pixcade.data.transforms import square_tensor
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import open_image, to_pil
+from pixcade.pipeline.shipped import resolve_model
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
 from pixcade.pipeline.options import PerStage, StageOptions, resolve_options
 from pixcade.stage import Stage
@@ -132,7 +133,8 @@ class Cascade:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "Cascade":
-        directory = Path(directory)
+        """A saved cascade folder, or a shipped model's name (`"shapes"`)."""
+        directory = resolve_model(directory)
         config = saving.load_cascade_config(directory)
         stages = []
         for sc in config.stages:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,6 +15,7 @@ from pixcade.pipeline.cascade import Cascade, StageBars
 from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
 from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches, shard_from_env
 from pixcade.pipeline.options import parse_per_stage
+from pixcade.pipeline.shipped import resolve_model
 
 GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (columns)
 
@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="images per prompt (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="out", metavar="DIR", help="output directory (default: ./out)")
-    p.add_argument("--model", metavar="DIR",
-                   help="saved cascade directory (default: the shipped shapes model)")
+    p.add_argument("--model", metavar="DIR|NAME",
+                   help="saved cascade directory, or a shipped model's name (default: shapes)")
     p.add_argument("--stages", metavar="A,B", help="consecutive stages to run (default: all)")
     p.add_argument("--stop-after", metavar="NAME", help="stop after this stage (e.g. the base)")
     p.add_argument("--start-image", metavar="PNG",
@@ -73,13 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (default 16)")
     return p
-
-
-def default_model_dir() -> Path:
-    path = Path(str(resources.files("pixcade").joinpath("weights", "shapes")))
-    if not (path / "cascade.json").is_file():
-        raise PixcadeError(f"the shipped default model is missing ({path}); pass --model DIR")
-    return path
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -117,7 +110,7 @@ def main(argv: list[str]) -> int:
         raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
     rank, world = shard_from_env()
     start = open_image(args.start_image) if args.start_image else None
-    model_dir = Path(args.model) if args.model else default_model_dir()
+    model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
 
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
@@ -29,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = Limits()
     p = ArgumentParser(prog="pixcade serve", description="Serve a web page and HTTP API for generation.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", metavar="DIR", help="saved cascade directory (default: the shipped shapes model)")
+    p.add_argument("--model", metavar="DIR|NAME",
+                   help="saved cascade directory, or a shipped model's name (default: shapes)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from pixcade.pipeline.cascade import Cascade
-    from pixcade.pipeline.cli import default_model_dir, pick_device
+    from pixcade.pipeline.cli import pick_device
+    from pixcade.pipeline.shipped import resolve_model
     from pixcade.serve.model import CascadeModel
 
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
     )
     if args.keep_jobs < 1 or not args.job_ttl > 0:
         raise PixcadeError("--keep-jobs must be at least 1 and --job-ttl positive")
-    model_dir = Path(args.model) if args.model else default_model_dir()
+    model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
     cascade.encoder  # load the text encoder now: a mismatch fails here, not on the first request
     manager = JobManager(CascadeModel(cascade), max_queue=limits.max_queue, keep=args.keep_jobs, ttl=args.job_ttl)
