@@ -7,12 +7,10 @@ meaning (what the scorer checks) stays that of the scene.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from pixcade.data.shapes import Scene, Shape
+from pixcade.data.scenes import COLOURS, KINDS, SIZE_RANGES, Scene, Shape, validate
+from pixcade.errors import PixcadeError
 
 SIZE_WORDS = {"small": ("small",), "large": ("large", "big")}
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
@@ -84,8 +82,6 @@ def _size_of(word: str) -> str | None:
 
 def _read_noun(words: list[str], plural: bool) -> tuple[str | None, str, str]:
     """(size or None, colour, kind) from e.g. ["big", "red", "circle"]."""
-    from pixcade.data.shapes import COLOURS, KINDS
-
     size = _size_of(words[0]) if len(words) == 3 else None
     if len(words) not in (2, 3) or (len(words) == 3 and size is None):
         raise ValueError(" ".join(words))
@@ -111,9 +107,6 @@ def parse_caption(text: str) -> Scene:
     says is meaningful, which is all the scorer checks. Raises PixcadeError for captions
     outside this module's grammar.
     """
-    from pixcade.data.shapes import SIZE_RANGES, Scene, Shape, validate
-    from pixcade.errors import PixcadeError
-
     core = " ".join(text.lower().strip().rstrip(".").split())
     for prefix in _PREFIXES:
         if core.startswith(prefix):
