@@ -35,6 +35,18 @@ def make_batch(spec: UNetSpec, batch: int, suite: Suite, device: str, seed: int 
     return {k: v.to(device) for k, v in out.items()}
 
 
+# Dense bf16 tensor-core peak, for model FLOPs utilisation.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def gpu_peak_bf16() -> float | None:
+    """The current CUDA device's dense bf16 peak FLOP/s, if it is one we know."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
 def autocast(device: str, enabled: bool):
     if not enabled:
         return contextlib.nullcontext()

@@ -30,8 +30,6 @@ from specs import SUITES  # noqa: E402
 # The CPU target of issue 9, and the sampler target (time half; accuracy needs --model).
 TRAIN_TARGET = 1.5
 SAMPLER_TARGET = 10.0
-# Dense bf16 tensor-core peak, for model FLOPs utilisation.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 # (row label, task, result key, True if higher is better, unit scale, format)
 ROWS = [
     ("base U-Net parameters (M)", "train-base", "params", None, 1e-6, "{:.2f}"),
@@ -301,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--pixcade-steps takes step counts >= 1, got {a.pixcade_steps}")
 
     import torch
+    from common import gpu_peak_bf16
 
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = a.device.startswith("cuda")
@@ -314,10 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         # The trainer's default is bf16 autocast. channels_last pays on GPUs, not on the CPU
         # measured here (benchmarks/README.md).
         a.pixcade_opts = "bf16,cl" if gpu else "bf16"
-    a.peak_flops = None
-    if gpu:
-        name = torch.cuda.get_device_name()
-        a.peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    a.peak_flops = gpu_peak_bf16() if gpu else None
     if a.impls is None:
         # Each library's default precision, plus the other precision for pixcade and
         # imagen-pytorch's training (its trainer offers bf16 through accelerate).

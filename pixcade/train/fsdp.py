@@ -8,8 +8,8 @@ forward and again for its backward, then freed, so at any moment one unit's full
 (the 2B base's biggest ResNet block: ~75M parameters) sit beside the shards.
 
 Precision: the master weights stay fp32 (what the optimizer updates, what checkpoints
-hold); with ``bf16`` they are gathered as bf16 for compute and gradients are reduced in
-fp32. Inputs are not cast by FSDP: the trainer's bf16 autocast decides per op (so time
+hold); with ``bf16`` they are gathered as bf16 for compute on GPUs and gradients are
+reduced in fp32. Inputs are not cast by FSDP: the trainer's bf16 autocast decides per op (so time
 embeddings are computed in fp32, as on one process; bf16 cannot tell t = 0.501 from 0.502).
 
 Gradient checkpointing per ResNet block is the composable ``checkpoint`` API, which keeps
@@ -45,7 +45,10 @@ def shard_unet(net: nn.Module, mesh: DeviceMesh, *, bf16: bool, checkpoint_res_b
     ``net`` may live on the meta device (nothing materialised: for counting, or to
     initialise the shards afterwards with ``to_empty`` + init).
     """
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32,
+    # On CPU the gathers stay fp32 (autocast still computes in bf16): CPU layer_norm refuses
+    # bf16 weights with the fp32 inputs autocast leaves it, where CUDA autocast casts both.
+    gather_bf16 = bf16 and mesh.device_type == "cuda"
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if gather_bf16 else None, reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
     units = [m for m in net.modules() if isinstance(m, SHARD_UNITS)]
     for m in units:

@@ -1,0 +1,37 @@
+"""benchmarks/gpu_check.sh in its fake-small mode (CPU, tiny presets, this interpreter): every
+step it runs on a GPU runs here too and lands in the JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from train_support import REPO
+
+
+def test_gpu_check_fake_small_writes_every_section(tmp_path):
+    out = tmp_path / "gpu.json"
+    env = dict(os.environ, GPU_CHECK_FAKE_SMALL="1", GPU_CHECK_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["fake_small"] is True and "--fake-small" in result["command"]
+    tests = result["cuda_tests"]
+    assert tests["returncode"] == 0 and "skipped" in tests["summary"]  # no GPU here: the cuda tests skip
+    rows = result["training"]
+    assert [(r["stage"], r["mode"]) for r in rows] == [("tiny-base", "single"), ("tiny-sr", "single"),
+                                                       ("tiny-base", "fsdp (1 rank)")]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["images_per_s"] > 0 and row["flops_per_image"] > 1e6 and row["batch"] == 4
+        assert row["achieved_tflops"] * 1e12 * row["step_s"] == pytest.approx(
+            row["flops_per_image"] * row["batch"], rel=1e-6)
+        assert row["mfu"] is None and row["peak_memory_gb"] is None  # no GPU peak to compare with
+    # The sharded step does the same work as the plain one.
+    assert rows[2]["flops_per_image"] == rows[0]["flops_per_image"]
+    assert result["sampling"]["images"] == 4 and result["sampling"]["size"] == [128, 128]
