@@ -41,6 +41,9 @@ class StageConfig:
     guidance_weight: float = 5.0
     threshold: str = "dynamic:99.5"
     aug_level: float = 0.0
+    # Set on a progressively distilled student (Salimans & Ho 2022): the number of
+    # deterministic DDIM steps, on the grid uniform in t, that it was trained to take.
+    distilled_steps: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -55,6 +58,13 @@ class StageConfig:
             raise PixcadeError(f"stage {self.name!r}: unknown sampler {self.sampler!r}")
         if int(self.steps) < 1:
             raise PixcadeError(f"stage {self.name!r}: steps must be at least 1, got {self.steps}")
+        if self.distilled_steps is not None and (
+            isinstance(self.distilled_steps, bool) or not isinstance(self.distilled_steps, int)
+            or self.distilled_steps < 1
+        ):
+            raise PixcadeError(
+                f"stage {self.name!r}: distilled_steps must be a positive integer, got {self.distilled_steps!r}"
+            )
         parse_threshold(self.threshold)  # a bad spec fails when the config is made, not when sampling
         if self.is_super_resolution != bool(self.unet.lowres_cond):
             raise PixcadeError(
@@ -69,6 +79,11 @@ class StageConfig:
     @property
     def is_super_resolution(self) -> bool:
         return self.lowres_resolution is not None
+
+    @property
+    def guidance_conditioned(self) -> bool:
+        """Whether the network takes the guidance weight as an input (one pass per step)."""
+        return self.unet.guidance_conditioned
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,6 +101,14 @@ def upsample(lowres: torch.Tensor, resolution: int) -> torch.Tensor:
         return lowres
     up = F.interpolate(lowres, size=(resolution, resolution), mode="bicubic", align_corners=False)
     return up.clamp(-1.0, 1.0)
+
+
+def unconditional(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same conditioning with the text replaced by the null input (an all-False mask)."""
+    uncond = dict(cond)
+    uncond["text_emb"] = torch.zeros_like(cond["text_emb"])
+    uncond["text_mask"] = torch.zeros_like(cond["text_mask"])
+    return uncond
 
 
 class Stage:
@@ -107,8 +130,11 @@ class Stage:
         generator: torch.Generator | None = None,
         resolution: int | None = None,
         aug_noise: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The keyword arguments of the U-Net besides (z, t).
+
+        ``guidance`` is the guidance weight [B] a guidance-conditioned stage takes (and only it).
 
         For SR stages the low-res image is upsampled to the working resolution and
         noise-augmented to level ``aug_t`` (a forward diffusion of the same schedule), so
@@ -117,6 +143,13 @@ class Stage:
         else drawn from ``generator``.
         """
         cond: dict[str, torch.Tensor] = {"text_emb": text_emb, "text_mask": text_mask}
+        if self.config.guidance_conditioned != (guidance is not None):
+            raise PixcadeError(
+                f"stage {self.config.name!r} is guidance-conditioned: it needs a guidance weight"
+                if guidance is None else f"stage {self.config.name!r} takes no guidance weight as input"
+            )
+        if guidance is not None:
+            cond["guidance"] = guidance
         if not self.config.is_super_resolution:
             if lowres is not None:
                 raise PixcadeError(f"stage {self.config.name!r} is not a super-resolution stage")
@@ -231,10 +264,13 @@ class Stage:
         b = text_emb.shape[0]
         device = text_emb.device
         aug_t = torch.full((b,), float(aug_level), device=device) if c.is_super_resolution else None
-        cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
-        uncond = dict(cond)
-        uncond["text_emb"] = torch.zeros_like(text_emb)
-        uncond["text_mask"] = torch.zeros_like(text_mask)
+        if c.guidance_conditioned:  # the weight is an input: one pass per step
+            w_in = torch.full((b,), float(w), device=device)
+            cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise, guidance=w_in)
+            uncond = None
+        else:
+            cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
+            uncond = unconditional(cond)
         denoiser = guided_denoiser(
             self.net, self.schedule, c.parameterization, cond, uncond, w, threshold
         )

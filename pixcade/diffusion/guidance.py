@@ -69,6 +69,38 @@ def parse_threshold(spec: str) -> Threshold | None:
     )
 
 
+def combine(out_c: torch.Tensor, out_u: torch.Tensor, w: float | torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance of raw outputs: out_u + w (out_c - out_u).
+
+    w = 1 is the conditional output, w = 0 the unconditional one; ``w`` is a number or a
+    per-sample tensor broadcasting against the outputs. The one definition of w in pixcade.
+    """
+    return out_u + w * (out_c - out_u)
+
+
+def guided_output(
+    net: Callable[..., torch.Tensor],
+    cond: dict[str, torch.Tensor],
+    uncond: dict[str, torch.Tensor] | None,
+    guidance_weight: float | torch.Tensor,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(z, t) -> raw output`` guided with weight ``guidance_weight`` (a number, or one per
+    sample [B]). Both passes run as one forward on a batch of 2B (conditional rows first);
+    with a plain weight of 1, or ``uncond`` None, only the conditional pass runs."""
+    w = guidance_weight
+    if uncond is None or (not isinstance(w, torch.Tensor) and w == 1.0):
+        return lambda z, t: net(z, t, **cond)
+    if set(cond) != set(uncond):
+        raise PixcadeError(f"cond keys {sorted(cond)} != uncond keys {sorted(uncond)}")
+    both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+
+    def guided(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_c, out_u = net(torch.cat([z, z]), torch.cat([t, t]), **both).chunk(2)
+        return combine(out_c, out_u, per_sample(w, out_c) if isinstance(w, torch.Tensor) else w)
+
+    return guided
+
+
 def guided_denoiser(
     net: Callable[..., torch.Tensor],
     schedule: Schedule,
@@ -89,20 +121,10 @@ def guided_denoiser(
     """
     check_parameterization(param)
     thresh = parse_threshold(threshold) if isinstance(threshold, str) else threshold
-    w = float(guidance_weight)
-    guided = uncond is not None and w != 1.0
-    if guided:
-        if set(cond) != set(uncond):
-            raise PixcadeError(f"cond keys {sorted(cond)} != uncond keys {sorted(uncond)}")
-        # Both passes run as one forward of batch 2B: conditional rows first.
-        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
+    guided = guided_output(net, cond, uncond, float(guidance_weight))
 
     def denoiser(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guided:
-            out_c, out_u = net(torch.cat([z, z]), torch.cat([t, t]), **both).chunk(2)
-            out = out_u + w * (out_c - out_u)
-        else:
-            out = net(z, t, **cond)
+        out = guided(z, t)
         alpha, sigma = alpha_sigma(per_sample(schedule.log_snr(t), z))
         x0 = to_x0(out, z, alpha, sigma, param)
         return x0 if thresh is None else thresh(x0)

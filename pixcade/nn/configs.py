@@ -46,6 +46,11 @@ class UNetConfig:
     # before the U-Net reads them, so tokens can combine first (e.g. a relation word with
     # the object it binds). Not in Imagen, whose frozen T5-XXL relates the words itself.
     text_layers: int = 0
+    # The classifier-free guidance weight w as an input, embedded beside the timestep through a
+    # zero-initialised layer: a guidance-distilled student (Meng et al. 2023) starts as its
+    # teacher's conditional output at every w, and needs one pass where guidance took two.
+    # Not in Imagen.
+    guidance_conditioned: bool = False
     # Dropout inside the ResNet blocks.
     dropout: float = 0.0
     # Group-norm groups (every level's channels must be a multiple).

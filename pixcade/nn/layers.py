@@ -22,15 +22,17 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> to
 
 
 class ScalarEmbedding(nn.Module):
-    """A scalar in [0, 1] (diffusion time, augmentation level) -> sinusoidal features -> MLP."""
+    """A scalar (diffusion time, augmentation level in [0, 1]; guidance weight) -> sinusoidal
+    features of scalar * ``scale`` -> MLP."""
 
-    def __init__(self, base_dim: int, emb_dim: int):
+    def __init__(self, base_dim: int, emb_dim: int, scale: float = 1000.0):
         super().__init__()
         self.base_dim = base_dim
+        self.scale = scale
         self.mlp = nn.Sequential(nn.Linear(base_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.base_dim))
+        return self.mlp(sinusoidal_embedding(t, self.base_dim, self.scale))
 
 
 class ResBlock(nn.Module):

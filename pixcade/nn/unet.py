@@ -21,6 +21,10 @@ from pixcade.nn.layers import Downsample, ResBlock, ScalarEmbedding, Upsample, s
 
 # Sin/cos features of a token's index that the learnt text position map reads.
 TEXT_POSITION_FEATURES = 64
+# Guidance weights (about 1..10) are multiplied by this before their sin/cos features: the
+# fastest feature then turns ~10 radians per unit of w, the slowest barely moves over the
+# range, so nearby weights embed alike and the whole range is told apart.
+GUIDANCE_EMBEDDING_SCALE = 10.0
 
 
 class _Block(nn.Module):
@@ -80,6 +84,11 @@ class EfficientUNet(nn.Module):
         levels = len(chs)
         self.time_emb = ScalarEmbedding(cfg.channels, cfg.emb_dim)
         self.aug_emb = ScalarEmbedding(cfg.channels, cfg.emb_dim) if cfg.lowres_cond else None
+        self.guidance_emb = None
+        if cfg.guidance_conditioned:
+            self.guidance_emb = ScalarEmbedding(cfg.channels, cfg.emb_dim, scale=GUIDANCE_EMBEDDING_SCALE)
+            nn.init.zeros_(self.guidance_emb.mlp[-1].weight)  # adds nothing until trained
+            nn.init.zeros_(self.guidance_emb.mlp[-1].bias)
         # Always prepended to the text tokens: attention is never over an empty set, and a
         # row with no real tokens (the unconditional pass) sees only this learned embedding.
         self.null_text = nn.Parameter(torch.randn(1, 1, cfg.text_dim) * 0.02)
@@ -118,13 +127,17 @@ class EfficientUNet(nn.Module):
         text_mask: torch.Tensor,
         lowres: torch.Tensor | None = None,
         aug_t: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Raw network output shaped like ``x``.
 
         ``t`` and ``aug_t`` are [B] in [0, 1]; ``text_mask`` is bool [B, L], a row of all
         False is the unconditional input. ``aug_t`` defaults to 0 (no augmentation).
+        ``guidance`` is the guidance weight [B] of a ``guidance_conditioned`` U-Net (required
+        there, refused elsewhere).
         """
         t, text_mask, aug_t = self._check_inputs(x, t, text_emb, text_mask, lowres, aug_t)
+        guidance = self._check_guidance(guidance, x)
         b = x.shape[0]
         if self.text_pos is not None:
             text_emb = text_emb + self.text_pos(token_positions(text_emb.shape[1], x.device)).to(text_emb.dtype)
@@ -135,6 +148,8 @@ class EfficientUNet(nn.Module):
             text = block(text, mask)
 
         emb = self.time_emb(t) + self.text_pool(text, mask)
+        if self.guidance_emb is not None:
+            emb = emb + self.guidance_emb(guidance)
         if self.aug_emb is not None:
             emb = emb + self.aug_emb(aug_t)
             x = torch.cat([x, lowres.to(x.dtype)], dim=1)
@@ -187,6 +202,15 @@ class EfficientUNet(nn.Module):
             raise PixcadeError(f"lowres must be upsampled to the image shape {tuple(x.shape)}, got {tuple(lowres.shape)}")
         aug_t = torch.zeros(b, device=x.device) if aug_t is None else self._check_scalar("aug_t", aug_t, b, x.device)
         return t, text_mask, aug_t
+
+    def _check_guidance(self, guidance: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.config.guidance_conditioned:
+            if guidance is not None:
+                raise PixcadeError("this U-Net is not guidance-conditioned: it takes no guidance weight")
+            return None
+        if guidance is None:
+            raise PixcadeError("a guidance-conditioned U-Net needs the guidance weight (guidance)")
+        return self._check_scalar("guidance", guidance, x.shape[0], x.device)
 
     @staticmethod
     def _check_scalar(name: str, v: torch.Tensor | float, b: int, device: torch.device) -> torch.Tensor:

@@ -163,21 +163,83 @@ class TrainConfig:
         return from_json(cls, d, "train")
 
 
+DISTILL_PHASES = ("guided", "halve")
+
+
+@dataclass
+class DistillConfig:
+    """What `pixcade distill` makes of a trained stage (the teacher): a student with its weights.
+
+    ``guided`` (Meng et al. 2023): a student that takes the guidance weight as an input
+    learns the teacher's guided output, one pass instead of two; each sample's weight is
+    drawn uniformly from ``guidance_range``. ``halve`` (Salimans & Ho 2022): a student of
+    ``steps`` DDIM steps learns two DDIM steps of the teacher per step; ``steps`` defaults
+    to half a distilled teacher's and must be given for a teacher not yet step-distilled.
+    """
+
+    # A stage export (RUN_DIR, RUN_DIR/final or an export directory) or a cascade
+    # directory, whose stage of this entry's name is the teacher.
+    teacher: str
+    phase: str = "guided"
+    guidance_range: tuple[float, float] = (1.0, 8.0)
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        # Types are the schema's (pixcade.schema, when read from a file); ranges are checked here.
+        if not self.teacher:
+            raise PixcadeError("distill.teacher must name the trained stage to distil")
+        if self.phase not in DISTILL_PHASES:
+            raise PixcadeError(f"unknown distill.phase {self.phase!r} (choose from {', '.join(DISTILL_PHASES)})")
+        low, high = self.guidance_range = tuple(float(w) for w in self.guidance_range)
+        if not 0.0 <= low <= high:
+            raise PixcadeError(f"distill.guidance_range must be [low, high] with 0 <= low <= high, got {[low, high]}")
+        if self.steps is not None and self.steps < 1:
+            raise PixcadeError(f"distill.steps must be a positive integer, got {self.steps!r}")
+        if self.phase == "guided" and self.steps is not None:
+            raise PixcadeError("distill.steps is for phase 'halve': the guided phase keeps the teacher's sampler")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["guidance_range"] = list(self.guidance_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        return from_json(cls, d, "distill")
+
+
 @dataclass
 class StageEntry:
-    """One stage of the cascade file: its model (a `StageConfig` dict) and its training."""
+    """One stage of the cascade file: its model (a `StageConfig` dict) and its training.
+
+    A distillation entry has a ``distill`` section; its model is the teacher's (made into
+    the student by `pixcade.train.distill`), so its ``stage`` holds only the name.
+    """
 
     stage: dict[str, Any]
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.distill is not None and set(self.stage) != {"name"}:
+            raise PixcadeError("a distilled stage's model is its teacher's: give its stage only a 'name'")
 
     def stage_config(self):  # -> StageConfig; imported lazily (it pulls in the U-Net)
         from pixcade.stage import StageConfig
 
+        if self.distill is not None:
+            raise PixcadeError(f"stage {self.name!r} is distilled from a teacher: its model comes from there")
         return StageConfig.from_dict(resolve_unet(self.stage))
 
     @property
     def name(self) -> str:
         return str(self.stage.get("name", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"stage": self.stage, "train": self.train.to_dict()}
+        if self.distill is not None:
+            d["distill"] = self.distill.to_dict()
+        return d
 
 
 @dataclass
@@ -194,6 +256,8 @@ class CascadeTrainConfig:
             raise PixcadeError(f"max_length must be at least 1, got {self.max_length}")
         # Every stage's model config is checked now, before any data is read or model built.
         for i, entry in enumerate(self.stages):
+            if entry.distill is not None:  # its model is its teacher's, checked when loaded
+                continue
             try:
                 entry.stage_config()
             except PixcadeError as err:
@@ -211,7 +275,7 @@ class CascadeTrainConfig:
             "text_encoder": self.text_encoder,
             "max_length": self.max_length,
             "embedding_cache": self.embedding_cache,
-            "stages": [{"stage": e.stage, "train": e.train.to_dict()} for e in self.stages],
+            "stages": [e.to_dict() for e in self.stages],
         }
 
     @classmethod

@@ -1,0 +1,155 @@
+"""Distilling a diffusion model into a cheaper student: the two objectives, as pure functions.
+
+- Guidance distillation (Meng et al. 2023, their stage one): a student that takes the
+  guidance weight w as an input learns, in one pass, the teacher's guided output
+  ``guidance.combine(cond, uncond, w)`` of two passes. Both are raw outputs of the same
+  parameterisation, so the loss is the teacher's own training loss with the guided output
+  as its target; sampling the student with the teacher's sampler and threshold then
+  reproduces the guided teacher at half the network evaluations.
+- Progressive distillation (Salimans & Ho 2022, Algorithm 2): a student of N deterministic
+  DDIM steps, on the grid t_k = k / N that `samplers.sample_ddim` walks, learns at t = i / N
+  the x0 whose single DDIM step to s = (i - 1) / N lands where two DDIM steps of the
+  teacher (through the midpoint t - 1 / (2N)) land: x~ = (z_s - (sigma_s / sigma_t) z_t) /
+  (alpha_s - (sigma_s / sigma_t) alpha_t). At s = 0 the sampler's last step returns its x0,
+  so there the target is the teacher's x0 after its first step. The target is expressed in
+  the student's parameterisation and the loss is MSE there: for v that is |x0 error|^2 /
+  sigma_t^2 = (1 + SNR) |x0 error|^2, the paper's "SNR + 1" weighting, and the one the
+  teacher was trained with. Not for eps: an eps network gives x0 = (z - sigma eps) / alpha,
+  which at t = 1 (alpha ~ 5e-5) multiplies every error by ~20,000, so the first of a few
+  large steps cannot be learnt (the paper's reason for v).
+
+Networks are closures holding their conditioning: ``net(z, t) -> raw output``; the
+teacher of the halving loss is a ``denoiser(z, t) -> x0`` with guidance and thresholding
+applied, exactly as a sampler sees it. Nothing here knows of U-Nets or text.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pixcade.diffusion.parameterization import check_parameterization, model_target, per_sample
+from pixcade.diffusion.samplers import Denoiser
+from pixcade.diffusion.schedules import Schedule, alpha_sigma
+from pixcade.errors import PixcadeError
+
+Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_student_steps(steps: int) -> None:
+    """Raise PixcadeError unless ``steps`` is a student's step count (a positive integer)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PixcadeError(f"a distilled student needs a positive whole number of steps, got {steps!r}")
+
+
+def check_halving(param: str, steps: int) -> None:
+    """Raise PixcadeError unless a ``steps``-step student of parameterisation ``param`` can
+    be distilled from a 2 * ``steps``-step teacher."""
+    check_parameterization(param)
+    check_student_steps(steps)
+    if param == "eps":
+        raise PixcadeError(
+            "progressive distillation needs a v or x0 parameterisation: an eps network cannot "
+            "express x0 at the first, low-SNR step"
+        )
+
+
+def _mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if out.shape != target.shape:
+        raise PixcadeError(f"student output shape {tuple(out.shape)} != target shape {tuple(target.shape)}")
+    return (out.float() - target.float()).square().flatten(1).mean(dim=1)
+
+
+def guided_distillation_loss(
+    student: Net,
+    teacher: Net,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    *,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample loss [B]: the student's raw output against the teacher's guided raw output
+    at the same z_t, t ~ U[0, 1] (or ``t``), noise standard normal (or ``noise``).
+
+    ``teacher(z, t)`` returns the guided output at each sample's w, ``student(z, t)`` one
+    pass at that w; the teacher runs without gradients.
+    """
+    if t is None:
+        t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    alpha, sigma = alpha_sigma(per_sample(schedule.log_snr(t), x0))
+    z = alpha * x0 + sigma * noise
+    with torch.no_grad():
+        target = teacher(z, t)
+    return _mse(student(z, t), target)
+
+
+def _ddim(z: torch.Tensor, x0: torch.Tensor, a_t, s_t, a_s, s_s) -> torch.Tensor:
+    """One deterministic DDIM step z_t -> z_s given x0 (per-sample alpha, sigma)."""
+    return a_s * x0 + s_s * (z - a_t * x0) / s_t
+
+
+def _coefficients(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha, sigma at float64 times ``t`` (as the samplers compute them), shaped and typed like ``like``."""
+    alpha, sigma = alpha_sigma(schedule.log_snr(t.double()))
+    return per_sample(alpha, like).to(like.dtype), per_sample(sigma, like).to(like.dtype)
+
+
+def halving_target(
+    teacher: Denoiser, z: torch.Tensor, i: torch.Tensor, steps: int, schedule: Schedule
+) -> torch.Tensor:
+    """The x0 a ``steps``-step student should predict at z_t, t = i / steps (``i`` [B] in
+    1..steps): the x0 of one DDIM step to (i - 1) / steps that lands where two steps of the
+    ``teacher`` denoiser land. Runs the teacher twice, without gradients."""
+    check_student_steps(steps)
+    if i.shape != (z.shape[0],) or bool((i < 1).any() | (i > steps).any()):
+        raise PixcadeError(f"step indices must be [{z.shape[0]}] integers in 1..{steps}")
+    i = i.to(torch.float64)
+    t, mid, s = i / steps, (i - 0.5) / steps, (i - 1) / steps
+    (a_t, s_t), (a_m, s_m), (a_s, s_s) = (_coefficients(schedule, v, z) for v in (t, mid, s))
+    dtype = torch.promote_types(z.dtype, torch.float32)  # as the samplers pass t
+    with torch.no_grad():
+        x1 = teacher(z, t.to(dtype))
+        z_mid = _ddim(z, x1, a_t, s_t, a_m, s_m)
+        x2 = teacher(z_mid, mid.to(dtype))
+        z_s = _ddim(z_mid, x2, a_m, s_m, a_s, s_s)
+        ratio = s_s / s_t
+        x_target = (z_s - ratio * z) / (a_s - ratio * a_t)
+        last = per_sample(s == 0, z)  # the sampler returns its x0 there: no step to s = 0
+        return torch.where(last, x2, x_target)
+
+
+def halving_loss(
+    student: Net,
+    teacher: Denoiser,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    param: str,
+    steps: int,
+    *,
+    i: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample loss [B] of a ``steps``-step student against a 2 * ``steps``-step teacher.
+
+    Each sample's step ``i`` is uniform in 1..steps (or given), z_t = alpha_t x0 + sigma_t
+    noise at t = i / steps; the target is `halving_target` in parameterisation ``param``.
+    """
+    check_halving(param, steps)
+    b = x0.shape[0]
+    if i is None:
+        i = torch.randint(1, steps + 1, (b,), generator=generator, device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    alpha, sigma = _coefficients(schedule, i.double() / steps, x0)
+    z = alpha * x0 + sigma * noise
+    x_target = halving_target(teacher, z, i, steps, schedule)
+    eps_target = (z - alpha * x_target) / sigma
+    target = model_target(x_target, eps_target, alpha, sigma, param)
+    t = (i.double() / steps).to(torch.promote_types(x0.dtype, torch.float32))
+    return _mse(student(z, t), target)

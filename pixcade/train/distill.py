@@ -1,0 +1,175 @@
+"""Distillation as a training objective: the teacher, the student it makes, and the loss.
+
+`pixcade distill` is `pixcade train` (same loop, checkpoints, resume, DDP, logs, export)
+with the diffusion loss replaced by `Distillation.loss`. The student is a normal stage:
+its config is the teacher's with the changes `student_config` makes, and its network
+starts from the teacher's weights, so a student at step 0 samples as its teacher does
+(the guided phase's new guidance embedding is zero-initialised).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pixcade.diffusion.distillation import check_halving, guided_distillation_loss, halving_loss
+from pixcade.diffusion.guidance import guided_denoiser, guided_output
+from pixcade.errors import PixcadeError
+from pixcade.pipeline import saving
+from pixcade.stage import Stage, StageConfig, unconditional
+from pixcade.train.config import DistillConfig
+
+
+@dataclass
+class Teacher:
+    stage: Stage  # frozen, in eval mode
+    text_encoder: str
+    max_length: int
+
+
+def load_teacher(source: str | Path, name: str, device: torch.device | str = "cpu") -> Teacher:
+    """The stage ``name`` of a cascade directory, or the stage of a trainer export, frozen."""
+    source = Path(source)
+    if (source / saving.CONFIG_NAME).is_file():
+        cascade = saving.load_cascade_config(source)
+        configs = {c.name: c for c in cascade.stages}
+        if name not in configs:
+            raise PixcadeError(f"distill.teacher {source} has no stage {name!r} (stages: {', '.join(configs)})")
+        config, weights = configs[name], source / f"{name}.safetensors"
+        encoder, max_length = cascade.text_encoder, cascade.max_length
+    else:
+        export = saving.read_stage_export(source)
+        if export.config.name != name:
+            raise PixcadeError(f"distill.teacher {source} is stage {export.config.name!r}, not {name!r}")
+        config, weights, encoder, max_length = export.config, export.weights, export.text_encoder, export.max_length
+    stage = Stage(config)
+    saving.load_weights(stage.net, weights, name)
+    stage.net.to(device).eval().requires_grad_(False)
+    return Teacher(stage, encoder, max_length)
+
+
+def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
+    """The student's stage config: the teacher's, made w-conditioned (phase ``guided``) or
+    with ``distilled_steps`` and a deterministic DDIM default of that many steps (``halve``).
+
+    Every input that cannot be distilled is a PixcadeError naming the problem.
+    """
+    name = teacher.name
+    if cfg.phase == "guided":
+        if teacher.guidance_conditioned:
+            raise PixcadeError(f"stage {name!r} already takes the guidance weight as an input: "
+                               "distil its steps (distill.phase 'halve')")
+        if teacher.distilled_steps is not None:
+            raise PixcadeError(f"stage {name!r} is step-distilled: distil guidance before halving steps")
+        if teacher.guidance_weight == 1.0:
+            raise PixcadeError(
+                f"stage {name!r} samples unguided (guidance_weight 1): there is no guidance to distil; "
+                f"halve its steps directly (distill.phase 'halve') or give it a guidance weight first "
+                f"(pixcade assemble --set {name}.guidance_weight=W)"
+            )
+        _check_range(teacher, cfg)
+        return dataclasses.replace(teacher, unet=dataclasses.replace(teacher.unet, guidance_conditioned=True))
+    if not teacher.guidance_conditioned and teacher.guidance_weight != 1.0:
+        raise PixcadeError(
+            f"stage {name!r} guides with two passes (guidance_weight {teacher.guidance_weight:g}): distil its "
+            "guidance first (distill.phase 'guided'), then halve the student"
+        )
+    if teacher.guidance_conditioned:
+        _check_range(teacher, cfg)
+    have = teacher.distilled_steps
+    if have is None:
+        if cfg.steps is None:
+            raise PixcadeError(f"stage {name!r} is not step-distilled: set distill.steps, the student's steps "
+                               "(the teacher takes twice as many)")
+        steps = cfg.steps
+    else:
+        if have == 1:
+            raise PixcadeError(f"stage {name!r} already samples in 1 step: it cannot be halved")
+        if have % 2:
+            raise PixcadeError(f"stage {name!r} was distilled for {have} steps, an odd count: it cannot be halved")
+        steps = have // 2 if cfg.steps is None else cfg.steps
+        if steps * 2 != have:
+            raise PixcadeError(f"stage {name!r} takes {have} steps: halving gives {have // 2}, not {steps}")
+    try:
+        check_halving(teacher.parameterization, steps)
+    except PixcadeError as err:
+        raise PixcadeError(f"stage {name!r}: {err}") from None
+    # The student's intermediate x0 is whatever makes its one DDIM step land on the
+    # teacher's two: thresholding it would move the step off that target (the last x0,
+    # the image, is clamped by Stage.sample as always).
+    return dataclasses.replace(teacher, distilled_steps=steps, sampler="ddim", steps=steps, threshold="none")
+
+
+def _check_range(teacher: StageConfig, cfg: DistillConfig) -> None:
+    low, high = cfg.guidance_range
+    if not low <= teacher.guidance_weight <= high:
+        raise PixcadeError(
+            f"stage {teacher.name!r} samples at guidance weight {teacher.guidance_weight:g} by default, "
+            f"outside distill.guidance_range [{low:g}, {high:g}]"
+        )
+
+
+def init_student(student: nn.Module, teacher: nn.Module) -> list[str]:
+    """Copy the teacher's weights into the student; the names of the student's tensors the
+    teacher lacks (its guidance embedding), which keep their initialisation."""
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("guidance_emb.") for k in missing):
+        raise PixcadeError("the student's U-Net does not match its teacher's")  # student_config guarantees it
+    return list(missing)
+
+
+class Distillation:
+    """The per-sample loss of one distillation phase, with the conditioning `Stage` assembles.
+
+    Each sample draws its own noise level (continuous t for ``guided``, one of the
+    student's grid points for ``halve``), SR augmentation level (uniform in [0, 1], as in
+    training) and guidance weight (uniform in the config's range, when the student takes one).
+    """
+
+    def __init__(self, teacher: Stage, student: Stage, cfg: DistillConfig):
+        if cfg.phase == "halve" and student.config.distilled_steps is None:
+            raise PixcadeError("the halving student's config must come from student_config")
+        self.teacher, self.student, self.cfg = teacher, student, cfg
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_mask: torch.Tensor,
+        lowres: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        b, dev = images.shape[0], images.device
+        res = images.shape[-1]
+        w = None
+        if self.student.config.guidance_conditioned:
+            low, high = self.cfg.guidance_range
+            w = low + (high - low) * torch.rand(b, generator=generator, device=dev)
+        aug_t = aug_noise = None
+        if self.student.config.is_super_resolution:
+            aug_t = torch.rand(b, generator=generator, device=dev)
+            # One draw for both networks: they must see the same noisy low-res image.
+            aug_noise = torch.randn((b, 3, res, res), generator=generator, device=dev, dtype=images.dtype)
+
+        def cond(stage: Stage, guidance: torch.Tensor | None) -> dict[str, torch.Tensor]:
+            return stage.conditioning(text_emb, text_mask, lowres, aug_t, resolution=res, aug_noise=aug_noise,
+                                      guidance=guidance)
+
+        teacher = self.teacher
+        student_cond = cond(self.student, w)
+        student = lambda z, t: self.student.net(z, t, **student_cond)  # noqa: E731
+        if self.cfg.phase == "guided":
+            c = cond(teacher, None)
+            guided = guided_output(teacher.net, c, unconditional(c), w)
+            return guided_distillation_loss(student, guided, images, teacher.schedule, generator=generator)
+        # A halving teacher takes w as an input or is unguided: one pass, its own threshold.
+        tc = teacher.config
+        denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization,
+                                   cond(teacher, w if tc.guidance_conditioned else None), None, 1.0, tc.threshold)
+        return halving_loss(student, denoiser, images, teacher.schedule, self.student.config.parameterization,
+                            self.student.config.distilled_steps, generator=generator)
