@@ -246,11 +246,12 @@ def test_guided_student_of_a_guided_student_is_refused_and_halving_it_works():
 @pytest.mark.parametrize("d, message", [
     ({"teacher": "t", "phase": "shrink"}, "unknown distill.phase 'shrink'"),
     ({"teacher": "t", "phase": "halve", "steps": 0}, "distill.steps must be a positive integer"),
-    ({"teacher": "t", "phase": "halve", "steps": 2.5}, "distill.steps must be a positive integer"),
+    ({"teacher": "t", "phase": "halve", "steps": 2.5}, "distill.steps must be an integer or null, got 2.5"),
     ({"teacher": "t", "guidance_range": [8, 1]}, "0 <= low <= high"),
-    ({"teacher": "t", "guidance_range": [1]}, "guidance_range must be two numbers"),
+    ({"teacher": "t", "guidance_range": [1]}, "distill.guidance_range must be"),
     ({"teacher": "t", "phase": "guided", "steps": 4}, "distill.steps is for phase 'halve'"),
-    ({"phase": "guided"}, "distill.teacher must name"),
+    ({"phase": "guided"}, "distill lacks the required field 'teacher'"),
+    ({"teacher": ""}, "distill.teacher must name"),
     ({"teacher": "t", "weights": 1}, r"distill has unknown keys: \['weights'\]"),
 ])
 def test_bad_distill_config_is_named(d, message):
