@@ -30,6 +30,8 @@ COMMANDS: Verbs = {
         "": ("pixcade.train.cli:main", "train one stage of a cascade"),
         "export": ("pixcade.train.cli:export_main", "write a run's checkpoint as a stage export"),
     },
+    "distill": ("pixcade.train.cli:distill_main",
+                "distil a trained stage: guidance into one pass, then halved step counts"),
     "assemble": ("pixcade.pipeline.assemble_cli:main", "combine trained stage exports into a cascade directory"),
     "embed": ("pixcade.text.cli:main", "precompute text embeddings for a dataset's captions"),
     "data": {

@@ -1,5 +1,6 @@
-"""`pixcade train` (one stage of a cascade described by a config file) and `pixcade train
-export` (a checkpoint as a stage export): parse, then `pixcade.train.trainer.train` /
+"""`pixcade train` (one stage of a cascade described by a config file), `pixcade distill`
+(the same for a stage entry with a distill section) and `pixcade train export` (a
+checkpoint as a stage export): parse, then `pixcade.train.trainer.train` /
 `pixcade.train.export.export_checkpoint`."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pixcade.commands import ArgumentParser
+from pixcade.errors import PixcadeError
 from pixcade.train.config import load_config
 
 EPILOG = """\
@@ -22,11 +24,25 @@ weights as a stage export (like RUN_DIR/final/), e.g. to evaluate a run still tr
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="pixcade train", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+DISTILL_EPILOG = """\
+The config's stage entry has a "distill" section: {"teacher": EXPORT_OR_CASCADE_DIR,
+"phase": "guided" | "halve", "guidance_range": [1, 8], "steps": N} (docs/training.md).
+Phase "guided" makes a student taking the guidance weight as an input (one network pass
+per step instead of two); phase "halve" a student of N DDIM steps from a teacher of 2N.
+Everything else (checkpoints, --resume, torchrun, logs, RUN_DIR/final/) is `pixcade train`'s.
+"""
+
+
+def build_parser(prog: str = "pixcade train", distill: bool = False) -> argparse.ArgumentParser:
+    p = ArgumentParser(prog=prog, description=None if distill else __doc__,
+                       epilog=DISTILL_EPILOG if distill else EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="cascade training config (.json or .toml)")
     p.add_argument("--stage", required=True, help="name of the stage to train (e.g. base, sr256)")
+    if distill:
+        p.add_argument("--teacher", help="override distill.teacher: a stage export or cascade directory")
+        p.add_argument("--phase", choices=("guided", "halve"), help="override distill.phase")
+        p.add_argument("--steps", type=int, help="override distill.steps: the halved student's steps")
     p.add_argument("--out", help="run directory (default: runs/STAGE)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
@@ -35,19 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global, all ranks)")
     p.add_argument("--num-workers", type=int, help="override train.num_workers")
     p.add_argument("--seed", type=int, help="override train.seed")
-    p.add_argument("--init-from", help="override train.init_from: start from a stage export's weights")
+    if not distill:
+        p.add_argument("--init-from", help="override train.init_from: start from a stage export's weights")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available; "
                                     "under torchrun cuda:LOCAL_RANK)")
     return p
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser().parse_args(argv), distilling=False)
+
+
+def distill_main(argv: list[str]) -> int:
+    """`pixcade distill`: `pixcade train` for a stage entry with a distill section."""
+    return _run(build_parser("pixcade distill", distill=True).parse_args(argv), distilling=True)
+
+
+def _run(args: argparse.Namespace, distilling: bool) -> int:
     config = load_config(args.config)
     entry = config.stage(args.stage)
+    if distilling != (entry.distill is not None):
+        raise PixcadeError(f"stage {args.stage!r} has a distill section: run `pixcade distill`" if not distilling
+                           else f"stage {args.stage!r} has no distill section (docs/training.md): nothing to distil")
+    if distilling:
+        changes = {"teacher": args.teacher, "phase": args.phase, "steps": args.steps}
+        distill = entry.distill.to_dict()
+        distill.update({k: v for k, v in changes.items() if v is not None})
+        entry.distill = type(entry.distill).from_dict(distill)  # re-validates
     overrides = {
         "max_steps": args.max_steps, "data": args.data, "batch_size": args.batch_size,
-        "num_workers": args.num_workers, "seed": args.seed, "init_from": args.init_from,
+        "num_workers": args.num_workers, "seed": args.seed, "init_from": getattr(args, "init_from", None),
     }
     train = entry.train.to_dict()
     train.update({k: v for k, v in overrides.items() if v is not None})

@@ -21,7 +21,7 @@ from pixcade.diffusion.guidance import guided_denoiser, guided_output
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.stage import Stage, StageConfig, unconditional
-from pixcade.train.config import DistillConfig
+from pixcade.train.config import CascadeTrainConfig, DistillConfig, StageEntry
 
 
 @dataclass
@@ -50,6 +50,33 @@ def load_teacher(source: str | Path, name: str, device: torch.device | str = "cp
     saving.load_weights(stage.net, weights, name)
     stage.net.to(device).eval().requires_grad_(False)
     return Teacher(stage, encoder, max_length)
+
+
+@dataclass(frozen=True)
+class DistillSetup:
+    """What the trainer needs to run a distillation entry: the frozen teacher, the phase, and
+    the student's stage config (the run's stage config: checkpoints and exports record it)."""
+
+    teacher: Stage
+    cfg: DistillConfig
+    student: StageConfig
+
+
+def prepare(config: CascadeTrainConfig, entry: StageEntry, device: torch.device | str = "cpu") -> DistillSetup:
+    """Load ``entry``'s teacher and make its student's config; every mismatch is named."""
+    cfg = entry.distill
+    if cfg is None:
+        raise PixcadeError(f"stage {entry.name!r} has no distill section: train it with `pixcade train`")
+    if entry.train.init_from:
+        raise PixcadeError(f"stage {entry.name!r}: a student starts from its teacher's weights; "
+                           "train.init_from is for `pixcade train`")
+    teacher = load_teacher(cfg.teacher, entry.name, device)
+    if (teacher.text_encoder, teacher.max_length) != (config.text_encoder, config.max_length):
+        raise PixcadeError(
+            f"distill.teacher {cfg.teacher} was trained with text encoder {teacher.text_encoder!r} (max_length "
+            f"{teacher.max_length}), the config names {config.text_encoder!r} (max_length {config.max_length})"
+        )
+    return DistillSetup(teacher.stage, cfg, student_config(teacher.stage.config, cfg))
 
 
 def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:

@@ -16,7 +16,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from pixcade.nn.unet import EfficientUNet
 from pixcade.pipeline.saving import load_weights
 from pixcade.stage import Stage, StageConfig
 from pixcade.train import checkpoint as ckpt
+from pixcade.train import distill
 from pixcade.train import distributed as dist
 from pixcade.train import setup
 from pixcade.train.config import CascadeTrainConfig, TrainConfig
@@ -62,7 +63,10 @@ class Parts:
 
     net: nn.Module  # the bare U-Net: its weights are what the optimizer, EMA and checkpoints hold
     model: nn.Module  # what runs forward and backward: `net`, or its data-parallel wrapper
-    stage: Stage  # conditions `model` and computes the loss
+    stage: Stage  # conditions `model` (previews sample it)
+    # (micro-batch, generator) -> per-sample loss: the stage's diffusion loss, or a
+    # distillation objective (`pixcade distill`).
+    loss: Callable[[dict[str, Any], torch.Generator], torch.Tensor]
     optimizer: torch.optim.Optimizer
     ema: EMA
     gen: torch.Generator  # this rank's draws of the loss: timesteps, noise, augmentation, caption dropout
@@ -100,7 +104,9 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
            resume: bool, max_steps: int | None) -> TrainResult:
     entry = config.stage(stage_name)
     opts = entry.train
-    stage_config = entry.stage_config()
+    # A distillation entry's model is its teacher's, made into the student.
+    distilling = distill.prepare(config, entry, info.device) if entry.distill is not None else None
+    stage_config = distilling.student if distilling is not None else entry.stage_config()
     max_steps = opts.max_steps if max_steps is None else max_steps
     ckpt_dir = run_dir / "checkpoints"
     micro_batch = opts.micro_batch(info.world_size)
@@ -108,7 +114,7 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
     remove_stale_temps(run_dir)  # debris of a run killed mid-write
 
     # -- build: network, data-parallel wrapper, optimizer, EMA, random streams -------------
-    parts = build_parts(stage_config, opts, info)
+    parts = build_parts(stage_config, opts, info, distilling)
 
     # -- state: the newest checkpoint, or a fresh start (perhaps from other weights) -------
     notes: list[str] = []
@@ -221,14 +227,28 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
 # -- build ---------------------------------------------------------------------------------
 
 
-def build_parts(stage_config: StageConfig, opts: TrainConfig, info: dist.DistInfo) -> Parts:
+def build_parts(stage_config: StageConfig, opts: TrainConfig, info: dist.DistInfo,
+                distilling: distill.DistillSetup | None = None) -> Parts:
     """The network and everything that updates it. The data-parallel wrapper is chosen
-    here and nowhere else; the loop only sees `Parts.model`."""
+    here and nowhere else; the loop only sees `Parts.model`. With ``distilling``, the
+    network starts from the teacher's weights and learns the distillation objective."""
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(opts.seed)
     net = EfficientUNet(stage_config.unet).to(info.device)
+    if distilling is not None:
+        distill.init_student(net, distilling.teacher.net)
     model = dist.data_parallel(net, info)
     stage = Stage(stage_config, net=model)
+    if distilling is not None:
+        objective = distill.Distillation(distilling.teacher, stage, distilling.cfg)
+
+        def loss(batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+            return objective.loss(**batch, generator=gen)
+    else:
+        def loss(batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+            return stage.loss(**batch, cond_drop_prob=opts.cond_drop_prob, min_snr_gamma=opts.min_snr_gamma,
+                              high_noise_share=opts.high_noise_share, high_noise_from=opts.high_noise_from,
+                              generator=gen)
     optimizer = setup.build_optimizer(net.parameters(), opts, info.device)
     ema = EMA(net, opts.ema_decay)
     # Per-rank streams: the global ones (dropout layers) and the loss's generator.
@@ -236,7 +256,7 @@ def build_parts(stage_config: StageConfig, opts: TrainConfig, info: dist.DistInf
     np.random.seed(_mix(opts.seed, info.rank, 2) % 2**32)
     random.seed(_mix(opts.seed, info.rank, 3))
     gen = torch.Generator(device=info.device).manual_seed(_mix(opts.seed, info.rank, 1))
-    return Parts(net, model, stage, optimizer, ema, gen)
+    return Parts(net, model, stage, loss, optimizer, ema, gen)
 
 
 def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str]) -> Progress:
@@ -320,9 +340,7 @@ def optimizer_step(parts: Parts, batches: Batches, opts: TrainConfig, info: dist
         sync = nullcontext() if last or not hasattr(parts.model, "no_sync") else parts.model.no_sync()
         with sync:
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
-                loss = parts.stage.loss(**batch, cond_drop_prob=opts.cond_drop_prob,
-                                        min_snr_gamma=opts.min_snr_gamma, high_noise_share=opts.high_noise_share,
-                                        high_noise_from=opts.high_noise_from, generator=parts.gen).float().mean()
+                loss = parts.loss(batch, parts.gen).float().mean()
             (loss / opts.grad_accum).backward()
         losses.append(loss.detach())
         images += batch["images"].shape[0]
