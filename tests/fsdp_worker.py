@@ -3,9 +3,9 @@
     fsdp_worker.py OUT_DIR STEPS [--save-at K ...] [--pause-at K] [--resume CKPT] [--checkpoints DIR] [--bf16]
 
 Trains the tiny base U-Net on a fixed sequence of global batches (batch i is a function of i
-alone, 8 images) with Adam, grad clipping and EMA: each of W ranks takes its 8/W rows. At
-W > 1 the net is FSDP-sharded, at W = 1 it is a plain module; checkpoints are sharded (DCP)
-either way. Rank 0 writes OUT_DIR/losses-W.json (the global mean loss per step, as it goes) and
+alone, 8 images) with Adam, grad clipping and EMA: each of W ranks takes its 8/W rows, through
+`Parallel(kind="fsdp")`: at W > 1 the net is FSDP-sharded, at W = 1 it is a plain module;
+checkpoints are sharded (DCP) either way. Rank 0 writes OUT_DIR/losses-W.json (the global mean loss per step, as it goes) and
 OUT_DIR/final-W.safetensors (whole model, EMA and Adam moments, gathered).
 """
 
@@ -25,10 +25,10 @@ from pixcade.nn.configs import get_preset
 from pixcade.nn.unet import EfficientUNet
 from pixcade.train import distributed as dist
 from pixcade.train import fsdp
-from pixcade.train import sharded_checkpoint as sc
 from pixcade.train.checkpoint import WRITE_SLEEP_ENV
 from pixcade.train.config import TrainConfig
 from pixcade.train.ema import EMA
+from pixcade.train.parallel import Parallel
 from pixcade.train.setup import build_optimizer
 
 GLOBAL_BATCH = 8
@@ -69,16 +69,13 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = get_preset("tiny-base")
     net = EfficientUNet(cfg)
-    if info.enabled:
-        fsdp.shard_unet(net, fsdp.device_mesh(info.device, info.world_size), bf16=args.bf16,
-                        checkpoint_res_blocks=True)
+    par = Parallel(net, info, kind="fsdp", bf16=args.bf16, checkpoint_res_blocks=True)
     tcfg = TrainConfig(lr=1e-3, warmup_steps=0, ema_decay=0.9)
     optimizer = build_optimizer(net.parameters(), tcfg, info.device)
     ema = EMA(net, tcfg.ema_decay)
     step = 0
     if args.resume:
-        state = sc.load_sharded(args.resume, model=net, optimizer=optimizer, ema=ema.state_dict())
-        step, ema.num_updates = state["step"], state["ema_updates"]
+        step = par.load(Path(args.resume), optimizer=optimizer, ema=ema)["step"]
         if info.is_main:
             save_file(gathered(net, optimizer, ema), str(out / f"loaded-{info.world_size}.safetensors"))
         else:
@@ -89,10 +86,11 @@ def main() -> None:
         x, t, eps, emb, mask = (v[rows] for v in global_batch(step + 1, cfg.text_dim))
         a = torch.cos(t * math.pi / 2)[:, None, None, None]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            pred = net(a * x + (1 - a * a).sqrt() * eps, t, emb, mask)
+            pred = par.forward_net(a * x + (1 - a * a).sqrt() * eps, t, emb, mask)
         loss = F.mse_loss(pred.float(), eps)
-        loss.backward()
-        fsdp.local(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+        with par.micro_batch(last=True):
+            loss.backward()
+        par.clip_grad_norm(1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(net)
@@ -103,8 +101,8 @@ def main() -> None:
         if step in args.save_at:
             if step == args.pause_at:
                 os.environ[WRITE_SLEEP_ENV] = "120"
-            sc.save_sharded(info, args.checkpoints or out / "checkpoints", step, model=net, optimizer=optimizer, ema=ema.state_dict(),
-                            state={"ema_updates": ema.num_updates}, keep=5)
+            par.save(Path(args.checkpoints or out / "checkpoints"), step, optimizer=optimizer, ema=ema,
+                     state={"ema_updates": ema.num_updates}, keep=5)
     tensors = gathered(net, optimizer, ema)
     if info.is_main:
         save_file(tensors, str(out / f"final-{info.world_size}.safetensors"))

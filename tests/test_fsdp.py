@@ -143,3 +143,35 @@ def test_docs_hold_the_current_memory_table():
     spec.loader.exec_module(script)
     table = script.table(json.loads(script.MEASURED.read_text()))
     assert table in (REPO / "docs" / "training.md").read_text()
+
+
+def test_parallel_picks_the_checkpoint_format_and_reads_either(tmp_path):
+    from pixcade.train.ema import EMA
+    from pixcade.train.parallel import Parallel
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    saved = {}
+    for kind in ("ddp", "fsdp"):
+        torch.manual_seed(0)
+        net = EfficientUNet(get_preset("tiny-base"))
+        par = Parallel(net, info, kind=kind, bf16=False, checkpoint_res_blocks=False)
+        opt = torch.optim.Adam(net.parameters())
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        ema = EMA(net, 0.9)
+        ema.update(net)
+        saved[kind] = par.save(tmp_path / kind, 3, optimizer=opt, ema=ema, state={"ema_updates": 1}, keep=2)
+    assert sc.is_sharded_checkpoint(saved["fsdp"]) and not sc.is_sharded_checkpoint(saved["ddp"])
+    for path in saved.values():  # a ddp run resumes either format
+        torch.manual_seed(1)
+        net = EfficientUNet(get_preset("tiny-base"))
+        par = Parallel(net, info, kind="ddp", bf16=False, checkpoint_res_blocks=True)
+        ema = EMA(net, 0.9)
+        state = par.load(path, optimizer=torch.optim.Adam(net.parameters()), ema=ema)
+        assert state["step"] == 3 and ema.num_updates == 1
+        torch.manual_seed(0)
+        reference = EfficientUNet(get_preset("tiny-base"))
+        assert _max_diff(net.state_dict(), reference.state_dict()) == pytest.approx(1e-3, rel=1e-3)  # one Adam step
+    with pytest.raises(PixcadeError, match="unknown train.parallel"):
+        Parallel(net, info, kind="zero", bf16=False, checkpoint_res_blocks=False)

@@ -50,14 +50,20 @@ def shard_unet(net: nn.Module, mesh: DeviceMesh, *, bf16: bool, checkpoint_res_b
     gather_bf16 = bf16 and mesh.device_type == "cuda"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if gather_bf16 else None, reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
+    if checkpoint_res_blocks:
+        checkpoint_res_blocks_of(net)
     units = [m for m in net.modules() if isinstance(m, SHARD_UNITS)]
-    for m in units:
-        if checkpoint_res_blocks and isinstance(m, ResBlock):
-            checkpoint_module(m)
     for m in units:
         fully_shard(m, mesh=mesh, mp_policy=policy)
     fully_shard(net, mesh=mesh, mp_policy=policy)
     return net
+
+
+def checkpoint_res_blocks_of(net: nn.Module) -> None:
+    """Recompute each ResNet block's activations in the backward pass (DDP or FSDP alike)."""
+    for m in net.modules():
+        if isinstance(m, ResBlock):
+            checkpoint_module(m)
 
 
 def is_sharded(net: nn.Module) -> bool:
