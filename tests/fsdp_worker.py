@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from pixcade.nn.configs import get_preset
 from pixcade.nn.unet import EfficientUNet
+from pixcade.stage import StageConfig
 from pixcade.train import distributed as dist
 from pixcade.train import fsdp
 from pixcade.train.checkpoint import WRITE_SLEEP_ENV
@@ -68,6 +69,7 @@ def main() -> None:
     info = dist.setup("cpu")
     torch.manual_seed(0)
     cfg = get_preset("tiny-base")
+    stage = StageConfig(name="base", resolution=16, unet=cfg).to_dict()
     net = EfficientUNet(cfg)
     par = Parallel(net, info, kind="fsdp", bf16=args.bf16, checkpoint_res_blocks=True)
     tcfg = TrainConfig(lr=1e-3, warmup_steps=0, ema_decay=0.9)
@@ -102,7 +104,7 @@ def main() -> None:
             if step == args.pause_at:
                 os.environ[WRITE_SLEEP_ENV] = "120"
             par.save(Path(args.checkpoints or out / "checkpoints"), step, optimizer=optimizer, ema=ema,
-                     state={"ema_updates": ema.num_updates}, keep=5)
+                     state={"ema_updates": ema.num_updates, "stage": stage}, keep=5)
     tensors = gathered(net, optimizer, ema)
     if info.is_main:
         save_file(tensors, str(out / f"final-{info.world_size}.safetensors"))

@@ -20,6 +20,7 @@ from pixcade.train import checkpoint as ckpt
 from pixcade.train import fsdp, memory
 from pixcade.train import sharded_checkpoint as sc
 from pixcade.train.distributed import DistInfo
+from pixcade.train.export import export_checkpoint
 from train_support import REPO, launch, wait_all
 
 WORKER = str(REPO / "tests" / "fsdp_worker.py")
@@ -63,6 +64,12 @@ def test_two_process_fsdp_matches_one_process_and_resumes_at_any_world_size(tmp_
     loaded1, loaded2 = load_file(r1 / "loaded-1.safetensors"), load_file(r2 / "loaded-2.safetensors")
     assert _max_diff(loaded1, loaded2) == 0.0
     assert any(k.startswith("adam/") for k in loaded1) and any(k.startswith("ema/") for k in loaded1)
+    # `pixcade train export` gathers the two ranks' EMA shards into one safetensors stage.
+    (two / "config.json").write_text(json.dumps({"config": {"text_encoder": "minilm", "max_length": 8}}))
+    export = export_checkpoint(two, "2")
+    exported = load_file(export / "ema.safetensors")
+    assert _max_diff(exported, {k[4:]: v for k, v in loaded1.items() if k.startswith("ema/")}) == 0.0
+    assert json.loads((export / "stage.json").read_text())["step"] == 2
     # Resumed and continued: nothing lost but steps 3-4, which were trained again.
     straight = load_file(one / "final-1.safetensors")
     assert _max_diff(load_file(r2 / "final-2.safetensors"), straight) < 2e-5

@@ -20,6 +20,7 @@ import torch
 from pixcade.errors import PixcadeError
 from pixcade.io import save_tensors
 from pixcade.train import checkpoint as ckpt
+from pixcade.train import sharded_checkpoint as sharded
 
 
 def write_stage_export(
@@ -77,7 +78,8 @@ def find_checkpoint(run_dir: str | Path, checkpoint: str | None = None) -> Path:
 
 
 def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None, out: str | Path | None = None) -> Path:
-    """Export a checkpoint's EMA weights (default: the newest) as a stage export.
+    """Export a checkpoint's EMA weights (default: the newest) as a stage export; a sharded
+    checkpoint's shards are gathered into whole tensors (one process, no process group).
 
     ``out`` defaults to ``RUN_DIR/exports/step-N``; ``final/`` stays the trainer's.
     A trainer still running may delete old checkpoints meanwhile: reading one that just
@@ -86,8 +88,13 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None, out: s
     run_dir = Path(run_dir)
     encoder = _run_config(run_dir)
     path = find_checkpoint(run_dir, checkpoint)
-    c = ckpt.load_checkpoint(path)
-    if "stage" not in c.state:
+    if sharded.is_sharded_checkpoint(path):  # an fsdp run's: every rank's EMA shards, gathered
+        state, ema = sharded.read_state(path), sharded.read_full(path, "ema")
+    else:
+        c = ckpt.load_checkpoint(path)
+        state, ema = {**c.state, "step": c.step}, c.ema
+    if "stage" not in state:
         raise PixcadeError(f"{path}: state.json does not record the stage config")
     out = Path(out) if out is not None else run_dir / "exports" / path.name
-    return write_stage_export(out, c.state["stage"], encoder["text_encoder"], encoder["max_length"], c.ema, c.step)
+    return write_stage_export(out, state["stage"], encoder["text_encoder"], encoder["max_length"], ema,
+                              int(state["step"]))
