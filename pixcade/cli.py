@@ -8,6 +8,7 @@ import sys
 from pixcade import __version__
 from pixcade.commands import COMMANDS, run, verb_path
 from pixcade.errors import PixcadeError
+from pixcade.io import os_error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     except PixcadeError as err:
         print(f"{verb_path(COMMANDS, argv)}: error: {err}", file=sys.stderr)
         return 2
+    # What the commands do not name themselves is still one line: the file and the cause.
+    except OSError as err:
+        print(f"pixcade {name}: error: {os_error_line(err)}", file=sys.stderr)
+        return 1
+    except UnicodeDecodeError as err:
+        print(f"pixcade {name}: error: a text file is not UTF-8 ({err})", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"pixcade {name}: error: out of memory (ask for fewer or smaller images, "
+              "or a smaller --batch-size)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{verb_path(COMMANDS, argv)}: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,9 @@ the next run into the same directory does not clean up.
 
 A file gets the permissions any new file of the user gets (0666 less the umask), also when
 the writer (safetensors, mkstemp) creates its temporary file private.
+
+Failures are one line naming the file and the cause (`PixcadeError`): an output folder
+that is read-only, a file, or on a full disk; a text input that is not UTF-8.
 """
 
 from __future__ import annotations
@@ -21,8 +24,40 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from pixcade.errors import PixcadeError
+
 if TYPE_CHECKING:
     import torch
+
+
+def os_error_line(err: OSError, path: str | os.PathLike | None = None) -> str:
+    """"PATH: cause" for an OS error (the error's own file name if it has one)."""
+    where = err.filename if err.filename is not None else path
+    cause = err.strerror or str(err) or type(err).__name__
+    return f"{os.fspath(where)}: {cause}" if where is not None else cause
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A UTF-8 text file's content; a missing, unreadable or non-UTF-8 file is one line
+    naming ``what`` and the path (and for bad UTF-8, the byte offset)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise PixcadeError(f"cannot read {what} {os_error_line(err, path)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PixcadeError(f"{what} {path} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})") from None
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``; an obstacle (a file in the way, a read-only parent) is one line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PixcadeError(f"cannot create folder {os_error_line(err, path)}") from None
+    return path
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -92,8 +127,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~_umask())
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):  # full disk, read-only folder, a file in the way ...
+            raise PixcadeError(f"cannot write {path}: {err.strerror or err}") from None
         raise
 
 
@@ -113,5 +150,14 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     # Imported here so that writing text and bytes does not load torch.
     from safetensors.torch import save_file
 
+    from safetensors import SafetensorError
+
     cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(cpu, tmp, metadata=metadata)
+        except SafetensorError as err:  # its I/O errors (a full disk) come wrapped
+            raise OSError(str(err).splitlines()[0] if str(err) else "write failed") from None
+
+    atomic_write(path, write)

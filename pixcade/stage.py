@@ -19,6 +19,7 @@ from pixcade.diffusion.parameterization import PARAMETERIZATIONS
 from pixcade.diffusion.samplers import SAMPLERS, NoiseSampler, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
 from pixcade.errors import PixcadeError
+from pixcade.limits import check_limit
 from pixcade.nn.configs import UNetConfig
 from pixcade.nn.unet import EfficientUNet
 from pixcade.schema import from_json
@@ -48,6 +49,9 @@ class StageConfig:
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig.from_dict(self.unet)
+        for side in (self.resolution, self.lowres_resolution, self.train_crop):
+            if side is not None:
+                check_limit("resolution", side, f"stage {self.name!r}: an image side")
         get_schedule(self.schedule)  # validates the name
         if self.parameterization not in PARAMETERIZATIONS:
             raise PixcadeError(

@@ -259,6 +259,30 @@ def test_cli_embed_dataset_folder(t5_dir, t5, tmp_path, capsys):
     assert_matches(cache.get(["three cones", "a red cube"]), expected(t5, ["three cones", "a red cube"]))
 
 
+def test_cli_embed_counts_and_reports_unreadable_shards(t5_dir, tmp_path, capsys):
+    import io
+    import tarfile
+
+    data = tmp_path / "shards"
+    data.mkdir()
+    for s in range(3):
+        with tarfile.open(data / f"{s:05d}.tar", "w") as tar:
+            for i in range(2):
+                for ext, payload in (("png", b"\x89PNG not decoded here"), ("txt", f"caption {s} {i}".encode())):
+                    info = tarfile.TarInfo(f"{s}-{i}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    whole = (data / "00001.tar").read_bytes()
+    (data / "00001.tar").write_bytes(whole[:2600])  # cut inside its second sample
+    (data / "00002.tar").write_bytes(b"\x00" * 100)  # not a tar at all
+    assert pixcade_main(["embed", "--data", str(data), "--encoder", str(t5_dir), "--max-length", "32",
+                         "--out", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    (warning,) = [line for line in captured.err.splitlines() if "warning" in line]
+    assert "2 of 3 shard(s) could not be read" in warning and "00001.tar" in warning and "00002.tar" in warning
+    assert captured.out.startswith("3 captions")  # shard 0's two and shard 1's first
+
+
 def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert pixcade_main(["embed", "--captions", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err

@@ -281,3 +281,44 @@ def test_init_from_an_export_grows_the_model_and_refuses_a_mismatch(shapes, tmp_
         bad = tiny_config(data, cache, "base", **dict(QUICK, max_steps=1, init_from=str(init)))
         with pytest.raises(PixcadeError, match=words):
             train(bad, "base", tmp_path / f"c-{init.name}")
+
+
+def _break_ranks(d):
+    d["ranks"] = "x"
+
+
+def _break_rng(d):
+    d["ranks"][0]["rng"]["torch"] = "AAAA"
+
+
+@pytest.mark.parametrize("damage", [
+    lambda state: state.write_text("{\"step\": 2,"),                       # cut short
+    lambda state: state.write_bytes(b"\xff\xfe not text"),               # not UTF-8
+    lambda state: state.write_text("[1, 2]"),                            # not an object
+    lambda state: state.write_text(json.dumps(_edit(state, _break_ranks))),
+    lambda state: state.write_text(json.dumps(_edit(state, _break_rng))),
+    lambda state: (state.parent / "ema.safetensors").write_bytes(b"\0" * 10),
+], ids=["truncated", "not-utf8", "not-object", "ranks-type", "rng", "ema-file"])
+def test_a_damaged_latest_checkpoint_names_the_intact_ones_and_resume_from_uses_one(
+        shapes, tmp_path, capsys, damage):
+    from pixcade.cli import main as pixcade_main
+
+    data, cache = shapes
+    run = tmp_path / "run"
+    train(tiny_config(data, cache, "base", **dict(QUICK, max_steps=2, checkpoint_every=1)), "base", run)
+    older, latest = ckpt.list_checkpoints(run / "checkpoints")
+    damage(latest / "state.json")
+    (tmp_path / "c.json").write_text(json.dumps(tiny_config_dict(data, cache, "base", **dict(QUICK, max_steps=3))))
+    argv = ["train", "--config", str(tmp_path / "c.json"), "--stage", "base", "--out", str(run), "--device", "cpu"]
+    capsys.readouterr()
+    assert pixcade_main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(latest) in err and f"--resume-from {older}" in err, err
+    assert pixcade_main([*argv, "--resume-from", str(older)]) == 0
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).step == 3
+
+
+def _edit(state: Path, change) -> dict:
+    d = json.loads(state.read_text())
+    change(d)
+    return d

@@ -33,6 +33,7 @@ world_size=1 and use torch's `DistributedSampler`, which pads by repeating sampl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -43,6 +44,7 @@ from torch.utils.data import Dataset
 from pixcade.data.samples import IMAGE_EXTENSIONS, Skipped, decode_image, stable_seed
 from pixcade.data.webdataset import ShardDataset, list_shards
 from pixcade.errors import PixcadeError
+from pixcade.io import read_text
 
 IMAGE_KEYS = ("image", "file_name")
 CAPTION_KEYS = ("caption", "text")
@@ -184,22 +186,21 @@ def _read_caption(path: str | None) -> str:
 
 def read_jsonl(manifest: str) -> list[Entry]:
     rows = []
-    with open(manifest, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise PixcadeError(f"{manifest}:{line_no}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise PixcadeError(f"{manifest}:{line_no}: expected a JSON object")
-            rows.append((line_no, row))
+    for line_no, line in enumerate(read_text(manifest, "manifest").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PixcadeError(f"{manifest}:{line_no}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise PixcadeError(f"{manifest}:{line_no}: expected a JSON object")
+        rows.append((line_no, row))
     return _manifest_entries(manifest, rows)
 
 
 def read_csv(manifest: str) -> list[Entry]:
-    with open(manifest, encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(manifest, "manifest"), newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         for wanted in (IMAGE_KEYS, CAPTION_KEYS):

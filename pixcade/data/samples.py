@@ -22,7 +22,7 @@ logger = logging.getLogger("pixcade.data")
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 # What PIL raises on a truncated, corrupt, non-image or absurdly large file.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def decode_image(data: bytes | str, key: str) -> Image.Image | Skipped:
             image = _to_rgb(im)
     except FileNotFoundError:
         return skip(key, "file not found")
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         return skip(key, f"{type(err).__name__}: {err}")
     return image
 

@@ -173,15 +173,17 @@ class ShardDataset(IterableDataset):
         samples' captions are but without decoding any image: what to embed ahead.
 
         Like iteration, a sample without an image field is passed over and a corrupt or
-        truncated shard loses only its remaining samples.
+        truncated shard loses only its remaining samples; such shards are listed, with why,
+        in ``unreadable_shards`` for the caller to report.
         """
+        self.unreadable_shards: list[tuple[str, str]] = []
         for shard in self.shards:
             try:
                 for key, fields in iter_tar_groups(shard):
                     if any(e in fields for e in IMAGE_EXTENSIONS):
                         yield _caption(shard, key, fields)
-            except (tarfile.TarError, OSError, EOFError):
-                continue
+            except (tarfile.TarError, OSError, EOFError) as err:
+                self.unreadable_shards.append((shard, str(err) or type(err).__name__))
 
     def assignment(self, worker: int, num_workers: int) -> tuple[list[str], int, int]:
         """(shards this reader streams, n, j): it keeps the samples whose index % n == j."""

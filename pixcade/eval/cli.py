@@ -22,6 +22,7 @@ from pixcade.eval.fid import compare_image_sets
 from pixcade.eval.provenance import model_digest
 from pixcade.eval.sr_psnr import evaluate_sr, write_sr_report
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, save_grid
+from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade
 
 
@@ -31,9 +32,12 @@ def _command(subcommand: str, argv: list[str]) -> str:
     return shlex.join(["pixcade", "eval", subcommand, *argv])
 
 
-def _at_least(value: int, flag: str, minimum: int = 1) -> None:
+def _at_least(value: int, flag: str, minimum: int = 1, bound: str | None = None) -> None:
+    """``value`` >= ``minimum`` and, for a size-like flag, within the limit ``bound``."""
     if value < minimum:
         raise PixcadeError(f"{flag} must be at least {minimum}, got {value}")
+    if bound is not None:
+        check_limit(bound, value, flag)
 
 
 def fid_main(argv: list[str]) -> int:
@@ -59,7 +63,7 @@ def _distance(argv: list[str], command: str) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
-    _at_least(args.batch_size, "--batch-size")
+    _at_least(args.batch_size, "--batch-size", bound="batch")
     _at_least(args.kid_subsets, "--kid-subsets")
     _at_least(args.kid_subset_size, "--kid-subset-size", 2)  # an unbiased MMD needs two per set
 
@@ -88,7 +92,7 @@ def clip_score_main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
-    _at_least(args.batch_size, "--batch-size")
+    _at_least(args.batch_size, "--batch-size", bound="batch")
 
     from pixcade.eval.clip_score import clip_score_report, load_clip, pair_images_with_prompts
 
@@ -119,7 +123,7 @@ def shapes_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="folder for shapes.json, shapes.md and the images "
                                                 "(a sweep: sweep.json, sweep.md and one such folder per setting)")
     args = p.parse_args(argv)
-    _at_least(args.batch_size, "--batch-size")
+    _at_least(args.batch_size, "--batch-size", bound="batch")
     if args.images_per_prompt < 1:
         raise PixcadeError("--images-per-prompt must be >= 1")
     sweeping = args.guidance is not None or args.threshold is not None
@@ -211,7 +215,8 @@ def sr_psnr_main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="folder for sr_psnr.json, sr_psnr.md and examples.png")
     args = p.parse_args(argv)
-    _at_least(args.batch_size, "--batch-size")
+    _at_least(args.batch_size, "--batch-size", bound="batch")
+    _at_least(args.n, "--n", bound="images")
 
     scenes = evaluation_prompts(args.n, 1 / 3, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
@@ -254,6 +259,8 @@ def train_shapes_features_main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    _at_least(args.batch_size, "--batch-size", bound="batch")
+    _at_least(args.resolution, "--resolution", bound="resolution")
 
     from pixcade.eval.shapes_features import train_shapes_features
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from pixcade.errors import PixcadeError
 from pixcade.eval.drawbench_votes import VoteStore, build_report, report_markdown
 from pixcade.io import atomic_write_text
+from pixcade.limits import check_limit
 
 MANIFEST = "manifest.json"
 
@@ -69,6 +70,9 @@ def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, se
         raise PixcadeError("give at least two different --model")
     if n < 1:
         raise PixcadeError(f"--n must be >= 1, got {n}")
+    check_limit("images", n * len(prompts) * len(models), f"--n {n} x {len(prompts)} prompts x {len(models)} models")
+    if batch_size is not None:
+        check_limit("batch", batch_size, "--batch-size")
     out = Path(out)
     manifest = {
         "n": n, "seed": seed,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from pixcade.data.samples import DECODE_ERRORS
 from pixcade.data.transforms import to_tensor
 from pixcade.errors import PixcadeError
 from pixcade.io import save_tensors
@@ -75,7 +76,7 @@ def read_manifest(manifest: str | Path, resolution: int = 64) -> LabelledImages:
     for rel in first:
         try:
             image = Image.open(manifest.parent / rel).convert("RGB")
-        except OSError as err:
+        except DECODE_ERRORS as err:
             raise PixcadeError(f"cannot read {manifest.parent / rel}: {err}") from None
         if image.size != (resolution, resolution):
             image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)

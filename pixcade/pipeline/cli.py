@@ -11,6 +11,7 @@ from typing import NoReturn
 import torch
 
 from pixcade.errors import PixcadeError
+from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade, StageBars
 from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
 from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches, shard_from_env
@@ -108,6 +109,10 @@ def main(argv: list[str]) -> int:
         raise PixcadeError(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_limit("images", len(prompts) * args.n, f"--n {args.n} x {len(prompts)} prompt(s)")
+    check_limit("batch", args.batch_size, "--batch-size")
+    for i, prompt in enumerate(prompts):
+        check_limit("prompt_chars", len(prompt), f"the length of prompt {i + 1}")
     rank, world = shard_from_env()
     start = open_image(args.start_image) if args.start_image else None
     model_dir = resolve_model(args.model)

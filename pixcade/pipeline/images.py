@@ -12,6 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from pixcade.data import transforms
+from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_bytes
 
@@ -22,10 +23,12 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB image; any unreadable file (Pillow's decompression-bomb limit included) is a
+    one-line error."""
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (OSError, ValueError) as err:
+    except DECODE_ERRORS as err:
         raise PixcadeError(f"cannot read image {path}: {err}") from None
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write_text, remove_stale_temps
+from pixcade.io import atomic_write_text, make_dirs, remove_stale_temps
 
 
 class Job(NamedTuple):
@@ -103,10 +103,10 @@ class Layout:
         ``settings`` (seed, n, model, options) is what decides the images: resuming into a
         directory written with other settings would silently mix two runs.
         """
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.out)
         remove_stale_temps(self.out)  # debris of a run killed mid-write
         for stage in stage_names:
-            (self.out / "stages" / stage).mkdir(parents=True, exist_ok=True)
+            make_dirs(self.out / "stages" / stage)
             remove_stale_temps(self.out / "stages" / stage)
         run = {"num_prompts": len(prompts), "prompts_sha256": _digest(prompts), **settings}
         run_path = self.out / "run.json"

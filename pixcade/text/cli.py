@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
+from pixcade.limits import check_limit
 from pixcade.train import distributed as dist
 from pixcade.text.cache import DEFAULT_SHARD_BYTES
 from pixcade.text.distributed import build_distributed
@@ -50,6 +52,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.batch_size < 1:
         raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_limit("batch", args.batch_size, "--batch-size")
     if args.shard_mb <= 0:
         raise PixcadeError(f"--shard-mb must be positive, got {args.shard_mb}")
     if args.captions:
@@ -59,7 +62,13 @@ def main(argv: list[str]) -> int:
 
         # The dataset's own caption reading (UTF-8, stripped), so cache keys match the
         # captions training looks up.
-        captions = list(open_dataset(args.data).captions())
+        dataset = open_dataset(args.data)
+        captions = list(dataset.captions())
+        bad = getattr(dataset, "unreadable_shards", [])  # tar shards only
+        if bad:
+            shown = "; ".join(f"{shard}: {why}" for shard, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+            print(f"pixcade embed: warning: {len(bad)} of {len(dataset.shards)} shard(s) could not be read "
+                  f"to the end, their remaining captions are not embedded ({shown})", file=sys.stderr)
     if not captions:
         raise PixcadeError(f"no captions in {args.captions or args.data}")
     info = dist.setup(args.device)  # under torchrun: this rank's device (cuda:LOCAL_RANK)

@@ -161,5 +161,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             optimizer=unflatten_optimizer_state(load_file(str(path / "optimizer.safetensors")), opt_meta),
             state=state,
         )
-    except (OSError, KeyError, ValueError, SafetensorError) as err:
-        raise PixcadeError(f"cannot read checkpoint {path}: {err}") from None
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, SafetensorError) as err:
+        raise PixcadeError(f"cannot read checkpoint {path}: {str(err)[:200] or type(err).__name__}") from None
+
+
+def intact_checkpoints(directory: str | Path, but: str | Path | None = None) -> list[Path]:
+    """The checkpoints under ``directory`` (except ``but``) that read back whole, newest
+    first: where a run whose newest checkpoint is damaged can resume from instead."""
+    found = []
+    for path in reversed(list_checkpoints(directory)):
+        if but is not None and Path(path) == Path(but):
+            continue
+        try:
+            load_checkpoint(path)
+        except PixcadeError:
+            continue
+        found.append(path)
+    return found

@@ -45,6 +45,9 @@ def build_parser(prog: str = "pixcade train", distill: bool = False) -> argparse
         p.add_argument("--steps", type=int, help="override distill.steps: the halved student's steps")
     p.add_argument("--out", help="run directory (default: runs/STAGE)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue from this checkpoint (e.g. OUT/checkpoints/step-00005000) instead "
+                        "of the newest, e.g. when the newest is damaged")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--data", help="override train.data (dataset source for open_dataset)")
     p.add_argument("--embedding-cache", help="override the config's embedding_cache directory")
@@ -92,7 +95,7 @@ def _run(args: argparse.Namespace, distilling: bool) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / args.stage
     # Interrupted runs return 0 too: they stopped as asked, with a checkpoint to resume.
-    train(config, args.stage, out, resume=args.resume, device=args.device)
+    train(config, args.stage, out, resume=args.resume, resume_from=args.resume_from, device=args.device)
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pixcade.errors import PixcadeError
+from pixcade.limits import check_limit
 from pixcade.schema import from_json
 
 OPTIMIZERS = ("adam", "adafactor")
@@ -119,6 +120,8 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise PixcadeError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        check_limit("batch", self.batch_size, "train.batch_size")
+        check_limit("batch", self.sample_count, "train.sample_count")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise PixcadeError("train.warmup_steps and train.num_workers must be >= 0")
         if self.lr_schedule == "cosine" and self.warmup_steps >= self.max_steps:

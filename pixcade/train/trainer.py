@@ -87,21 +87,24 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    resume_from: str | Path | None = None,
     device: str | None = None,
     max_steps: int | None = None,
 ) -> TrainResult:
     """Train stage ``stage_name`` of ``config`` into ``run_dir`` (checkpoints, metrics,
     previews, and ``final/`` when it finishes). Joins the torchrun process group if there
-    is one; Ctrl-C / SIGTERM stop at a step boundary with a checkpoint."""
+    is one; Ctrl-C / SIGTERM stop at a step boundary with a checkpoint. ``resume_from``: a
+    checkpoint directory to resume from instead of the newest in ``run_dir``."""
     info = dist.setup(device)
     try:
-        return _train(config, stage_name, Path(run_dir), info, resume, max_steps)
+        return _train(config, stage_name, Path(run_dir), info, resume or resume_from is not None,
+                      max_steps, resume_from)
     finally:
         dist.teardown(info)
 
 
 def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dist.DistInfo,
-           resume: bool, max_steps: int | None) -> TrainResult:
+           resume: bool, max_steps: int | None, resume_from: str | Path | None = None) -> TrainResult:
     entry = config.stage(stage_name)
     opts = entry.train
     # A distillation entry's model is its teacher's, made into the student.
@@ -120,7 +123,7 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
     notes: list[str] = []
     progress = Progress()
     if resume:
-        progress = _resume(ckpt_dir, parts, info, notes)
+        progress = _resume(ckpt_dir, parts, info, notes, resume_from)
     elif ckpt.list_checkpoints(ckpt_dir):
         raise PixcadeError(f"{run_dir} already has checkpoints: pass --resume to continue, or choose another --out")
     if progress.step == 0 and opts.init_from:
@@ -259,31 +262,50 @@ def build_parts(stage_config: StageConfig, opts: TrainConfig, info: dist.DistInf
     return Parts(net, model, stage, loss, optimizer, ema, gen)
 
 
-def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str]) -> Progress:
-    """Load the newest checkpoint into ``parts``; the progress it records."""
-    path = dist.broadcast_object(info, str(ckpt.latest_checkpoint(ckpt_dir) or ""))
+def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str],
+            chosen: str | Path | None = None) -> Progress:
+    """Load the newest checkpoint (or ``chosen``) into ``parts``; the progress it records.
+    A damaged one is a one-line error naming the intact older ones."""
+    if chosen is not None and not Path(chosen).is_dir():
+        raise PixcadeError(f"--resume-from {chosen}: no such checkpoint directory")
+    path = dist.broadcast_object(info, str(chosen or ckpt.latest_checkpoint(ckpt_dir) or ""))
     if not path:
         notes.append(f"pixcade train: no checkpoint in {ckpt_dir}; starting from scratch")
         return Progress()
-    c = ckpt.load_checkpoint(path)
     try:
-        parts.net.load_state_dict(c.model)
-        parts.optimizer.load_state_dict(c.optimizer)
-        parts.ema.load_state_dict(c.ema, c.state["ema_updates"])
-    except (RuntimeError, KeyError, ValueError) as err:
-        raise PixcadeError(f"checkpoint {path} does not fit this stage's config: {str(err)[:200]}") from None
-    progress = Progress(step=c.step, skipped=int(c.state.get("skipped_nonfinite", 0)))
-    ranks = c.state["ranks"]
-    if len(ranks) == info.world_size:
-        mine = ranks[info.rank]
-        progress.position = DataPosition.from_dict(mine["data"])
-        restore_rng(mine["rng"], {"noise": parts.gen})
-    else:  # each rank now reads another share: restart the epoch, keep the schedule
-        notes.append(f"pixcade train: checkpoint was written by {len(ranks)} process(es), now "
-                     f"{info.world_size}; restarting epoch {ranks[0]['data']['epoch']}")
-        progress.position = DataPosition(int(ranks[0]["data"]["epoch"]), 0)
+        c = ckpt.load_checkpoint(path)
+        try:
+            parts.net.load_state_dict(c.model)
+            parts.optimizer.load_state_dict(c.optimizer)
+            parts.ema.load_state_dict(c.ema, c.state["ema_updates"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise PixcadeError(f"checkpoint {path} does not fit this stage's config: {str(err)[:200]}") from None
+        progress = Progress(step=c.step, skipped=int(c.state.get("skipped_nonfinite", 0)))
+        ranks = c.state["ranks"]
+        if len(ranks) == info.world_size:
+            mine = ranks[info.rank]
+            progress.position = DataPosition.from_dict(mine["data"])
+            restore_rng(mine["rng"], {"noise": parts.gen})
+        else:  # each rank now reads another share: restart the epoch, keep the schedule
+            notes.append(f"pixcade train: checkpoint was written by {len(ranks)} process(es), now "
+                         f"{info.world_size}; restarting epoch {ranks[0]['data']['epoch']}")
+            progress.position = DataPosition(int(ranks[0]["data"]["epoch"]), 0)
+    except PixcadeError as err:
+        raise PixcadeError(f"{err}{_alternatives(Path(path).parent, path)}") from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise PixcadeError(f"checkpoint {path} has damaged state ({type(err).__name__}: {str(err)[:120]})"
+                           f"{_alternatives(Path(path).parent, path)}") from None
     notes.append(f"pixcade train: resumed from {path} at step {progress.step}")
     return progress
+
+
+def _alternatives(directory: Path, damaged: str | Path) -> str:
+    """"; intact: ... - resume from one with --resume-from DIR" (or that there is none)."""
+    intact = ckpt.intact_checkpoints(directory, but=damaged)
+    if not intact:
+        return "; no older intact checkpoint to resume from"
+    return (f"; intact older checkpoint(s): {', '.join(str(p) for p in intact)} - resume from one "
+            f"with --resume-from {intact[0]}")
 
 
 def _init_from(parts: Parts, opts: TrainConfig, stage_name: str, notes: list[str]) -> Parts:

@@ -1,0 +1,49 @@
+"""Upper bounds on size-like inputs, checked before anything is allocated.
+
+A typo such as ``--n 1000000000`` or ``--res 100000`` must be a one-line error at once, not
+minutes of allocation ending in the kernel's OOM killer. The bounds are far above any
+sensible use; a user who means it raises one for a run with an environment variable,
+``PIXCADE_MAX_<NAME>=N`` (e.g. ``PIXCADE_MAX_RESOLUTION=8192``). docs/promises.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pixcade.errors import PixcadeError
+
+# name -> (default bound, what is counted)
+LIMITS: dict[str, tuple[int, str]] = {
+    "images": (100_000, "images in one run (prompts x images per prompt)"),
+    "dataset_images": (10_000_000, "images in one dataset"),
+    "batch": (65_536, "images per batch"),
+    "resolution": (4096, "pixels per image side"),
+    "prompt_chars": (10_000, "characters in one prompt"),
+}
+
+
+def limit(name: str) -> int:
+    """The bound ``name``: its default, or ``PIXCADE_MAX_<NAME>`` when set."""
+    default, _ = LIMITS[name]
+    var = f"PIXCADE_MAX_{name.upper()}"
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise PixcadeError(f"{var} must be a positive integer, got {raw!r}")
+    return value
+
+
+def check_limit(name: str, value: int, what: str) -> None:
+    """Refuse ``value`` (``what``: how the user gave it, e.g. "--n 1000 x 5 prompts") above
+    the bound ``name``, saying how to raise it."""
+    bound = limit(name)
+    if value > bound:
+        raise PixcadeError(
+            f"{what} is {value}, above the limit of {bound} {LIMITS[name][1]}; if you mean it, "
+            f"raise the limit with PIXCADE_MAX_{name.upper()}={value}"
+        )
