@@ -1,5 +1,6 @@
 """`pixcade` console entry point: runs the verb named in `pixcade.commands.COMMANDS`, and is
-the one place a verb's error ends (one line, exit status 2)."""
+the one place a verb's error ends (one line; exit status 2 for bad input, 1 for a failing
+file system or memory)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     except PixcadeError as err:
         print(f"{verb_path(COMMANDS, argv)}: error: {err}", file=sys.stderr)
         return 2
-    # What the commands do not name themselves is still one line: the file and the cause.
+    # What a verb does not name itself is still one line: the file and the cause.
     except OSError as err:
-        print(f"pixcade {name}: error: {os_error_line(err)}", file=sys.stderr)
+        print(f"{verb_path(COMMANDS, argv)}: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except UnicodeDecodeError as err:
-        print(f"pixcade {name}: error: a text file is not UTF-8 ({err})", file=sys.stderr)
+        print(f"{verb_path(COMMANDS, argv)}: error: a text file is not UTF-8 ({err})", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"pixcade {name}: error: out of memory (ask for fewer or smaller images, "
+        print(f"{verb_path(COMMANDS, argv)}: error: out of memory (ask for fewer or smaller images, "
               "or a smaller --batch-size)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -46,7 +46,7 @@ def test_output_folder_that_is_a_file_or_below_one(tmp_path, model, capsys):
     for out in (blocker, blocker / "below"):
         for argv, command in [
             (["generate", "--model", str(model), "--device", "cpu", "--out", str(out), "x"], "generate"),
-            (["data", "shapes", "--n", "2", "--res", "16", "--out", str(out)], "data"),
+            (["data", "shapes", "--n", "2", "--res", "16", "--out", str(out)], "data shapes"),
             (["train", "--config", str(tmp_path / "c.json"), "--stage", "base", "--out", str(out)], "train"),
         ]:
             assert main(argv) != 0
