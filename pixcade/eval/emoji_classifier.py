@@ -37,7 +37,7 @@ KIND = "emoji-classifier"  # the safetensors metadata tag
 @dataclass
 class ClassifierConfig:
     resolution: int = 64
-    width: int = 32
+    width: int = 16
     feature_dim: int = 256
 
 
@@ -105,7 +105,7 @@ class EmojiClassifier(nn.Module):
             # Groups of 16 channels: a group of one or two channels would normalise away how
             # strongly a colour is present, and colour is half of what the judge must see.
             groups = max(1, cout // 16)
-            layers += [nn.Conv2d(cin, cout, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(groups, cout),
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(groups, cout),
                        nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         self.project = nn.Linear(8 * w, config.feature_dim)
