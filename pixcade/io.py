@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
@@ -97,8 +98,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> int:
-    """Delete temporary files of `atomic_write` in ``directory`` whose writing process is
-    gone (killed mid-write); returns how many. Files of live writers are kept."""
+    """Delete temporary files (and folders) of `atomic_write` / `temp_name` in ``directory``
+    whose writing process is gone (killed mid-write); returns how many. Those of live
+    writers are kept."""
     removed = 0
     try:
         names = os.listdir(directory)
@@ -107,12 +109,23 @@ def remove_stale_temps(directory: str | os.PathLike) -> int:
     for name in names:
         m = _TEMP_NAME.match(name)
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            path = os.path.join(directory, name)
             try:
-                os.unlink(os.path.join(directory, name))
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
                 removed += 1
             except OSError:
                 pass
     return removed
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """A temporary sibling of ``path`` (file or folder) that `remove_stale_temps` removes
+    once its writer is gone."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -121,7 +134,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     On any failure the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = str(path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"))
+    tmp = str(temp_name(path))
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())

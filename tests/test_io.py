@@ -127,3 +127,19 @@ def test_kill_9_mid_write_leaves_debris_the_next_run_removes(tmp_path):
         for proc in procs:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_path):
+    import subprocess
+
+    import torch
+
+    from pixcade.train.export import write_stage_export
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has ended, like a writer killed with -9
+    debris = tmp_path / f".final.{gone.pid}-0123456789ab.tmp"
+    debris.mkdir()
+    (debris / "ema.safetensors").write_bytes(b"half")
+    write_stage_export(tmp_path / "final", {"name": "base"}, "minilm", 32, {"w": torch.zeros(1)}, step=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]

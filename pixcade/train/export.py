@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from pixcade.errors import PixcadeError
-from pixcade.io import save_tensors
+from pixcade.io import remove_stale_temps, save_tensors, temp_name
 from pixcade.train import checkpoint as ckpt
 from pixcade.train import sharded_checkpoint as sharded
 
@@ -38,8 +38,8 @@ def write_stage_export(
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}-{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(out.parent)  # the temporary folder of an export killed midway
+    tmp = temp_name(out)
     tmp.mkdir()
     meta = {"stage": dict(stage), "text_encoder": text_encoder, "max_length": max_length, "step": step}
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1))
