@@ -4,6 +4,7 @@ their defining identities, one halving round learning, and the inputs that canno
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,3 +272,19 @@ def test_halving_step_counts_and_indices_are_checked():
         halving_target(lambda z, t: z, z, torch.ones(2, dtype=torch.long), 0, schedule)
     with pytest.raises(PixcadeError, match=r"integers in 1\.\.4"):
         halving_target(lambda z, t: z, z, torch.tensor([0, 1]), 4, schedule)
+
+
+def test_the_shipped_cascade_is_distillable_with_the_shipped_distill_config():
+    """configs/shapes-distill.json against the shipped weights: the base stage's guidance
+    distils (its weight 5 inside the range), the SR stage (v, unguided) halves to 8 steps."""
+    from pixcade.train.config import load_config
+    from pixcade.train.distill import load_teacher
+
+    repo = Path(__file__).resolve().parents[1]
+    config = load_config(repo / "configs" / "shapes-distill.json")
+    for name, expect in (("base", (True, None)), ("sr", (False, 8))):
+        entry = config.stage(name)
+        teacher = load_teacher(repo / entry.distill.teacher, name)
+        assert (teacher.text_encoder, teacher.max_length) == (config.text_encoder, config.max_length)
+        student = student_config(teacher.stage.config, entry.distill)
+        assert (student.guidance_conditioned, student.distilled_steps) == expect

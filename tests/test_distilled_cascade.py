@@ -91,3 +91,27 @@ def test_assemble_combines_distilled_and_undistilled_stages(distilled: Cascade, 
     a = mixed.generate(PROMPTS, seed=2, progress=False)
     assert np.array_equal(px(a), px(assembled.generate(PROMPTS, seed=2, progress=False)))
     assert np.array_equal(px(a), px(loaded.generate(PROMPTS, seed=2, progress=False)))
+
+
+def test_assemble_takes_a_stage_of_a_saved_cascade(distilled: Cascade, tmp_path: Path, capsys):
+    """CASCADE_DIR:STAGE: a shipped model's stage beside a distilled one, without a run."""
+    from pixcade.errors import PixcadeError
+    from pixcade.pipeline.assemble_cli import main as assemble_main
+
+    plain = build_tiny_cascade(seed=0)
+    plain.save_pretrained(tmp_path / "plain")
+    final = tmp_path / "run_base" / "final"
+    final.mkdir(parents=True)
+    base = distilled.stage("base")
+    (final / "stage.json").write_text(json.dumps({"stage": base.config.to_dict(), "text_encoder": "minilm",
+                                                  "max_length": 32, "step": 7}))
+    save_file({k: v.contiguous() for k, v in base.net.state_dict().items()}, final / "ema.safetensors")
+    assert assemble_main([str(final.parent), f"{tmp_path / 'plain'}:sr", "--out", str(tmp_path / "out")]) == 0
+    sources = json.loads((tmp_path / "out" / "sources.json").read_text())["stages"]
+    assert [(s["stage"], s["step"]) for s in sources] == [("base", 7), ("sr", None)]
+    mixed = Cascade([base, plain.stage("sr")], text_encoder="minilm", max_length=32)
+    loaded = Cascade.from_pretrained(tmp_path / "out")
+    assert np.array_equal(px(mixed.generate(PROMPTS, seed=4, progress=False)),
+                          px(loaded.generate(PROMPTS, seed=4, progress=False)))
+    with pytest.raises(PixcadeError, match=r"no stage 'sr2' \(stages: base, sr\)"):
+        assemble([final.parent, f"{tmp_path / 'plain'}:sr2"], tmp_path / "bad")

@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "given base first, into a cascade directory that `pixcade generate --model` loads.",
     )
     p.add_argument("stages", nargs="+", metavar="STAGE_DIR",
-                   help="run directories (their final/) or export directories, in cascade order")
+                   help="run directories (their final/), export directories, or CASCADE_DIR:STAGE (a stage of "
+                        "a saved cascade), in cascade order")
     p.add_argument("--out", required=True, metavar="DIR", help="cascade directory to write")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", type=parse_setting,
                    help="a stage's sampling default instead of its training config's (repeat), e.g. "
@@ -53,9 +54,8 @@ def main(argv: list[str]) -> int:
     sources = []
     for d in args.stages:
         export = saving.read_stage_export(d)
-        meta = json.loads(export.weights.with_name(saving.EXPORT_CONFIG).read_text())
         size = (out / f"{export.config.name}.safetensors").stat().st_size
-        sources.append({"stage": export.config.name, "export": str(export.weights.parent), "step": meta.get("step"),
+        sources.append({"stage": export.config.name, "export": str(export.weights.parent), "step": export.step,
                         "weights_bytes": size})
     # Which training step each stage's weights come from: the model card cites it.
     atomic_write_text(out / SOURCES, json.dumps({"stages": sources}, indent=2) + "\n")

@@ -192,17 +192,31 @@ class StageExport:
     text_encoder: str
     max_length: int
     weights: Path
+    step: int | None = None  # the training step of the weights, when the export records it
 
 
 def read_stage_export(run_dir: str | os.PathLike) -> StageExport:
-    """Read a trainer export; ``run_dir`` may be the run directory or its ``final/``."""
+    """Read a trainer export; ``run_dir`` may be the run directory or its ``final/``, or
+    ``CASCADE_DIR:STAGE``, one stage of a saved cascade (e.g. a shipped model's, to assemble
+    beside a new or distilled stage)."""
+    cascade_dir, colon, stage = str(run_dir).rpartition(":")
+    if colon and not Path(run_dir).exists() and (Path(cascade_dir) / CONFIG_NAME).is_file():
+        config = load_cascade_config(cascade_dir)
+        stages = {s.name: s for s in config.stages}
+        if stage not in stages:
+            raise PixcadeError(f"{cascade_dir}: no stage {stage!r} (stages: {', '.join(stages)})")
+        weights = Path(cascade_dir) / f"{stage}.safetensors"
+        return StageExport(stages[stage], config.text_encoder, config.max_length, weights)
     run_dir = Path(run_dir)
     folder = run_dir / "final" if (run_dir / "final" / EXPORT_CONFIG).is_file() else run_dir
     path = folder / EXPORT_CONFIG
     if not path.is_file():
-        raise PixcadeError(f"{run_dir}: no trained stage export ({EXPORT_CONFIG} or final/{EXPORT_CONFIG})")
+        raise PixcadeError(f"{run_dir}: no trained stage export ({EXPORT_CONFIG} or final/{EXPORT_CONFIG}, "
+                           "or CASCADE_DIR:STAGE)")
     d = read_json(path)
     if not isinstance(d, dict) or "stage" not in d:
         raise PixcadeError(f"{path}: expected an object with 'stage', 'text_encoder', 'max_length'")
     text_encoder, max_length = _encoder_fields(d, str(path))
-    return StageExport(_stage_config(d["stage"], str(path)), text_encoder, max_length, folder / EXPORT_WEIGHTS)
+    step = d.get("step")
+    return StageExport(_stage_config(d["stage"], str(path)), text_encoder, max_length, folder / EXPORT_WEIGHTS,
+                       step if isinstance(step, int) and not isinstance(step, bool) else None)

@@ -32,24 +32,18 @@ class Teacher:
 
 
 def load_teacher(source: str | Path, name: str, device: torch.device | str = "cpu") -> Teacher:
-    """The stage ``name`` of a cascade directory, or the stage of a trainer export, frozen."""
-    source = Path(source)
-    if (source / saving.CONFIG_NAME).is_file():
-        cascade = saving.load_cascade_config(source)
-        configs = {c.name: c for c in cascade.stages}
-        if name not in configs:
-            raise PixcadeError(f"distill.teacher {source} has no stage {name!r} (stages: {', '.join(configs)})")
-        config, weights = configs[name], source / f"{name}.safetensors"
-        encoder, max_length = cascade.text_encoder, cascade.max_length
-    else:
-        export = saving.read_stage_export(source)
-        if export.config.name != name:
-            raise PixcadeError(f"distill.teacher {source} is stage {export.config.name!r}, not {name!r}")
-        config, weights, encoder, max_length = export.config, export.weights, export.text_encoder, export.max_length
-    stage = Stage(config)
-    saving.load_weights(stage.net, weights, name)
+    """The stage ``name`` of a trainer export, of ``CASCADE_DIR:STAGE`` or of a cascade
+    directory (its stage called ``name``), frozen."""
+    spec = str(source)
+    if (Path(spec) / saving.CONFIG_NAME).is_file():
+        spec = f"{spec}:{name}"
+    export = saving.read_stage_export(spec)
+    if export.config.name != name:
+        raise PixcadeError(f"distill.teacher {source} is stage {export.config.name!r}, not {name!r}")
+    stage = Stage(export.config)
+    saving.load_weights(stage.net, export.weights, name)
     stage.net.to(device).eval().requires_grad_(False)
-    return Teacher(stage, encoder, max_length)
+    return Teacher(stage, export.text_encoder, export.max_length)
 
 
 @dataclass(frozen=True)
