@@ -98,6 +98,8 @@ def test_polling_fallback_without_event_source(browser: DevTools) -> None:
         browser.click("#generate")
         browser.wait_for("document.getElementById('job').dataset.state === 'done'", "the job to finish")
         browser.wait_for(f"{_loaded_images('sr')}.length === 1", "the SR image")
+        # Both images are fetched at once: the base one may finish loading after the SR one.
+        browser.wait_for(f"{_loaded_images('base')}.length === 1", "the base image")
         assert browser.js(_loaded_images("base")) == [[16, 16]]
 
 
@@ -116,6 +118,7 @@ def test_real_tiny_cascade_in_the_browser(browser: DevTools, tmp_path: Path) -> 
         browser.wait_for("document.getElementById('job').dataset.state === 'done'", "the job to finish", 120)
         # 'done' can arrive before the browser has finished fetching the last <img>.
         browser.wait_for(f"{_loaded_images('sr')}.length > 0", "the SR image to load")
+        browser.wait_for(f"{_loaded_images('base')}.length > 0", "the base image to load")
         assert browser.js(_loaded_images("base")) == [[16, 16]]
         assert browser.js(_loaded_images("sr")) == [[SR_RES, SR_RES]]
 

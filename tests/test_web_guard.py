@@ -73,6 +73,7 @@ def test_every_response_forbids_framing_and_sniffing(target) -> None:
         "json": target.call("GET", target.json_get),
         "not found": target.call("GET", "/no/such/path"),
         "wrong method": target.call("DELETE", "/"),
+        "static wrong method": target.call("POST", target.page_asset, b""),
         "cross-origin": target.call("POST", target.change, target.change_body, {"Origin": EVIL}),
         "foreign host": target.call("GET", "/", headers={"Host": "evil.example"}),
     }
@@ -82,7 +83,10 @@ def test_every_response_forbids_framing_and_sniffing(target) -> None:
         assert headers["x-content-type-options"] == "nosniff", what
         assert headers["cross-origin-resource-policy"] == "same-origin", what
     assert responses["page"][0] == responses["static"][0] == 200
+    assert responses["page"][1]["cache-control"] == responses["static"][1]["cache-control"] == "no-cache"
     assert responses["not found"][0] == 404 and json.loads(responses["not found"][2])["error"]
+    status, _, raw = responses["static wrong method"]
+    assert status == 405 and "method POST not allowed" in json.loads(raw)["error"]
 
 
 @pytest.mark.parametrize("body, words", [

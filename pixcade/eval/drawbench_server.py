@@ -32,14 +32,14 @@ from typing import Sequence
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 
 from pixcade.eval.drawbench_votes import CHOICES, QUESTIONS, VoteStore
 from pixcade.web.body import read_json
 from pixcade.web.errors import RequestError
 from pixcade.web.guard import guarded_app
 from pixcade.web.limits import WebLimits, allowed_hosts
+from pixcade.web.pages import page_routes
 from pixcade.web.server import WebServer
 
 MAX_BODY = 4096
@@ -156,15 +156,11 @@ class RatingApi:
 
     def routes(self) -> list:
         return [
-            Route("/", self.page),
-            Mount("/static", StaticFiles(directory=str(PAGE))),
+            *page_routes(PAGE),
             Route("/api/next", self.next, methods=["POST"]),
             Route("/images/{token}/{side}/{k:int}", self.image),
             Route("/api/vote", self.vote, methods=["POST"]),
         ]
-
-    async def page(self, request: Request) -> Response:
-        return FileResponse(str(PAGE / "index.html"), headers={"Cache-Control": "no-cache"})
 
     async def next(self, request: Request) -> Response:
         client = request.client.host if request.client else ""

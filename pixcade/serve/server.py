@@ -31,9 +31,8 @@ from typing import Any, AsyncIterator, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import TERMINAL, Job, JobManager, QueueFull
@@ -41,6 +40,7 @@ from pixcade.serve.requests import Limits, RequestError, check_resolved_steps, p
 from pixcade.web.body import read_json
 from pixcade.web.guard import error_response, guarded_app
 from pixcade.web.limits import WebLimits, allowed_hosts
+from pixcade.web.pages import page_routes
 from pixcade.web.server import WebServer
 
 SSE_KEEPALIVE_S = 15.0
@@ -70,8 +70,7 @@ class ServeApi:
     def routes(self) -> list[Any]:
         job = "/api/jobs/{id}"
         return [
-            Route("/", self.page),
-            Mount("/static", StaticFiles(directory=str(STATIC))),
+            *page_routes(STATIC),
             Route("/api/config", self.config),
             Route("/api/queue", self.queue),
             Route("/api/jobs", self.submit, methods=["POST"]),
@@ -91,9 +90,6 @@ class ServeApi:
         if job is None:
             raise RequestError(404, f"unknown job id {job_id!r} (never created, or expired from the store)")
         return job
-
-    async def page(self, request: Request) -> Response:
-        return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
 
     async def config(self, request: Request) -> Response:
         return _json(self.config_json())

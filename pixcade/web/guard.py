@@ -129,10 +129,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers or {})
     if exc.status_code == 404:
         return error_response(404, f"no such path: {request.url.path}")
-    if exc.status_code == 405:
-        allow = ", ".join(sorted(headers.get("Allow", "").split(", ")))
+    if exc.status_code == 405 and "Allow" in headers:
+        allow = ", ".join(sorted(headers["Allow"].split(", ")))
         return error_response(405, f"method {request.method} not allowed on {request.url.path} (allowed: {allow})",
                               {"Allow": allow})
+    if exc.status_code == 405:
+        return error_response(405, f"method {request.method} not allowed on {request.url.path}", headers)
     return error_response(exc.status_code, str(exc.detail), headers)
 
 
