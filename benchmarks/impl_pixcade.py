@@ -15,16 +15,17 @@ import torch
 from common import autocast, make_batch
 from specs import Suite, UNetSpec
 
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.nn.configs import UNetConfig
 from pixcade.stage import Stage, StageConfig
 
 NAME = "pixcade"
-# The stage defaults pixcade ships (StageConfig): DPM-Solver++(2M).
-SAMPLER = "dpm++"
+# The stage defaults pixcade ships (SamplingSettings): DPM-Solver++(2M).
+SAMPLER = SamplingSettings().sampler
 
 
 def default_steps(which: str) -> int:
-    return StageConfig.__dataclass_fields__["steps"].default
+    return SamplingSettings().steps
 
 
 def unet_config(spec: UNetSpec, text_dim: int, opts: frozenset[str] = frozenset()) -> UNetConfig:

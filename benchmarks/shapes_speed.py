@@ -25,7 +25,7 @@ def compare(model_dir: str, n: int = 30, steps: list[int] | None = None, device:
 
     cascade = Cascade.from_pretrained(model_dir, device=device)
     base = cascade.names[0]
-    counts = steps or [cascade.stage(base).config.steps]
+    counts = steps or [cascade.stage(base).config.sampling.steps]
     scenes = evaluation_prompts(n)
     captions = [sc.caption for sc in scenes]
     # Load the text encoder and warm the kernels outside the timed runs.

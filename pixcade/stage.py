@@ -7,17 +7,18 @@ low-res image, the noise-augmentation level), so training and sampling can't dis
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from pixcade.diffusion.guidance import guided_denoiser, parse_threshold
+from pixcade.diffusion.guidance import guided_denoiser
 from pixcade.diffusion.losses import HIGH_NOISE_FROM, diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
-from pixcade.diffusion.samplers import SAMPLERS, NoiseSampler, generator_noise, sample
+from pixcade.diffusion.samplers import NoiseSampler, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
+from pixcade.diffusion.settings import FIELD_NAMES, SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_limit
 from pixcade.nn.configs import UNetConfig
@@ -36,12 +37,9 @@ class StageConfig:
     train_crop: int | None = None
     schedule: str = "cosine"
     parameterization: str = "eps"
-    # Sampling defaults, saved with the model so `generate` works without flags.
-    sampler: str = "dpm++"
-    steps: int = 30
-    guidance_weight: float = 5.0
-    threshold: str = "dynamic:99.5"
-    aug_level: float = 0.0
+    # How the stage samples unless told otherwise, saved with the model so `generate`
+    # works without flags.
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     # Set on a progressively distilled student (Salimans & Ho 2022): the number of
     # deterministic DDIM steps, on the grid uniform in t, that it was trained to take.
     distilled_steps: int | None = None
@@ -58,10 +56,14 @@ class StageConfig:
                 f"stage {self.name!r}: unknown parameterization {self.parameterization!r} "
                 f"(choose from {', '.join(PARAMETERIZATIONS)})"
             )
-        if self.sampler not in SAMPLERS:
-            raise PixcadeError(f"stage {self.name!r}: unknown sampler {self.sampler!r}")
-        if int(self.steps) < 1:
-            raise PixcadeError(f"stage {self.name!r}: steps must be at least 1, got {self.steps}")
+        if isinstance(self.sampling, dict):
+            try:
+                self.sampling = SamplingSettings.from_dict(self.sampling)
+            except PixcadeError as err:
+                raise PixcadeError(f"stage {self.name!r}: {err}") from None
+        if not isinstance(self.sampling, SamplingSettings):
+            raise PixcadeError(f"stage {self.name!r}: sampling must be SamplingSettings, got {self.sampling!r}")
+        self.check_sampling(self.sampling)
         if self.distilled_steps is not None and (
             isinstance(self.distilled_steps, bool) or not isinstance(self.distilled_steps, int)
             or self.distilled_steps < 1
@@ -69,7 +71,6 @@ class StageConfig:
             raise PixcadeError(
                 f"stage {self.name!r}: distilled_steps must be a positive integer, got {self.distilled_steps!r}"
             )
-        parse_threshold(self.threshold)  # a bad spec fails when the config is made, not when sampling
         if self.is_super_resolution != bool(self.unet.lowres_cond):
             raise PixcadeError(
                 f"stage {self.name!r}: lowres_resolution and the U-Net's lowres_cond disagree"
@@ -89,13 +90,29 @@ class StageConfig:
         """Whether the network takes the guidance weight as an input (one pass per step)."""
         return self.unet.guidance_conditioned
 
+    def check_sampling(self, settings: SamplingSettings) -> None:
+        """What this stage adds to the settings' own checks: only an SR stage has a
+        noise-augmentation level."""
+        if not self.is_super_resolution and settings.aug_level != 0.0:
+            raise PixcadeError(
+                f"stage {self.name!r} is not a super-resolution stage: it takes no noise-augmentation level"
+            )
+
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["unet"] = self.unet.to_dict()
+        d["sampling"] = self.sampling.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StageConfig":
+        """Also reads configs from before `sampling` existed, whose sampling fields sit flat
+        on the stage."""
+        flat = {k: d[k] for k in FIELD_NAMES if k in d}
+        if flat:
+            if "sampling" in d:
+                raise PixcadeError(f"stage config has both 'sampling' and flat sampling keys {sorted(flat)}")
+            d = {k: v for k, v in d.items() if k not in flat} | {"sampling": flat}
         return from_json(cls, d, "stage config")
 
 
@@ -232,51 +249,42 @@ class Stage:
         text_mask: torch.Tensor,
         lowres: torch.Tensor | None = None,
         *,
-        sampler: str | None = None,
-        steps: int | None = None,
-        guidance_weight: float | None = None,
-        threshold: str | None = None,
-        aug_level: float | None = None,
+        settings: SamplingSettings | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         noise: torch.Tensor | None = None,
         aug_noise: torch.Tensor | None = None,
         noise_sampler: NoiseSampler | None = None,
+        **overrides: Any,
     ) -> torch.Tensor:
-        """Images in [-1, 1], one per text row. Unset options take the config's defaults.
+        """Images in [-1, 1], one per text row.
 
-        ``noise`` is the starting z at t=1, ``aug_noise`` an SR stage's noise for the
-        augmentation of its low-res input and ``noise_sampler`` an ancestral sampler's fresh
-        noise per step (each drawn from ``generator`` when not given): the pipeline draws all
-        three per image so an image does not depend on its batch-mates.
+        ``settings`` (default: the config's) with ``overrides`` (`SamplingSettings` fields;
+        None values are ignored) applied. ``noise`` is the starting z at t=1, ``aug_noise``
+        an SR stage's noise for the augmentation of its low-res input and ``noise_sampler``
+        an ancestral sampler's fresh noise per step (each drawn from ``generator`` when not
+        given): the pipeline draws all three per image so an image does not depend on its
+        batch-mates.
         """
         c = self.config
-        sampler = c.sampler if sampler is None else sampler
-        steps = c.steps if steps is None else steps
-        w = c.guidance_weight if guidance_weight is None else guidance_weight
-        threshold = c.threshold if threshold is None else threshold
-        aug_level = c.aug_level if aug_level is None else aug_level
-        if sampler not in SAMPLERS:
-            raise PixcadeError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-        if steps < 1:
-            raise PixcadeError(f"steps must be at least 1, got {steps}")
-        if w < 0:
-            raise PixcadeError(f"guidance weight must be >= 0, got {w}")
-        if not 0.0 <= aug_level <= 1.0:
-            raise PixcadeError(f"noise-augmentation level must be in [0, 1], got {aug_level}")
+        s = settings if settings is not None else c.sampling
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides:
+            s = s.replace(**overrides)
+        c.check_sampling(s)
 
         b = text_emb.shape[0]
         device = text_emb.device
-        aug_t = torch.full((b,), float(aug_level), device=device) if c.is_super_resolution else None
+        aug_t = torch.full((b,), s.aug_level, device=device) if c.is_super_resolution else None
         if c.guidance_conditioned:  # the weight is an input: one pass per step
-            w_in = torch.full((b,), float(w), device=device)
+            w_in = torch.full((b,), s.guidance_weight, device=device)
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise, guidance=w_in)
             uncond = None
         else:
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
             uncond = unconditional(cond)
         denoiser = guided_denoiser(
-            self.net, self.schedule, c.parameterization, cond, uncond, w, threshold
+            self.net, self.schedule, c.parameterization, cond, uncond, s.guidance_weight, s.threshold
         )
         shape = (b, c.unet.out_channels, c.resolution, c.resolution)
         if noise is None:
@@ -286,6 +294,6 @@ class Stage:
         if noise_sampler is None:
             noise_sampler = generator_noise(noise, generator)
         return sample(
-            denoiser, self.schedule, noise, sampler=sampler, steps=steps,
-            noise_sampler=noise_sampler, callback=callback,
+            denoiser, self.schedule, noise, s.sampler, steps=s.steps, spacing=s.spacing,
+            noise_sampler=noise_sampler, callback=callback, **s.sampler_args,
         ).clamp(-1.0, 1.0)

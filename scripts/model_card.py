@@ -176,16 +176,23 @@ def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], hi
 
 
 def sampling_overrides(stage_config: Any, export: str | None) -> dict[str, Any]:
-    """The sampling defaults `pixcade assemble --set` gave this stage: where the cascade's
+    """The sampling settings `pixcade assemble --set` gave this stage: where the cascade's
     differ from its export's training config (so the card's assemble command reproduces them)."""
-    from pixcade.pipeline.cascade import SAMPLING_DEFAULTS
+    from pixcade.stage import StageConfig
 
     path = Path(export) / "stage.json" if export else None
     if path is None or not path.is_file():
         return {}
-    trained = read_json(path)["stage"]
-    values = {k: getattr(stage_config, k) for k in SAMPLING_DEFAULTS}
-    return {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in values.items() if trained.get(k) != v}
+
+    def flat(settings: Any) -> dict[str, Any]:
+        d = settings.to_dict()
+        return {**{k: v for k, v in d.items() if k != "sampler_args"},
+                **{f"sampler_args.{k}": v for k, v in d["sampler_args"].items()}}
+
+    trained = flat(StageConfig.from_dict(read_json(path)["stage"]).sampling)
+    values = flat(stage_config.sampling)
+    return {k: ("none" if v is None else f"{v:g}" if isinstance(v, float) else v)
+            for k, v in values.items() if trained.get(k) != v}
 
 
 def model_summary(model: Path) -> dict[str, Any]:
@@ -201,8 +208,9 @@ def model_summary(model: Path) -> dict[str, Any]:
         stages.append({
             "name": sc.name, "resolution": sc.resolution, "lowres_resolution": sc.lowres_resolution,
             "parameters": count_parameters(sc.unet), "bytes": (model / f"{sc.name}.safetensors").stat().st_size,
-            "sampler": sc.sampler, "steps": sc.steps, "guidance_weight": sc.guidance_weight,
-            "threshold": sc.threshold, "aug_level": sc.aug_level if sc.is_super_resolution else None,
+            "sampler": sc.sampling.sampler, "steps": sc.sampling.steps,
+            "guidance_weight": sc.sampling.guidance_weight, "threshold": sc.sampling.threshold,
+            "aug_level": sc.sampling.aug_level if sc.is_super_resolution else None,
             "trained_step": sources.get(sc.name, {}).get("step"),
             "export": sources.get(sc.name, {}).get("export"),
             "set": sampling_overrides(sc, sources.get(sc.name, {}).get("export")),

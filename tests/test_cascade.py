@@ -12,10 +12,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from pixcade.diffusion.samplers import SAMPLERS
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
-from pixcade.pipeline.options import parse_per_stage, resolve_options
+from pixcade.pipeline.options import parse_per_stage, resolve
 from pixcade.stage import Stage, StageConfig
 from tiny_cascade import BASE_RES, SR_RES, build_tiny_cascade, tiny_configs
 
@@ -289,7 +290,7 @@ def test_bad_options(cascade: Cascade, kw: dict, message: str) -> None:
 
 def test_options_resolve_per_stage_over_defaults() -> None:
     configs = tiny_configs(steps=7)
-    opts = resolve_options(configs, steps={"sr": 3}, sampler="ddpm", aug_level=0.3)
+    opts = resolve(configs, steps={"sr": 3}, sampler="ddpm", aug_level=0.3)
     assert (opts["base"].steps, opts["sr"].steps) == (7, 3)
     assert opts["base"].sampler == opts["sr"].sampler == "ddpm"
     assert (opts["base"].aug_level, opts["sr"].aug_level) == (0.0, 0.3)  # plain aug: SR only
@@ -311,6 +312,7 @@ def test_per_stage_syntax() -> None:
 
 
 def test_text_encoder_dimension_must_match() -> None:
-    config = StageConfig(name="base", resolution=8, unet=get_preset("tiny-base", text_dim=32), steps=1)
+    config = StageConfig(name="base", resolution=8, unet=get_preset("tiny-base", text_dim=32),
+                         sampling=SamplingSettings(steps=1))
     with pytest.raises(PixcadeError, match="expects 32-d text embeddings .* gives 384-d"):
         Cascade([Stage(config)]).generate("x", progress=False)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pixcade import cli
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
@@ -35,10 +36,10 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teachers")
     configs = {
         "base": StageConfig(name="base", resolution=16, unet=get_preset("tiny-base", text_dim=384),
-                            parameterization="v", guidance_weight=3.0, threshold="static"),
+                            parameterization="v", sampling=SamplingSettings(guidance_weight=3.0, threshold="static")),
         "sr": StageConfig(name="sr", resolution=32, lowres_resolution=16, train_crop=16,
-                          unet=get_preset("tiny-sr", text_dim=384), parameterization="v", guidance_weight=1.0,
-                          threshold="static", aug_level=0.1),
+                          unet=get_preset("tiny-sr", text_dim=384), parameterization="v",
+                          sampling=SamplingSettings(guidance_weight=1.0, threshold="static", aug_level=0.1)),
     }
     out = {}
     for name, config in configs.items():
@@ -73,7 +74,8 @@ def test_guided_phase_trains_exports_and_resumes_exactly(shapes, teachers, tmp_p
     assert _distill("--config", config, "--stage", "base", "--out", tmp_path / "straight") == 0
     stage = _stage_json(tmp_path / "straight")
     assert stage["unet"]["guidance_conditioned"] and stage["distilled_steps"] is None
-    assert (stage["sampler"], stage["guidance_weight"], stage["threshold"]) == ("dpm++", 3.0, "static")
+    s = stage["sampling"]
+    assert (s["sampler"], s["guidance_weight"], s["threshold"]) == ("dpm++", 3.0, "static")
     losses = [json.loads(x)["loss"] for x in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(x)]
     assert len(losses) == 4 and all(v > 0 for v in losses)
@@ -93,7 +95,8 @@ def test_halving_rounds_of_an_sr_stage_down_to_one_step(shapes, teachers, tmp_pa
                      max_steps=2)
     assert _distill("--config", config, "--stage", "sr", "--out", tmp_path / "sr2") == 0
     stage = _stage_json(tmp_path / "sr2")
-    assert (stage["distilled_steps"], stage["steps"], stage["sampler"], stage["threshold"]) == (2, 2, "ddim", "none")
+    s = stage["sampling"]
+    assert (stage["distilled_steps"], s["steps"], s["sampler"], s["threshold"]) == (2, 2, "ddim", "none")
     # The next round's teacher is the last student; its steps default to half.
     args = ["--config", config, "--stage", "sr", "--phase", "halve"]
     assert _distill(*args, "--teacher", tmp_path / "sr2", "--steps", "0", "--out", tmp_path / "x") == 2

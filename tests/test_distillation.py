@@ -11,7 +11,8 @@ import torch
 
 from pixcade.diffusion.distillation import halving_loss, halving_target
 from pixcade.diffusion.guidance import guided_output
-from pixcade.diffusion.samplers import sample_ddim
+from pixcade.diffusion.samplers import sample
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.diffusion.schedules import get_schedule
 from pixcade.errors import PixcadeError
 from pixcade.nn.configs import get_preset
@@ -35,10 +36,11 @@ def _randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
 def _teacher(sr: bool = False, guidance_weight: float = 3.0, param: str = "v") -> Stage:
     if sr:
         config = StageConfig(name="sr", resolution=16, lowres_resolution=8, unet=get_preset("tiny-sr"),
-                             parameterization=param, guidance_weight=guidance_weight, threshold="static")
+                             parameterization=param,
+                             sampling=SamplingSettings(guidance_weight=guidance_weight, threshold="static"))
     else:
         config = StageConfig(name="base", resolution=16, unet=get_preset("tiny-base"), parameterization=param,
-                             guidance_weight=guidance_weight, threshold="static")
+                             sampling=SamplingSettings(guidance_weight=guidance_weight, threshold="static"))
     torch.manual_seed(1 if sr else 0)  # the initial weights too: every run tests the same model
     stage = Stage(config)
     _randomise(stage.net, 1 if sr else 0)
@@ -166,8 +168,8 @@ def test_a_student_predicting_the_halving_target_samples_as_the_teacher_at_twice
         return halving_target(teacher, z, torch.round(t * steps).long(), steps, schedule)
 
     noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
-    fast = sample_ddim(student, schedule, noise, steps)
-    slow = sample_ddim(teacher, schedule, noise, 2 * steps)
+    fast = sample(student, schedule, noise, "ddim", steps=steps)
+    slow = sample(teacher, schedule, noise, "ddim", steps=2 * steps)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
 
 
@@ -234,7 +236,11 @@ def test_one_halving_round_on_a_tiny_model_reduces_its_two_step_target_loss():
      "needs a v or x0 parameterisation"),
 ])
 def test_inputs_that_cannot_be_distilled_are_named(teacher_changes, cfg, message):
-    teacher = dataclasses.replace(_teacher().config, **teacher_changes)
+    config = _teacher().config
+    weight = teacher_changes.pop("guidance_weight", None)
+    if weight is not None:
+        teacher_changes["sampling"] = config.sampling.replace(guidance_weight=weight)
+    teacher = dataclasses.replace(config, **teacher_changes)
     with pytest.raises(PixcadeError, match=message):
         student_config(teacher, DistillConfig(teacher="-", **cfg))
 
@@ -245,7 +251,8 @@ def test_guided_student_of_a_guided_student_is_refused_and_halving_it_works():
     with pytest.raises(PixcadeError, match="already takes the guidance weight"):
         student_config(guided, DistillConfig(teacher="-", phase="guided"))
     halved = student_config(guided, DistillConfig(teacher="-", phase="halve", steps=16))
-    assert (halved.distilled_steps, halved.steps, halved.sampler, halved.threshold) == (16, 16, "ddim", "none")
+    s = halved.sampling
+    assert (halved.distilled_steps, s.steps, s.sampler, s.threshold, s.spacing) == (16, 16, "ddim", "none", "uniform-t")
     assert student_config(halved, DistillConfig(teacher="-", phase="halve")).distilled_steps == 8
 
 

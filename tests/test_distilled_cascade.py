@@ -40,7 +40,7 @@ def distilled() -> Cascade:
     without guidance, halved to 2 steps."""
     base, sr = tiny_configs(steps=3)
     base = student_config(base, DistillConfig(teacher="-", phase="guided"))
-    sr = dataclasses.replace(sr, parameterization="v", guidance_weight=1.0)
+    sr = dataclasses.replace(sr, parameterization="v", sampling=sr.sampling.replace(guidance_weight=1.0))
     sr = student_config(sr, DistillConfig(teacher="-", phase="halve", steps=2))
     return Cascade([_random_stage(base, 0), _random_stage(sr, 1)], text_encoder="minilm", max_length=32)
 
@@ -49,7 +49,8 @@ def test_saved_loaded_and_sampled_with_the_same_pixels(distilled: Cascade, tmp_p
     distilled.save_pretrained(tmp_path)
     stages = json.loads((tmp_path / "cascade.json").read_text())["stages"]
     assert stages[0]["unet"]["guidance_conditioned"] and stages[0]["distilled_steps"] is None
-    assert (stages[1]["distilled_steps"], stages[1]["steps"], stages[1]["sampler"]) == (2, 2, "ddim")
+    sr_sampling = stages[1]["sampling"]
+    assert (stages[1]["distilled_steps"], sr_sampling["steps"], sr_sampling["sampler"]) == (2, 2, "ddim")
     loaded = Cascade.from_pretrained(tmp_path)
     a = distilled.generate(PROMPTS, n=2, seed=5, progress=False)
     b = loaded.generate(PROMPTS, n=2, seed=5, progress=False)

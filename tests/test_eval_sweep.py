@@ -103,7 +103,7 @@ def test_one_axis_keeps_the_stage_default(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--guidance", "1,x"], "'x' is not a number"),
+    (["--guidance", "1,x"], "--guidance: guidance_weight: cannot read 'x' as float"),
     (["--guidance", "-1"], ">= 0"),
     (["--guidance", "3,3"], "repeats"),
     (["--threshold", "dynamic,sometimes"], "--threshold"),

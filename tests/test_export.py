@@ -94,12 +94,18 @@ def test_export_and_assemble_cli(tmp_path, capsys):
     capsys.readouterr()
     again = Cascade.from_pretrained(tuned)
     base_config, sr_config = again.stage("base").config, again.stage("sr").config
-    assert (base_config.guidance_weight, base_config.threshold, sr_config.steps) == (5.0, "static", 7)
-    assert sr_config.guidance_weight == cascade.stage("sr").config.guidance_weight
+    base_s, sr_s = base_config.sampling, sr_config.sampling
+    assert (base_s.guidance_weight, base_s.threshold, sr_s.steps) == (5.0, "static", 7)
+    assert sr_s.guidance_weight == cascade.stage("sr").config.sampling.guidance_weight
     assert state_equal(net_state(again, "base"), base[10])
-    for bad, words in [("base.lr=1", "lr is not a sampling default"), ("up.steps=3", "names stage 'up'"),
-                       ("base.steps=x", "not a valid int"), ("base.threshold=hard", "threshold"),
-                       ("base.sampler=euler9", "unknown sampler")]:
+    for bad, words in [("base.lr=1", "unknown keys: ['lr']"), ("up.steps=3", "unknown stage 'up'"),
+                       ("base.steps=x", "cannot read 'x' as int"), ("base.threshold=hard", "threshold"),
+                       ("base.sampler=euler9", "unknown sampler"),
+                       # A value `generate` would refuse is refused here, before anything is written.
+                       ("base.guidance_weight=-3", "guidance weight must be >= 0"),
+                       ("base.steps=2.5", "cannot read '2.5' as int"), ("sr.aug_level=nan", "finite"),
+                       ("base.aug_level=0.2", "not a super-resolution stage"),
+                       ("base.sampler_args.eta=0.5", "sampler 'ddim' takes no argument 'eta'")]:
         assert pixcade_main(["assemble", str(tmp_path / "e/base"), str(tmp_path / "sr/exports/step-00000030"),
                              "--out", str(tmp_path / "bad"), "--set", bad]) == 2
         assert words in capsys.readouterr().err and not (tmp_path / "bad").exists()

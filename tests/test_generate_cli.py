@@ -76,7 +76,7 @@ def test_prompts_file_stage_subsets_and_per_stage_options(model: Path, tmp_path:
     run = json.loads((out / "run.json").read_text())
     assert list(run["options"]) == ["base"]
     assert run["options"]["base"] == {"sampler": "ddpm", "steps": 3, "guidance_weight": 1.0,
-                                      "threshold": "none", "aug_level": 0.0}
+                                      "threshold": "none", "aug_level": 0.0, "spacing": None, "sampler_args": {}}
 
     out2 = tmp_path / "sr_only"
     assert generate(model, out2, "a red square", "--stages", "sr", "--start-image", str(out / "p0000_i00.png"),
@@ -149,7 +149,7 @@ def test_resume_skips_finished_images(model: Path, tmp_path: Path, no_shard: Non
         (["x", "--guidance", "-1"], "guidance weight must be >= 0, got -1.0"),
         (["x", "--sampler", "euler"], "unknown sampler 'euler'"),
         (["x", "--threshold", "clip"], "stage 'base'.*clip"),
-        (["x", "--steps", "base=x"], "--steps: cannot read 'x'"),
+        (["x", "--steps", "base=x"], "stage 'base': steps: cannot read 'x' as int"),
         (["x", "--steps", "sr2=3"], "--steps: unknown stage 'sr2'"),
         (["x", "--aug-level", "2"], "noise-augmentation level must be in \\[0, 1\\]"),
         (["x", "--stop-after", "nope"], "unknown stage 'nope'"),

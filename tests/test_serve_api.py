@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from serve_support import FakeModel, fake_color, request, request_json, running_server
 
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import DONE, JobManager
 from pixcade.pipeline import options
@@ -53,7 +54,7 @@ def _nothing_left(server, model: FakeModel, before: dict) -> None:
     (json.dumps({"prompt": "a", "steps": 6}).encode(), 422, "max_steps", "6 steps"),
     (json.dumps({"prompt": "a", "steps": {"sr": 9}}).encode(), 422, "max_steps", "9 steps"),
     (json.dumps({"prompt": "a", "steps": {"nope": 2}}).encode(), 422, None, "'nope'"),
-    (json.dumps({"prompt": "a", "guidance": -1}).encode(), 422, None, "guidance must be >= 0"),
+    (json.dumps({"prompt": "a", "guidance": -1}).encode(), 422, None, "guidance weight must be >= 0"),
     (json.dumps({"prompt": "a", "stages": ["sr"]}).encode(), 422, None, "starting at the base"),
     (json.dumps({"prompt": "a", "seed": -1}).encode(), 422, None, "seed"),
     (json.dumps({"prompt": "a" * 3000}).encode(), 413, "max_body_bytes", "max_body_bytes"),
@@ -73,9 +74,9 @@ def test_refused_requests_name_the_problem_and_leave_nothing(body, status, limit
 
 
 @pytest.mark.parametrize("field, value, pipeline_check", [
-    ("steps", 0, lambda: options.check_steps(0)),
-    ("steps", {"sr": -2}, lambda: options.check_steps(-2)),
-    ("guidance", -0.5, lambda: options.check_guidance_weight(-0.5, "guidance")),
+    ("steps", 0, lambda: SamplingSettings(steps=0)),
+    ("steps", {"sr": -2}, lambda: SamplingSettings(steps=-2)),
+    ("guidance", -0.5, lambda: SamplingSettings(guidance_weight=-0.5)),
     ("guidance", {"base": 1.0, "nope": 2.0},
      lambda: options.check_stage_names("guidance", {"base": 1.0, "nope": 2.0}, ["base", "sr"])),
 ])
@@ -206,7 +207,7 @@ def test_progress_stream_and_images_of_each_stage() -> None:
         job = json.loads(raw)
         assert status == 202 and headers["location"] == f"/api/jobs/{job['id']}" == job["status_url"]
         assert job["request"] == {"prompt": "a red square", "n": 2, "seed": 9, "guidance": None,
-                                  "steps": None, "stages": ["base", "sr"]}
+                                  "steps": None, "stages": ["base", "sr"], "sampling": {}}
         seen: list[dict] = []
         reader = threading.Thread(target=_events, args=(server, job["id"], seen))
         reader.start()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
@@ -17,12 +18,13 @@ BASE_RES, SR_RES = 16, 32
 def tiny_configs(steps: int = 2) -> list[StageConfig]:
     base = StageConfig(
         name="base", resolution=BASE_RES, unet=get_preset("tiny-base", text_dim=MINILM_DIM),
-        sampler="ddim", steps=steps, guidance_weight=3.0, threshold="dynamic:99.5",
+        sampling=SamplingSettings(sampler="ddim", steps=steps, guidance_weight=3.0, threshold="dynamic:99.5"),
     )
     sr = StageConfig(
         name="sr", resolution=SR_RES, lowres_resolution=BASE_RES,
-        unet=get_preset("tiny-sr", text_dim=MINILM_DIM), sampler="dpm++", steps=steps,
-        guidance_weight=2.0, threshold="static", aug_level=0.2,
+        unet=get_preset("tiny-sr", text_dim=MINILM_DIM),
+        sampling=SamplingSettings(sampler="dpm++", steps=steps, guidance_weight=2.0, threshold="static",
+                                  aug_level=0.2),
     )
     return [base, sr]
 

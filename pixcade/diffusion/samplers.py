@@ -1,18 +1,30 @@
-"""Samplers: pure functions over ``denoiser(z, t) -> x0``.
+"""Samplers: a time grid and a solver, both pure functions, named in two registries.
 
-Each takes ``steps`` denoiser calls from the caller's ``noise`` (z at t = 1) and returns
-the last x0 estimate: the final step goes to t = 0, where z = x0. Thresholding and
-guidance live in the denoiser, so every sampler applies them at every step.
+A spacing ``(schedule, steps) -> ts`` gives ``steps + 1`` times falling from t = 1 to
+t = 0 (as k-diffusion separates sigmas from solvers). A solver
+``(denoiser, schedule, noise, ts, *, noise_sampler, callback, **own)`` calls
+``denoiser(z, t) -> x0`` at the first ``steps`` times, starting from the caller's
+``noise`` (z at t = 1), and returns its last x0 estimate: its last step lands at t = 0,
+where z = x0. Thresholding and guidance live in the denoiser, so every solver applies them
+at every step.
+
+A new spacing is one function and one SPACINGS row; a new sampler one function and one
+SAMPLERS row. Its keyword-only arguments with defaults (besides noise_sampler and
+callback) are its own options: `SamplingSettings.sampler_args` is checked against them, so
+they reach saved models, the CLI and the server with no other edit.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 
 from pixcade.diffusion.schedules import LOG_SNR_MAX, Schedule, alpha_sigma
+from pixcade.diffusion.settings import check_steps
 from pixcade.errors import PixcadeError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -21,22 +33,47 @@ Callback = Callable[[int, int, torch.Tensor], None]
 # A function rather than a generator so that a caller can draw each image's noise from its
 # own seed (the pipeline does, so an ancestral sample does not depend on its batch-mates).
 NoiseSampler = Callable[[int], torch.Tensor]
+Spacing = Callable[[Schedule, int], torch.Tensor]
 
 
 def generator_noise(z: torch.Tensor, generator: torch.Generator | None) -> NoiseSampler:
     """Fresh noise shaped like ``z`` from one generator (the global RNG when None)."""
     return lambda step: torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
 
-# DPM-Solver++'s grid is uniform in log-SNR over this range. At +10, sigma ~ 0.007 is under
-# one 8-bit level of a [-1, 1] image; below -10, alpha < 0.007 and x0^ barely moves, so the
-# first step jumps there from t = 1 in one (exact for constant x0^) exponential-integrator
-# step instead of spending evenly spaced steps on it.
+
+# -- time grids -------------------------------------------------------------------------
+
+
+def uniform_t(schedule: Schedule, steps: int) -> torch.Tensor:
+    """Uniform in t (DDPM's and DDIM's grid)."""
+    del schedule
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+# The log-SNR grid spans this range. At +10, sigma ~ 0.007 is under one 8-bit level of a
+# [-1, 1] image; below -10, alpha < 0.007 and x0^ barely moves, so the first step jumps
+# there from t = 1 in one (exact for constant x0^) exponential-integrator step instead of
+# spending evenly spaced steps on it.
 DPM_LOG_SNR_RANGE = (-10.0, 10.0)
 
 
-def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PixcadeError(f"steps must be a positive integer, got {steps!r}")
+def uniform_log_snr(schedule: Schedule, steps: int) -> torch.Tensor:
+    """Uniform in log-SNR over DPM_LOG_SNR_RANGE, its first point moved to t = 1 (suits a
+    solver whose steps are exact in log-SNR, as DPM-Solver++'s are)."""
+    lam_one = schedule.log_snr(torch.ones((), dtype=torch.float64)).item()
+    start, end = max(DPM_LOG_SNR_RANGE[0], lam_one), min(DPM_LOG_SNR_RANGE[1], LOG_SNR_MAX)
+    ts = schedule.t_from_log_snr(torch.linspace(start, end, steps, dtype=torch.float64))
+    ts[0] = 1.0
+    return torch.cat([ts, ts.new_zeros(1)])
+
+
+SPACINGS: dict[str, Spacing] = {
+    "uniform-t": uniform_t,
+    "log-snr": uniform_log_snr,
+}
+
+
+# -- solvers ----------------------------------------------------------------------------
 
 
 def _denoise(
@@ -77,24 +114,18 @@ def _ddim_step(
     return z
 
 
-def sample_ddim(
+def _ddim(
     denoiser: Denoiser,
     schedule: Schedule,
     noise: torch.Tensor,
-    steps: int,
-    *,
-    eta: float = 0.0,
-    noise_sampler: NoiseSampler | None = None,
-    callback: Callback | None = None,
+    ts: torch.Tensor,
+    eta: float,
+    noise_sampler: NoiseSampler | None,
+    callback: Callback | None,
 ) -> torch.Tensor:
-    """DDIM with stochasticity eta in [0, 1], on a grid uniform in t (as DDPM/DDIM use).
-
-    For eta > 0, step i's fresh noise is ``noise_sampler(i)`` (default: the global RNG).
-    """
-    _check_steps(steps)
-    if not 0.0 <= eta <= 1.0:
-        raise PixcadeError(f"DDIM eta must be in [0, 1], got {eta}")
-    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    """DDIM with stochasticity eta in [0, 1]; step i's fresh noise (eta > 0) is
+    ``noise_sampler(i)`` (default: the global RNG)."""
+    steps = len(ts) - 1
     lam = schedule.log_snr(ts).tolist()
     if noise_sampler is None:
         noise_sampler = generator_noise(noise, None)
@@ -105,11 +136,24 @@ def sample_ddim(
     return _denoise(denoiser, z, ts[steps - 1].item(), steps - 1, steps, callback)
 
 
+def sample_ddim(
+    denoiser: Denoiser,
+    schedule: Schedule,
+    noise: torch.Tensor,
+    ts: torch.Tensor,
+    *,
+    noise_sampler: NoiseSampler | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM (Song et al. 2021)."""
+    return _ddim(denoiser, schedule, noise, ts, 0.0, noise_sampler, callback)
+
+
 def sample_ddpm(
     denoiser: Denoiser,
     schedule: Schedule,
     noise: torch.Tensor,
-    steps: int,
+    ts: torch.Tensor,
     *,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
@@ -119,16 +163,14 @@ def sample_ddpm(
     That posterior is DDIM's step with eta = 1 (the test suite checks it against the
     textbook mean and variance).
     """
-    return sample_ddim(
-        denoiser, schedule, noise, steps, eta=1.0, noise_sampler=noise_sampler, callback=callback
-    )
+    return _ddim(denoiser, schedule, noise, ts, 1.0, noise_sampler, callback)
 
 
 def sample_dpmpp_2m(
     denoiser: Denoiser,
     schedule: Schedule,
     noise: torch.Tensor,
-    steps: int,
+    ts: torch.Tensor,
     *,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
@@ -136,17 +178,12 @@ def sample_dpmpp_2m(
     """DPM-Solver++(2M) (Lu et al. 2022, algorithm 2): a deterministic multistep solver of
     the probability-flow ODE, second order in lambda = log(alpha / sigma) = log-SNR / 2.
 
-    The grid is uniform in log-SNR over DPM_LOG_SNR_RANGE, its first point moved to t = 1
-    (uniform in log-SNR suits a solver whose steps are exact in it). ``noise_sampler`` is
-    unused (the solver draws no noise); it is accepted so all samplers share one signature.
+    ``noise_sampler`` is unused (the solver draws no noise); it is accepted so all solvers
+    share one signature.
     """
-    _check_steps(steps)
     del noise_sampler
-    lam_one = schedule.log_snr(torch.ones((), dtype=torch.float64)).item()
-    start, end = max(DPM_LOG_SNR_RANGE[0], lam_one), min(DPM_LOG_SNR_RANGE[1], LOG_SNR_MAX)
-    ts = schedule.t_from_log_snr(torch.linspace(start, end, steps, dtype=torch.float64))
-    ts[0] = 1.0
-    lam = schedule.log_snr(ts)  # the exact log-SNR of each t the denoiser sees
+    steps = len(ts) - 1
+    lam = schedule.log_snr(ts[:steps])  # the exact log-SNR of each t the denoiser sees
     alpha, sigma = (v.tolist() for v in alpha_sigma(lam))
     lam = lam.tolist()
     z, x0_prev, h_prev = noise, None, 0.0
@@ -160,11 +197,71 @@ def sample_dpmpp_2m(
     return _denoise(denoiser, z, ts[steps - 1].item(), steps - 1, steps, callback)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "dpm++": sample_dpmpp_2m,
+# -- the registry -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registry row: the solver, the time grid it runs on unless told otherwise and,
+    for a solver with its own arguments, ``check(**args)`` raising PixcadeError on a bad
+    value (called with every argument, defaults filled in, before any work)."""
+
+    solve: Callable[..., torch.Tensor]
+    spacing: str
+    check: Callable[..., None] | None = None
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ddpm": Sampler(sample_ddpm, "uniform-t"),
+    "ddim": Sampler(sample_ddim, "uniform-t"),
+    "dpm++": Sampler(sample_dpmpp_2m, "log-snr"),
 }
+
+_COMMON_ARGS = ("noise_sampler", "callback")
+
+
+def _row(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise PixcadeError(f"unknown sampler {name!r} (choose from {', '.join(SAMPLERS)})")
+    return SAMPLERS[name]
+
+
+def check_spacing(name: str) -> Spacing:
+    if name not in SPACINGS:
+        raise PixcadeError(f"unknown spacing {name!r} (choose from {', '.join(SPACINGS)})")
+    return SPACINGS[name]
+
+
+def sampler_arg_defaults(name: str) -> dict[str, Any]:
+    """The keyword arguments of sampler ``name`` a user may set, with their defaults."""
+    params = inspect.signature(_row(name).solve).parameters.values()
+    return {
+        p.name: p.default for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _COMMON_ARGS
+    }
+
+
+def check_sampler(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``args`` for sampler ``name`` against its signature; return them typed (an
+    int for a float argument becomes a float). Raises PixcadeError naming the problem."""
+    row = _row(name)
+    defaults = sampler_arg_defaults(name)
+    unknown = sorted(set(args) - set(defaults))
+    if unknown:
+        takes = ", ".join(defaults) or "none"
+        raise PixcadeError(f"sampler {name!r} takes no argument {', '.join(map(repr, unknown))} "
+                           f"(its arguments: {takes})")
+    typed = {}
+    for key, value in args.items():
+        kind = type(defaults[key])
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind or (kind is float and not math.isfinite(value)):
+            raise PixcadeError(f"sampler {name!r}: {key} must be a finite {kind.__name__}, got {value!r}")
+        typed[key] = value
+    if row.check is not None:
+        row.check(**{**defaults, **typed})
+    return typed
 
 
 def sample(
@@ -174,9 +271,16 @@ def sample(
     sampler: str = "dpm++",
     *,
     steps: int,
-    **kwargs,
+    spacing: str | None = None,
+    noise_sampler: NoiseSampler | None = None,
+    callback: Callback | None = None,
+    **sampler_args: Any,
 ) -> torch.Tensor:
-    """Run the sampler called ``sampler`` (see SAMPLERS); kwargs go to it."""
-    if sampler not in SAMPLERS:
-        raise PixcadeError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
-    return SAMPLERS[sampler](denoiser, schedule, noise, steps, **kwargs)
+    """Run the sampler called ``sampler`` (see SAMPLERS) for ``steps`` denoiser calls on the
+    time grid ``spacing`` (see SPACINGS; default: the sampler's own). ``sampler_args`` are
+    the sampler's own keyword arguments."""
+    row = _row(sampler)
+    args = check_sampler(sampler, sampler_args)
+    check_steps(steps)
+    ts = check_spacing(spacing or row.spacing)(schedule, steps)
+    return row.solve(denoiser, schedule, noise, ts, noise_sampler=noise_sampler, callback=callback, **args)

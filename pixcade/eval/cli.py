@@ -145,13 +145,13 @@ def shapes_main(argv: list[str]) -> int:
         emit_json({"command": command, **report}, str(out / "shapes.json"))
         return 0
 
-    from pixcade.pipeline.options import resolve_options
+    from pixcade.pipeline.options import resolve
 
     stage = cascade.stage(args.sweep_stage or cascade.names[0]).config.name
     settings = sweep.grid(weights, thresholds)
     configs = [s.config for s in cascade.stages]
     # Every setting is checked before the first image is drawn.
-    effective = [resolve_options(configs, **s.options(stage))[stage] for s in settings]
+    effective = [resolve(configs, **s.options(stage))[stage] for s in settings]
     rows = []
     for setting, eff in zip(settings, effective):
         print(f"guidance {eff.guidance_weight:g}, threshold {eff.threshold} on stage {stage}", file=sys.stderr)

@@ -8,42 +8,35 @@ into per-stage options for `Cascade.generate` and tabulates the accuracies.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 
 
-def parse_weights(text: str) -> list[float]:
-    """``"1,3,5,8"`` -> ``[1.0, 3.0, 5.0, 8.0]``: distinct, finite, >= 0."""
-    weights = []
+def _parse_axis(text: str, flag: str, field: str) -> list[Any]:
+    """A comma-separated list of one sampling setting, each read and checked as
+    `SamplingSettings` reads it; distinct."""
+    values = []
     for part in text.split(","):
         try:
-            w = float(part)
-        except ValueError:
-            raise PixcadeError(f"--guidance: {part.strip()!r} is not a number") from None
-        if not (math.isfinite(w) and w >= 0):
-            raise PixcadeError(f"--guidance: weights must be finite and >= 0, got {part.strip()!r}")
-        weights.append(w)
-    if len(set(weights)) != len(weights):
-        raise PixcadeError(f"--guidance: a weight repeats in {text!r}")
-    return weights
+            values.append(getattr(SamplingSettings().replace_text({field: part}), field))
+        except PixcadeError as err:
+            raise PixcadeError(f"{flag}: {err}") from None
+    if len(set(values)) != len(values):
+        raise PixcadeError(f"{flag}: a value repeats in {text!r}")
+    return values
+
+
+def parse_weights(text: str) -> list[float]:
+    """``"1,3,5,8"`` -> ``[1.0, 3.0, 5.0, 8.0]``: distinct valid guidance weights."""
+    return _parse_axis(text, "--guidance", "guidance_weight")
 
 
 def parse_thresholds(text: str) -> list[str]:
     """``"dynamic,static"`` -> ``["dynamic", "static"]``, each a valid threshold spec."""
-    from pixcade.diffusion.guidance import parse_threshold
-
-    specs = [part.strip() for part in text.split(",")]
-    for spec in specs:
-        try:
-            parse_threshold(spec)
-        except PixcadeError as err:
-            raise PixcadeError(f"--threshold: {err}") from None
-    if len(set(specs)) != len(specs):
-        raise PixcadeError(f"--threshold: a threshold repeats in {text!r}")
-    return specs
+    return _parse_axis(text, "--threshold", "threshold")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from pixcade.commands import ArgumentParser
-from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_text
 from pixcade.pipeline import saving
 
@@ -24,32 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directories (their final/), export directories, or CASCADE_DIR:STAGE (a stage of "
                         "a saved cascade), in cascade order")
     p.add_argument("--out", required=True, metavar="DIR", help="cascade directory to write")
-    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", type=parse_setting,
-                   help="a stage's sampling default instead of its training config's (repeat), e.g. "
-                        "base.guidance_weight=5 base.threshold=static; KEY: sampler, steps, guidance_weight, threshold")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="a stage's sampling setting instead of its training config's (repeat), e.g. "
+                        "base.guidance_weight=5 base.threshold=static base.sampler_args.NAME=VALUE; "
+                        "KEY: a field of pixcade.diffusion.settings.SamplingSettings")
     return p
-
-
-def parse_setting(text: str) -> tuple[str, str, str]:
-    stage_key, eq, value = text.partition("=")
-    stage, dot, key = stage_key.partition(".")
-    if not (eq and dot and stage and key and value):
-        raise argparse.ArgumentTypeError(f"expected STAGE.KEY=VALUE, got {text!r}")
-    return stage, key, value
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from pixcade.pipeline.cascade import SAMPLING_DEFAULTS, assemble  # torch only once the arguments are good
+    from pixcade.pipeline.cascade import assemble  # torch only once the arguments are good
 
-    defaults: dict[str, dict] = {}
-    for stage, key, value in args.set:
-        kind = SAMPLING_DEFAULTS.get(key, str)  # an unknown key is named by assemble()
-        try:
-            defaults.setdefault(stage, {})[key] = kind(value)
-        except ValueError:
-            raise PixcadeError(f"--set {stage}.{key}={value}: not a valid {kind.__name__}") from None
-    cascade = assemble(args.stages, args.out, defaults)
+    cascade = assemble(args.stages, args.out, args.set)
     out = Path(args.out)
     sources = []
     for d in args.stages:

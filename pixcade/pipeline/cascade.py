@@ -3,12 +3,11 @@ end to end or from any stage to any later one."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -20,7 +19,8 @@ from pixcade.pipeline import saving
 from pixcade.pipeline.images import open_image, to_pil
 from pixcade.pipeline.shipped import resolve_model
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
-from pixcade.pipeline.options import PerStage, StageOptions, resolve_options
+from pixcade.diffusion.settings import SamplingSettings
+from pixcade.pipeline.options import PerStage, parse_assignment, resolve, settings_from_text
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER
 
@@ -29,10 +29,10 @@ StartImage = Image.Image | str | os.PathLike
 
 @dataclass
 class Plan:
-    """The stages one call runs (consecutive, in cascade order) and their resolved options."""
+    """The stages one call runs (consecutive, in cascade order) and each one's settings."""
 
     stages: list[Stage]
-    options: dict[str, StageOptions]
+    settings: dict[str, SamplingSettings]
 
     @property
     def names(self) -> list[str]:
@@ -48,7 +48,7 @@ class StageBars:
 
     def __init__(self, plan: Plan, num_batches: int, enabled: bool = True):
         self.bars = {
-            name: tqdm(total=plan.options[name].steps * num_batches, desc=name, unit="step",
+            name: tqdm(total=plan.settings[name].steps * num_batches, desc=name, unit="step",
                        position=k, leave=True, disable=not enabled, dynamic_ncols=True)
             for k, name in enumerate(plan.names)
         }
@@ -172,9 +172,10 @@ class Cascade:
         stages: Sequence[str] | None = None,
         stop_after: str | None = None,
         start_resolution: int | None = None,
-        **options: PerStage,
+        **overrides: PerStage,
     ) -> Plan:
-        """Choose the stages to run and check every option before any work is done.
+        """Choose the stages to run and resolve their settings (each stage's saved ones with
+        ``overrides``, see `pixcade.pipeline.options`), all checked before any work is done.
 
         ``stages`` names consecutive stages; by default all of them, or, given the side of a
         start image, from the SR stage that takes images of that size. ``stop_after`` cuts
@@ -222,7 +223,7 @@ class Cascade:
             )
         if not first.is_super_resolution and start_resolution is not None:
             raise PixcadeError(f"a start image was given but the first stage run, {first.name!r}, takes none")
-        return Plan(chosen, resolve_options([s.config for s in chosen], **options))
+        return Plan(chosen, resolve([s.config for s in chosen], **overrides))
 
     # -- sampling -------------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class Cascade:
                 noise=noise, aug_noise=aug_noise,
                 noise_sampler=per_image_step_noise(seed, c.name, jobs, shape, device),
                 callback=bars.callback(c.name) if bars else None,
-                **plan.options[c.name].as_kwargs(),
+                settings=plan.settings[c.name],
             )
             out[c.name] = x
         return out
@@ -285,23 +286,20 @@ class Cascade:
         n: int = 1,
         seed: int = 0,
         *,
-        sampler: PerStage = None,
-        steps: PerStage = None,
-        guidance_weight: PerStage = None,
-        threshold: PerStage = None,
-        aug_level: PerStage = None,
         stages: Sequence[str] | None = None,
         start_image: StartImage | Sequence[StartImage] | None = None,
         stop_after: str | None = None,
         batch_size: int | None = None,
         return_stages: bool = False,
         progress: bool = True,
+        **overrides: PerStage,
     ) -> list[Image.Image] | dict[str, list[Image.Image]]:
         """``n`` images per prompt, prompt-major (prompt 0's images first).
 
-        Per-stage options (``sampler``, ``steps``, ``guidance_weight``, ``threshold``,
-        ``aug_level``) take one value for all stages or ``{stage name: value}``; unset ones
-        come from each stage's config. ``start_image`` (one image, or one per prompt) starts
+        ``overrides`` are `SamplingSettings` fields (``sampler``, ``steps``,
+        ``guidance_weight``, ``threshold``, ``aug_level``, ``spacing``, ``sampler_args``...),
+        each one value for all stages or ``{stage name: value}``; unset ones come from each
+        stage's config. ``start_image`` (one image, or one per prompt) starts
         the run at a super-resolution stage. With ``return_stages`` the result is
         ``{stage name: images}`` for every stage run, in order (the last is the final one).
         """
@@ -322,10 +320,7 @@ class Cascade:
                     raise PixcadeError(f"{len(starts)} start images for {len(prompts)} prompts")
             starts = [open_image(s) if not isinstance(s, Image.Image) else s for s in starts]
         start_side = min(starts[0].size) if starts else None
-        plan = self.plan(
-            stages, stop_after, start_side, sampler=sampler, steps=steps,
-            guidance_weight=guidance_weight, threshold=threshold, aug_level=aug_level,
-        )
+        plan = self.plan(stages, stop_after, start_side, **overrides)
         jobs = all_jobs(len(prompts), n)
         chunks = batches(jobs, batch_size or len(jobs))
         results: dict[str, list[Image.Image]] = {name: [] for name in plan.names}
@@ -338,30 +333,23 @@ class Cascade:
         return results if return_stages else results[plan.names[-1]]
 
 
-# The sampling defaults a cascade directory may carry that differ from the training config's:
-# they are chosen after training (on a validation set), and change no weight.
-SAMPLING_DEFAULTS = {"sampler": str, "steps": int, "guidance_weight": float, "threshold": str}
-
-
 def assemble(
     run_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
-    defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    settings: Sequence[str] = (),
 ) -> Cascade:
     """Build a cascade from trainer exports and save it as one model directory.
 
-    ``defaults`` maps a stage name to sampling defaults (keys of `SAMPLING_DEFAULTS`) that
-    replace the ones its training config gave; they are checked before anything is written.
+    ``settings`` are ``STAGE.KEY=VALUE`` texts (KEY a `SamplingSettings` field or
+    ``sampler_args.NAME``) that replace what the stage's training config gave: sampling
+    settings are chosen after training (on a validation set) and change no weight. They
+    are checked before anything is written.
     """
     cascade = Cascade.from_stage_dirs(run_dirs)
-    for name, values in (defaults or {}).items():
-        if name not in cascade.names:
-            raise PixcadeError(f"--set names stage {name!r}, but the cascade has {', '.join(cascade.names)}")
-        unknown = sorted(set(values) - set(SAMPLING_DEFAULTS))
-        if unknown:
-            raise PixcadeError(f"stage {name!r}: {', '.join(unknown)} is not a sampling default "
-                               f"(choose from {', '.join(SAMPLING_DEFAULTS)})")
-        stage = cascade.stage(name)
-        stage.config = dataclasses.replace(stage.config, **values)  # StageConfig validates them
+    configs = [s.config for s in cascade.stages]
+    assignments = [parse_assignment(text, cascade.names, need_stage=True) for text in settings]
+    for stage, settings in settings_from_text(configs, assignments).items():
+        config = cascade.stage(stage).config
+        config.sampling = settings
     cascade.save_pretrained(out_dir)
     return cascade

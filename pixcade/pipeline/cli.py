@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 
+from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
+from pixcade.diffusion.settings import DEFAULT_MAX_STEPS, FIELD_NAMES, MAX_STEPS_ENV
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade, StageBars
 from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
 from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches, shard_from_env
-from pixcade.pipeline.options import parse_per_stage
+from pixcade.pipeline.options import parse_assignment, parse_per_stage, settings_from_text
 from pixcade.pipeline.shipped import resolve_model
 
 GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (columns)
@@ -26,9 +27,13 @@ per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level):
   NAME=VALUE,...          per stage by name, e.g. --sampler base=dpm++,sr=ddim;
                           stages not named keep their saved defaults
   VALUE,NAME=VALUE        all stages VALUE except those named, e.g. --steps 30,sr=20
-  samplers: ddpm, ddim, dpm++   thresholds: none, static, dynamic, dynamic:P (percentile)
+  samplers: {', '.join(SAMPLERS)}   thresholds: none, static, dynamic, dynamic:P (percentile)
   --aug-level (noise augmentation of an SR stage's low-res input, in [0, 1]; 0 gives the
   best FID, 0.1-0.3 the best-looking images) applies to super-resolution stages only.
+  --set [STAGE.]KEY=VALUE (repeat) sets any sampling setting, for STAGE or every stage
+  run. KEY: {', '.join(f for f in FIELD_NAMES if f != "sampler_args")},
+  or sampler_args.NAME (the sampler's own arguments). spacings: {', '.join(SPACINGS)}.
+  Steps are limited to ${MAX_STEPS_ENV} (default {DEFAULT_MAX_STEPS}).
 
 output (names depend only on prompt and image index, so reruns resume):
   OUT/p0000_i00.png ...   final images (prompt 0 image 0, ...)
@@ -70,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", metavar="SPEC", help="classifier-free guidance weight, >= 0 (1 = no guidance)")
     p.add_argument("--threshold", metavar="SPEC", help="none | static | dynamic | dynamic:P")
     p.add_argument("--aug-level", metavar="SPEC", help="SR noise-augmentation level in [0, 1]")
+    p.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
+                   help="any sampling setting, e.g. sr.spacing=uniform-t (repeat; see below)")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (default 16)")
@@ -102,6 +109,23 @@ def pick_device(name: str | None) -> str:
     return name
 
 
+# flag -> the SamplingSettings field it sets
+FLAGS = {"sampler": "sampler", "steps": "steps", "guidance": "guidance_weight", "threshold": "threshold",
+         "aug_level": "aug_level"}
+
+
+def assignments(args: argparse.Namespace, names: list[str], sr_names: list[str]) -> list[tuple[str | None, str, str]]:
+    """The sampling flags and --set as (stage, KEY, VALUE) texts (see settings_from_text)."""
+    out: list[tuple[str | None, str, str]] = []
+    for dest, key in FLAGS.items():
+        text = getattr(args, dest)
+        if text is not None:
+            targets = sr_names if key == "aug_level" else names
+            flag = dest.replace("_", "-")
+            out += [(stage, key, raw) for stage, raw in parse_per_stage(text, flag, str, targets).items()]
+    return out + [parse_assignment(text, names) for text in args.set]
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args)
@@ -121,23 +145,15 @@ def main(argv: list[str]) -> int:
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
     start_side = min(start.size) if start else None
     names = cascade.plan(stage_list, args.stop_after, start_side).names
-    sr_names = [n for n in names if cascade.stage(n).config.is_super_resolution]
-    options = {}
-    for opt, flag, convert, targets in (
-        ("sampler", "sampler", str, names), ("steps", "steps", int, names),
-        ("guidance_weight", "guidance", float, names), ("threshold", "threshold", str, names),
-        ("aug_level", "aug-level", float, sr_names),
-    ):
-        text = getattr(args, opt if opt != "guidance_weight" else "guidance")
-        if text is not None:
-            options[opt] = parse_per_stage(text, flag, convert, targets)
-    plan = cascade.plan(stage_list, args.stop_after, start_side, **options)
+    plan = cascade.plan(stage_list, args.stop_after, start_side)
+    plan.settings = settings_from_text([s.config for s in plan.stages], assignments(args, plan.names, [
+        s.config.name for s in plan.stages if s.config.is_super_resolution]))
 
     layout = Layout(args.out, len(prompts), args.n)
     settings = {
         "model": str(model_dir.resolve()), "seed": args.seed, "n": args.n, "batch_size": args.batch_size,
         "start_image": str(Path(args.start_image).resolve()) if args.start_image else None,
-        "options": {name: dataclasses.asdict(o) for name, o in plan.options.items()},
+        "options": {name: s.to_dict() for name, s in plan.settings.items()},
     }
     saved_stages = plan.names[:-1] if args.save_stages else []
     layout.prepare(prompts, settings, saved_stages)

@@ -1,61 +1,41 @@
-"""Per-stage sampling options: how a user names them, and checking them before any work.
+"""Per-stage sampling overrides: how a user names them, and resolving them over each
+stage's saved `SamplingSettings` before any work.
 
-Every option can be given once for all stages or per stage by name. The CLI spelling is
-``30`` (all stages), ``base=30,sr=20`` (named stages; the rest keep their saved
-defaults) or ``30,sr=20`` (all stages 30 except ``sr``). The Python API takes a plain
-value or a ``{stage name: value}`` mapping.
+Every `SamplingSettings` field can be given once for all stages run or per stage. The
+Python API takes a plain value or a ``{stage name: value}`` mapping (for ``sampler_args``,
+itself a mapping, per stage means ``{stage: {arg: value}}``). On the command line,
+``--set [STAGE.]KEY=VALUE`` sets any field (``KEY`` may be ``sampler_args.NAME``), and the
+flags for the common fields take ``30`` (all stages), ``base=30,sr=20`` (named stages; the
+rest keep their saved settings) or ``30,sr=20`` (all stages 30 except ``sr``).
+
+A value for all stages sets ``aug_level`` on the super-resolution stages only (the base
+has none).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from pixcade.diffusion.settings import FIELD_NAMES, SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.stage import StageConfig
 
 V = TypeVar("V")
 PerStage = Any  # a value, or a Mapping[str, value] keyed by stage name
 
-# Options the user may set per stage, in the order Stage.sample takes them.
-OPTION_NAMES = ("sampler", "steps", "guidance_weight", "threshold", "aug_level")
 
-
-@dataclass(frozen=True)
-class StageOptions:
-    """The fully resolved sampling options of one stage (what Stage.sample is given)."""
-
-    sampler: str
-    steps: int
-    guidance_weight: float
-    threshold: str
-    aug_level: float
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in OPTION_NAMES}
-
-
-def _samplers() -> Sequence[str]:
-    from pixcade.diffusion.samplers import SAMPLERS
-
-    return tuple(SAMPLERS)
-
-
-def check_steps(steps: Any, name: str = "steps") -> None:
-    """Raise PixcadeError unless ``steps`` is an integer >= 1 (``name``: the caller's spelling)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PixcadeError(f"{name} must be an integer >= 1, got {steps!r}")
-
-
-def check_guidance_weight(weight: float, name: str = "guidance weight") -> None:
-    """Raise PixcadeError unless ``weight`` >= 0 (``name``: the caller's spelling)."""
-    if not weight >= 0:  # also rejects NaN
-        raise PixcadeError(f"{name} must be >= 0, got {weight}")
+def is_per_stage(option: str, setting: Any) -> bool:
+    """Whether ``setting`` of ``option`` is a ``{stage: value}`` mapping."""
+    if not isinstance(setting, Mapping):
+        return False
+    if option == "sampler_args":  # itself a mapping: per stage when its values are mappings
+        return bool(setting) and all(isinstance(v, Mapping) for v in setting.values())
+    return True
 
 
 def check_stage_names(option: str, setting: PerStage, names: Sequence[str]) -> None:
     """A ``{stage: value}`` setting of ``option`` may name only the stages run, ``names``."""
-    if isinstance(setting, Mapping):
+    if is_per_stage(option, setting):
         stray = [k for k in setting if k not in names]
         if stray:
             raise PixcadeError(
@@ -64,65 +44,39 @@ def check_stage_names(option: str, setting: PerStage, names: Sequence[str]) -> N
             )
 
 
-def validate_options(stage: str, opts: StageOptions, is_sr: bool) -> None:
-    """Raise PixcadeError naming the stage and the bad option."""
-    samplers = _samplers()
-    if opts.sampler not in samplers:
-        raise PixcadeError(
-            f"stage {stage!r}: unknown sampler {opts.sampler!r} (choose from {', '.join(samplers)})"
-        )
-    from pixcade.diffusion.guidance import parse_threshold
-
-    try:
-        check_steps(opts.steps)
-        check_guidance_weight(opts.guidance_weight)
-        parse_threshold(opts.threshold)
-    except PixcadeError as err:
-        raise PixcadeError(f"stage {stage!r}: {err}") from None
-    if not 0.0 <= opts.aug_level <= 1.0:
-        raise PixcadeError(
-            f"stage {stage!r}: noise-augmentation level must be in [0, 1], got {opts.aug_level}"
-        )
-    if not is_sr and opts.aug_level != 0.0:
-        raise PixcadeError(
-            f"stage {stage!r} is not a super-resolution stage: it takes no noise-augmentation level"
-        )
-
-
-def _pick(setting: PerStage, stage: str, default: Any) -> Any:
-    if setting is None:
-        return default
-    if isinstance(setting, Mapping):
-        return setting.get(stage, default)
-    return setting
-
-
-def resolve_options(configs: Sequence[StageConfig], **settings: PerStage) -> dict[str, StageOptions]:
-    """Each stage's options: the user's setting where given, else the stage's saved default.
-
-    A plain ``aug_level`` applies to the super-resolution stages only (the base has none).
-    Mappings must only name stages in ``configs``.
-    """
-    unknown_opts = set(settings) - set(OPTION_NAMES)
-    if unknown_opts:
-        raise PixcadeError(f"unknown sampling option(s): {', '.join(sorted(unknown_opts))}")
+def split_per_stage(
+    configs: Sequence[StageConfig], overrides: Mapping[str, PerStage]
+) -> dict[str, dict[str, Any]]:
+    """``{option: value or {stage: value}}`` -> ``{stage: {option: value}}``; None is unset."""
+    unknown = sorted(set(overrides) - set(FIELD_NAMES))
+    if unknown:
+        raise PixcadeError(f"unknown sampling option(s): {', '.join(unknown)} (options: {', '.join(FIELD_NAMES)})")
     names = [c.name for c in configs]
-    for opt, setting in settings.items():
-        check_stage_names(opt, setting, names)
+    changes: dict[str, dict[str, Any]] = {c.name: {} for c in configs}
+    for option, setting in overrides.items():
+        if setting is None:
+            continue
+        check_stage_names(option, setting, names)
+        for c in configs:
+            if is_per_stage(option, setting):
+                if c.name in setting:
+                    changes[c.name][option] = setting[c.name]
+            elif option != "aug_level" or c.is_super_resolution:
+                changes[c.name][option] = setting
+    return changes
+
+
+def resolve(configs: Sequence[StageConfig], **overrides: PerStage) -> dict[str, SamplingSettings]:
+    """Each stage's settings: its saved ones with the overrides applied, all checked."""
+    changes = split_per_stage(configs, overrides)
     resolved = {}
     for c in configs:
-        aug_setting = settings.get("aug_level")
-        if not c.is_super_resolution and not isinstance(aug_setting, Mapping):
-            aug_setting = None
-        opts = StageOptions(
-            sampler=_pick(settings.get("sampler"), c.name, c.sampler),
-            steps=_pick(settings.get("steps"), c.name, c.steps),
-            guidance_weight=float(_pick(settings.get("guidance_weight"), c.name, c.guidance_weight)),
-            threshold=str(_pick(settings.get("threshold"), c.name, c.threshold)),
-            aug_level=float(_pick(aug_setting, c.name, c.aug_level if c.is_super_resolution else 0.0)),
-        )
-        validate_options(c.name, opts, c.is_super_resolution)
-        resolved[c.name] = opts
+        try:
+            settings = c.sampling.replace(**changes[c.name])
+        except PixcadeError as err:
+            raise PixcadeError(f"stage {c.name!r}: {err}") from None
+        c.check_sampling(settings)
+        resolved[c.name] = settings
     return resolved
 
 
@@ -163,3 +117,44 @@ def parse_per_stage(
     out.update(overrides)
     return out
 
+
+def parse_assignment(text: str, stage_names: Sequence[str], need_stage: bool = False) -> tuple[str | None, str, str]:
+    """``[STAGE.]KEY=VALUE`` -> (stage or None for all stages, KEY, VALUE).
+
+    KEY is a `SamplingSettings` field or ``sampler_args.NAME``; a leading ``STAGE.`` must
+    name one of ``stage_names`` (required when ``need_stage``).
+    """
+    key, eq, value = text.partition("=")
+    first, dot, rest = key.strip().partition(".")
+    stage: str | None = None
+    if dot and first in stage_names:
+        stage, key = first, rest
+    elif dot and first not in FIELD_NAMES:
+        raise PixcadeError(f"--set {text}: unknown stage {first!r} (stages: {', '.join(stage_names)})")
+    if not eq or not key.strip() or not value.strip() or (need_stage and stage is None):
+        spelling = "STAGE.KEY=VALUE" if need_stage else "[STAGE.]KEY=VALUE"
+        raise PixcadeError(f"--set: expected {spelling}, got {text!r}")
+    return stage, key.strip(), value
+
+
+def settings_from_text(
+    configs: Sequence[StageConfig], assignments: Sequence[tuple[str | None, str, str]]
+) -> dict[str, SamplingSettings]:
+    """Each stage's saved settings with command-line ``(stage or None, KEY, VALUE)``
+    assignments applied (a value for all stages: see the module doc), checked."""
+    per_stage: dict[str, dict[str, str]] = {c.name: {} for c in configs}
+    for stage, key, value in assignments:
+        for c in configs:
+            if stage == c.name or (stage is None and (key != "aug_level" or c.is_super_resolution)):
+                if key in per_stage[c.name]:
+                    raise PixcadeError(f"stage {c.name!r}: {key} is set twice")
+                per_stage[c.name][key] = value
+    resolved = {}
+    for c in configs:
+        try:
+            settings = c.sampling.replace_text(per_stage[c.name])
+        except PixcadeError as err:
+            raise PixcadeError(f"stage {c.name!r}: {err}") from None
+        c.check_sampling(settings)
+        resolved[c.name] = settings
+    return resolved

@@ -60,19 +60,17 @@ class CascadeModel:
             {
                 "name": s.config.name, "resolution": s.config.resolution,
                 "super_resolution": s.config.is_super_resolution,
-                "steps": s.config.steps, "guidance": s.config.guidance_weight,
+                "steps": s.config.sampling.steps, "guidance": s.config.sampling.guidance_weight,
             }
             for s in self.cascade.stages
         ]
 
     def _plan(self, request: GenerationRequest) -> Any:
-        return self.cascade.plan(
-            list(request.stages), steps=request.steps, guidance_weight=request.guidance,
-        )
+        return self.cascade.plan(list(request.stages), **request.overrides())
 
     def check(self, request: GenerationRequest) -> dict[str, int]:
         plan = self._plan(request)
-        return {name: opts.steps for name, opts in plan.options.items()}
+        return {name: settings.steps for name, settings in plan.settings.items()}
 
     def generate(self, request: GenerationRequest, on_progress: ProgressFn, on_stage_done: StageDoneFn) -> None:
         from pixcade.pipeline.cascade import Plan
@@ -86,6 +84,6 @@ class CascadeModel:
         x = None
         for stage in plan.stages:
             name = stage.config.name
-            one = Plan([stage], {name: plan.options[name]})
+            one = Plan([stage], {name: plan.settings[name]})
             x = self.cascade.sample_batch(one, texts, jobs, request.seed, start=x, bars=reporter)[name]
             on_stage_done(name, to_pil(x))

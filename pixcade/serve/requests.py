@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from pixcade.errors import PixcadeError
 from pixcade.web.errors import RequestError
 
-FIELDS = ("prompt", "n", "seed", "guidance", "steps", "stages")
+FIELDS = ("prompt", "n", "seed", "guidance", "steps", "stages", "sampling")
 MAX_SEED = 2**63 - 1
 
 
@@ -47,7 +47,9 @@ class Limits:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A checked request. ``guidance``/``steps``: None (stage defaults), one value, or per stage."""
+    """A checked request. ``guidance``/``steps``: None (stage defaults), one value, or per
+    stage. ``sampling``: any other `SamplingSettings` fields, each one value or per stage
+    (``Cascade.generate``'s overrides; the model checks their values)."""
 
     prompt: str
     n: int = 1
@@ -55,11 +57,16 @@ class GenerationRequest:
     guidance: float | dict[str, float] | None = None
     steps: int | dict[str, int] | None = None
     stages: tuple[str, ...] = field(default_factory=tuple)
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self) -> dict[str, Any]:
+        """All the request's sampling overrides, by `SamplingSettings` field."""
+        return {"steps": self.steps, "guidance_weight": self.guidance, **self.sampling}
 
     def to_json(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt, "n": self.n, "seed": self.seed, "guidance": self.guidance,
-            "steps": self.steps, "stages": list(self.stages),
+            "steps": self.steps, "stages": list(self.stages), "sampling": self.sampling,
         }
 
 
@@ -79,10 +86,10 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def _runnable(check: Callable[..., None], *args: Any) -> None:
+def _runnable(check: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Run one of the pipeline's option checks: what it refuses, the model could not run (422)."""
     try:
-        check(*args)
+        check(*args, **kwargs)
     except PixcadeError as err:
         raise RequestError(422, str(err)) from None
 
@@ -152,31 +159,42 @@ def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> 
         )
 
     # The rules on values are the pipeline's (Cascade.plan applies them again to the
-    # resolved options); here they run before the request takes a queue slot.
+    # resolved settings); here they run before the request takes a queue slot.
+    from pixcade.diffusion.settings import FIELD_NAMES, SamplingSettings
     from pixcade.pipeline import options
 
     def check_guidance(v: Any) -> float:
         if not _is_number(v):
             raise _bad("guidance must be a finite number (or {stage: number})")
-        _runnable(options.check_guidance_weight, v, "guidance")
+        _runnable(SamplingSettings().replace, guidance_weight=v)
         return float(v)
 
     def check_steps(v: Any) -> int:
         if not _is_int(v):
             raise _bad("steps must be an integer (or {stage: integer})")
-        _runnable(options.check_steps, v)
         if v > limits.max_steps:
             raise _over(
                 f"{v} steps asked for; this server's limit (max_steps) is {limits.max_steps}",
                 "max_steps", limits.max_steps,
             )
+        _runnable(SamplingSettings().replace, steps=v)
         return v
+
+    sampling = payload.get("sampling", {})
+    if not isinstance(sampling, dict):
+        raise _bad("sampling must be an object of sampling settings")
+    refused = sorted(set(sampling) - (set(FIELD_NAMES) - {"steps", "guidance_weight"}))
+    if refused:
+        raise _bad(f"sampling: unknown or top-level field(s) {', '.join(refused)} (use \"steps\" and "
+                   f"\"guidance\" at the top level)")
+    for name, value in sampling.items():
+        _runnable(options.check_stage_names, name, value, stages)
 
     return GenerationRequest(
         prompt=prompt, n=n, seed=seed,
         guidance=_per_stage(payload.get("guidance"), "guidance", stages, check_guidance),
         steps=_per_stage(payload.get("steps"), "steps", stages, check_steps),
-        stages=tuple(stages),
+        stages=tuple(stages), sampling=sampling,
     )
 
 

@@ -86,7 +86,7 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
                                "distil its steps (distill.phase 'halve')")
         if teacher.distilled_steps is not None:
             raise PixcadeError(f"stage {name!r} is step-distilled: distil guidance before halving steps")
-        if teacher.guidance_weight == 1.0:
+        if teacher.sampling.guidance_weight == 1.0:
             raise PixcadeError(
                 f"stage {name!r} samples unguided (guidance_weight 1): there is no guidance to distil; "
                 f"halve its steps directly (distill.phase 'halve') or give it a guidance weight first "
@@ -94,9 +94,9 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
             )
         _check_range(teacher, cfg)
         return dataclasses.replace(teacher, unet=dataclasses.replace(teacher.unet, guidance_conditioned=True))
-    if not teacher.guidance_conditioned and teacher.guidance_weight != 1.0:
+    if not teacher.guidance_conditioned and teacher.sampling.guidance_weight != 1.0:
         raise PixcadeError(
-            f"stage {name!r} guides with two passes (guidance_weight {teacher.guidance_weight:g}): distil its "
+            f"stage {name!r} guides with two passes (guidance_weight {teacher.sampling.guidance_weight:g}): distil its "
             "guidance first (distill.phase 'guided'), then halve the student"
         )
     if teacher.guidance_conditioned:
@@ -122,14 +122,15 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
     # The student's intermediate x0 is whatever makes its one DDIM step land on the
     # teacher's two: thresholding it would move the step off that target (the last x0,
     # the image, is clamped by Stage.sample as always).
-    return dataclasses.replace(teacher, distilled_steps=steps, sampler="ddim", steps=steps, threshold="none")
+    sampling = teacher.sampling.replace(sampler="ddim", steps=steps, threshold="none", spacing="uniform-t")
+    return dataclasses.replace(teacher, distilled_steps=steps, sampling=sampling)
 
 
 def _check_range(teacher: StageConfig, cfg: DistillConfig) -> None:
     low, high = cfg.guidance_range
-    if not low <= teacher.guidance_weight <= high:
+    if not low <= teacher.sampling.guidance_weight <= high:
         raise PixcadeError(
-            f"stage {teacher.name!r} samples at guidance weight {teacher.guidance_weight:g} by default, "
+            f"stage {teacher.name!r} samples at guidance weight {teacher.sampling.guidance_weight:g} by default, "
             f"outside distill.guidance_range [{low:g}, {high:g}]"
         )
 
@@ -191,6 +192,6 @@ class Distillation:
         # A halving teacher takes w as an input or is unguided: one pass, its own threshold.
         tc = teacher.config
         denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization,
-                                   cond(teacher, w if tc.guidance_conditioned else None), None, 1.0, tc.threshold)
+                                   cond(teacher, w if tc.guidance_conditioned else None), None, 1.0, tc.sampling.threshold)
         return halving_loss(student, denoiser, images, teacher.schedule, self.student.config.parameterization,
                             self.student.config.distilled_steps, generator=generator)
