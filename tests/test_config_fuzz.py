@@ -139,7 +139,7 @@ def test_non_finite_and_wrongly_typed_training_values_are_named(tmp_path):
         (("stages", 0, "train", "ema_decay"), math.nan, "train.ema_decay must be a finite number"),
         (("stages", 0, "train", "batch_size"), "16", "train.batch_size must be an integer, got '16'"),
         (("stages", 0, "train", "adam_betas"), [0.9], "adam_betas must be a list of 2"),
-        (("stages", 0, "stage", "steps"), 2.5, "steps must be an integer, got 2.5"),
+        (("stages", 0, "stage", "sampling", "steps"), 2.5, "sampling.steps must be an integer, got 2.5"),
         (("stages", 0, "stage", "unet", "channel_mult"), [1, "2"], "channel_mult must be a list of integers"),
         (("stages", 2, "stage", "unet", "text_dim"), True, "text_dim must be an integer, got True"),
         (("stages", 2, "stage", "unet", "preset"), ["tiny-sr"], "preset must be a preset name"),

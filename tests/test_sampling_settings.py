@@ -201,11 +201,11 @@ def test_flat_fields_of_old_configs_still_load_and_are_checked_at_once() -> None
     saved = config.to_dict()
     assert saved["sampling"]["steps"] == 7 and "steps" not in saved
     assert StageConfig.from_dict(json.loads(json.dumps(saved))) == config
-    with pytest.raises(PixcadeError, match="steps must be an integer >= 1, got 2.5"):
+    with pytest.raises(PixcadeError, match="stage config.sampling.steps must be an integer, got 2.5"):
         StageConfig.from_dict({**old, "steps": 2.5})
     with pytest.raises(PixcadeError, match="both 'sampling' and flat sampling keys"):
         StageConfig.from_dict({**saved, "steps": 3})
-    with pytest.raises(PixcadeError, match="stage 'base': guidance weight must be >= 0"):
+    with pytest.raises(PixcadeError, match="guidance weight must be >= 0, got -3"):
         StageConfig.from_dict({**old, "guidance_weight": -3})
 
 
