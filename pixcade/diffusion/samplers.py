@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
 from pixcade.diffusion.schedules import LOG_SNR_MAX, Schedule, alpha_sigma
-from pixcade.diffusion.settings import check_steps
 from pixcade.errors import PixcadeError
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,6 +34,39 @@ Callback = Callable[[int, int, torch.Tensor], None]
 # own seed (the pipeline does, so an ancestral sample does not depend on its batch-mates).
 NoiseSampler = Callable[[int], torch.Tensor]
 Spacing = Callable[[Schedule, int], torch.Tensor]
+
+
+# The most steps a sampler may be asked for (each step is one denoiser call, and the time
+# grid is allocated up front): a typo such as 10**9 is refused before any work. Raise it
+# deliberately with this environment variable.
+MAX_STEPS_ENV = "PIXCADE_MAX_STEPS"
+DEFAULT_MAX_STEPS = 10_000
+
+
+def max_steps() -> int:
+    """The step limit: $PIXCADE_MAX_STEPS when set, else DEFAULT_MAX_STEPS."""
+    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_STEPS
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise PixcadeError(f"${MAX_STEPS_ENV} must be a positive integer, got {raw!r}")
+    return limit
+
+
+def check_steps(steps: Any, name: str = "steps") -> int:
+    """``steps`` if it is an integer in [1, max_steps()], else PixcadeError naming ``name``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise PixcadeError(f"{name} must be an integer >= 1, got {steps!r}")
+    limit = max_steps()
+    if steps > limit:
+        raise PixcadeError(
+            f"{name} is {steps}, over the limit of {limit} (set ${MAX_STEPS_ENV} to allow more)"
+        )
+    return steps
 
 
 def generator_noise(z: torch.Tensor, generator: torch.Generator | None) -> NoiseSampler:

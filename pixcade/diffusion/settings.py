@@ -3,9 +3,8 @@
 A stage's config stores one (its saved defaults); every caller (`Stage.sample`,
 `Cascade.generate`, the generate CLI, the server, the sweep, `pixcade assemble --set`)
 derives the settings it runs by `replace(**overrides)`, so each option is declared,
-typed and checked here once. Values are plain Python (JSON-ready, no tensors), and this
-module imports no torch: the sampler and threshold registries it checks names against are
-imported when a settings object is first checked.
+typed and checked here once. Values are plain Python (JSON-ready: no tensors, dtypes or
+devices); names are checked against the sampler, spacing and threshold registries.
 
 To add an option: add a field with its default below, check it in `__post_init__`, read it
 where it takes effect (`Stage.sample`). Saved models, `Cascade.generate(name=...)`,
@@ -18,47 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from pixcade.diffusion import guidance, samplers
+from pixcade.diffusion.samplers import check_steps
 from pixcade.errors import PixcadeError
 from pixcade.schema import check_known_keys, from_json
-
-# The most steps a stage may be asked to sample (each step is one U-Net call, and the time
-# grid is allocated up front): a typo such as 10**9 is refused before any work. Raise it
-# deliberately with this environment variable.
-MAX_STEPS_ENV = "PIXCADE_MAX_STEPS"
-DEFAULT_MAX_STEPS = 10_000
-
-
-def max_steps() -> int:
-    """The step limit: $PIXCADE_MAX_STEPS when set, else DEFAULT_MAX_STEPS."""
-    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_STEPS
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise PixcadeError(f"${MAX_STEPS_ENV} must be a positive integer, got {raw!r}")
-    return limit
-
-
-def check_steps(steps: Any, name: str = "steps") -> int:
-    """``steps`` if it is an integer in [1, max_steps()], else PixcadeError naming ``name``."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise PixcadeError(f"{name} must be an integer >= 1, got {steps!r}")
-    limit = max_steps()
-    if steps > limit:
-        raise PixcadeError(
-            f"{name} is {steps}, over the limit of {limit} (set ${MAX_STEPS_ENV} to allow more)"
-        )
-    return steps
-
 
 def real(value: Any, name: str) -> float:
     """``value`` as a float if it is a finite int or float (not bool), else PixcadeError."""
@@ -104,8 +71,6 @@ class SamplingSettings:
     sampler_args: dict[str, Any] = field(default_factory=FrozenArgs)
 
     def __post_init__(self) -> None:
-        from pixcade.diffusion import guidance, samplers  # torch: only once settings are checked
-
         if not isinstance(self.sampler, str):
             raise PixcadeError(f"sampler must be a string, got {self.sampler!r}")
         if not isinstance(self.sampler_args, Mapping):
@@ -166,10 +131,8 @@ class SamplingSettings:
                 fields[key] = _from_text(key, raw, _FIELD_TYPES[key])
         if not args:
             return self.replace(**fields)
-        from pixcade.diffusion.samplers import sampler_arg_defaults
-
         sampler = fields.get("sampler", self.sampler)
-        defaults = sampler_arg_defaults(sampler) if isinstance(sampler, str) else {}
+        defaults = samplers.sampler_arg_defaults(sampler) if isinstance(sampler, str) else {}
         typed = {
             name: _from_text(f"sampler_args.{name}", raw, type(defaults[name])) if name in defaults else raw
             for name, raw in args.items()

@@ -9,8 +9,8 @@ from typing import NoReturn
 
 import torch
 
-from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
-from pixcade.diffusion.settings import DEFAULT_MAX_STEPS, FIELD_NAMES, MAX_STEPS_ENV
+from pixcade.diffusion.samplers import DEFAULT_MAX_STEPS, MAX_STEPS_ENV, SAMPLERS, SPACINGS
+from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade, StageBars
