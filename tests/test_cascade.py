@@ -116,7 +116,7 @@ def test_bad_config_json_is_named(saved: Path, tmp_path: Path, text: str, messag
 
 
 def test_missing_model_directory(tmp_path: Path) -> None:
-    with pytest.raises(PixcadeError, match="does not exist"):
+    with pytest.raises(PixcadeError, match="not found: no such folder"):
         Cascade.from_pretrained(tmp_path / "nope")
     with pytest.raises(PixcadeError, match=r"cascade\.json: file not found"):
         Cascade.from_pretrained(tmp_path)
