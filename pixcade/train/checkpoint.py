@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -165,15 +165,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise PixcadeError(f"cannot read checkpoint {path}: {str(err)[:200] or type(err).__name__}") from None
 
 
-def intact_checkpoints(directory: str | Path, but: str | Path | None = None) -> list[Path]:
+def intact_checkpoints(directory: str | Path, but: str | Path | None = None,
+                       check: Callable[[Path], Any] = load_checkpoint) -> list[Path]:
     """The checkpoints under ``directory`` (except ``but``) that read back whole, newest
-    first: where a run whose newest checkpoint is damaged can resume from instead."""
+    first: where a run whose newest checkpoint is damaged can resume from instead.
+    ``check`` reads one, raising PixcadeError if it cannot (default: this module's format)."""
     found = []
     for path in reversed(list_checkpoints(directory)):
         if but is not None and Path(path) == Path(but):
             continue
         try:
-            load_checkpoint(path)
+            check(path)
         except PixcadeError:
             continue
         found.append(path)

@@ -32,6 +32,7 @@ from pixcade.schema import from_json
 
 OPTIMIZERS = ("adam", "adafactor")
 LR_SCHEDULES = ("constant", "cosine")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass
@@ -75,6 +76,13 @@ class TrainConfig:
     high_noise_from: float = 0.85  # = diffusion.losses.HIGH_NOISE_FROM (this module stays torch-free)
     # Forward and backward under bfloat16 autocast (weights and optimizer stay float32).
     bf16: bool = True
+    # How ranks share the model under torchrun: "ddp" (each holds all of it, gradients
+    # all-reduced) or "fsdp" (each holds 1/N of the weights, gradients, Adam state and EMA;
+    # sharded checkpoints). docs/training.md has the memory each takes at the paper's sizes.
+    parallel: str = "ddp"
+    # Recompute each ResNet block's activations in the backward pass instead of keeping
+    # them: less activation memory for about one more forward.
+    checkpoint_res_blocks: bool = False
     # Seeds the initial weights, the data order, crops and every random draw of the loss.
     seed: int = 0
     # Data-loader worker processes per rank (0: load in the training process).
@@ -111,6 +119,8 @@ class TrainConfig:
             raise PixcadeError(
                 f"unknown optimizer {self.optimizer!r} (choose from {', '.join(OPTIMIZERS)})"
             )
+        if self.parallel not in PARALLEL:
+            raise PixcadeError(f"unknown train.parallel {self.parallel!r} (choose from {', '.join(PARALLEL)})")
         if self.lr_schedule not in LR_SCHEDULES:
             raise PixcadeError(
                 f"unknown train.lr_schedule {self.lr_schedule!r} (choose from {', '.join(LR_SCHEDULES)})"

@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from pixcade.errors import PixcadeError
 
@@ -56,14 +54,6 @@ def setup(device: str | None = None) -> DistInfo:
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 rank=rank, world_size=world_size)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
-
-
-def data_parallel(net: nn.Module, info: DistInfo) -> nn.Module:
-    """``net`` as the training loop runs it: itself in one process, else wrapped so that
-    backward all-reduces its gradients (DDP; ``no_sync()`` defers that during accumulation)."""
-    if not info.enabled:
-        return net
-    return DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 
 def teardown(info: DistInfo) -> None:

@@ -17,21 +17,24 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
 
 from pixcade.errors import PixcadeError
+from pixcade.nn.unet import EfficientUNet
 from pixcade.train import checkpoint as ckpt
 from pixcade.train import distributed as dist
 from pixcade.train import fsdp
 from pixcade.train import sharded_checkpoint as sharded
+from pixcade.train.config import PARALLEL
 from pixcade.train.distributed import DistInfo
 from pixcade.train.ema import EMA
 
-PARALLEL = ("ddp", "fsdp")
+T = TypeVar("T")
 
 
 class Parallel:
@@ -73,6 +76,19 @@ class Parallel:
         """Whole tensors of a model-shaped state (the EMA's): collective under FSDP."""
         return fsdp.full_tensors(state, to_cpu=False) if self.sharded else state
 
+    def edit_whole(self, edit: Callable[[nn.Module], T]) -> T:
+        """Run ``edit`` on the network with whole weights (e.g. loading a file into it) and
+        keep what it changed. Under FSDP that is a whole copy (every rank builds one from
+        the gathered shards), whose weights are then sharded back."""
+        if not self.sharded:
+            return edit(self.net)
+        with torch.random.fork_rng(devices=[]):  # building the copy must not move the training's RNG
+            whole = EfficientUNet(self.net.config).to(self.info.device)
+        whole.load_state_dict(self.full(self.net.state_dict()))
+        result = edit(whole)
+        set_model_state_dict(self.net, whole.state_dict(), options=StateDictOptions(full_state_dict=True))
+        return result
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self, directory: Path, step: int, *, optimizer: torch.optim.Optimizer, ema: EMA,
@@ -107,3 +123,11 @@ class Parallel:
         except (RuntimeError, KeyError, ValueError) as err:
             raise PixcadeError(f"checkpoint {path} does not fit this stage's config: {str(err)[:200]}") from None
         return {**c.state, "step": c.step}
+
+
+def check_checkpoint(path: Path) -> None:
+    """Raises PixcadeError unless the checkpoint at ``path``, of either format, reads back."""
+    if sharded.is_sharded_checkpoint(path):
+        sharded.check(path)
+    else:
+        ckpt.load_checkpoint(path)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
+from pixcade.nn.unet import EfficientUNet
 from pixcade.pipeline.images import make_grid, to_pil
 from pixcade.stage import Stage
-from pixcade.train.ema import EMA
 
 
 class Previewer:
@@ -24,7 +22,7 @@ class Previewer:
     def __init__(
         self,
         stage: Stage,
-        net: nn.Module,
+        device: torch.device,
         text_emb: torch.Tensor,
         text_mask: torch.Tensor,
         lowres: torch.Tensor | None,
@@ -33,7 +31,10 @@ class Previewer:
         steps: int | None,
         seed: int,
     ):
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        # Its own whole network (the trained one may be sharded or wrapped); building it
+        # must not move the training's random state.
+        with torch.random.fork_rng(devices=[]):
+            self.net = EfficientUNet(stage.config.unet).to(device).eval().requires_grad_(False)
         self.stage = Stage(stage.config, net=self.net)
         self.text_emb, self.text_mask, self.lowres = text_emb, text_mask, lowres
         self.out_dir = out_dir
@@ -41,8 +42,9 @@ class Previewer:
         self.seed = seed
 
     @torch.no_grad()
-    def render(self, ema: EMA, step: int) -> tuple[Path, torch.Tensor]:
-        ema.copy_to(self.net)
+    def render(self, weights: dict[str, torch.Tensor], step: int) -> tuple[Path, torch.Tensor]:
+        """A grid from ``weights`` (the EMA's, whole)."""
+        self.net.load_state_dict(weights)
         device = next(self.net.parameters()).device
         g = torch.Generator(device=device).manual_seed(self.seed)
         lowres = self.lowres.to(device) if self.lowres is not None else None

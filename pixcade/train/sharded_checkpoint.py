@@ -12,6 +12,9 @@ the filesystem), and only after every rank has finished does rank 0 add ``state.
 fsync and rename the directory to ``step-N``. A crash (kill -9 of any rank) during the save
 leaves a ``.tmp-*`` directory that is ignored and removed by the next save, and the
 previous checkpoints as they were.
+
+DCP's ``.metadata`` is a pickle (torch's format, not ours): resume and export only
+checkpoints your own runs wrote.
 """
 
 from __future__ import annotations
@@ -120,8 +123,8 @@ def read_state(path: str | Path) -> dict[str, Any]:
         state = json.loads((path / "state.json").read_text())
     except (OSError, ValueError) as err:
         raise PixcadeError(f"cannot read checkpoint {path}: {err}") from None
-    if state.get("format") != FORMAT:
-        raise PixcadeError(f"{path} is not a sharded checkpoint (state.json format {state.get('format')!r})")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise PixcadeError(f"{path} is not a sharded checkpoint (its state.json is not one's)")
     return state
 
 
@@ -151,6 +154,15 @@ def _reason(err: Exception) -> str:
             inner = failure[0] if isinstance(failure, tuple) else getattr(failure, "exception", failure)
             return str(inner)
     return str(err)
+
+
+def check(path: str | Path) -> None:
+    """Raises PixcadeError unless the checkpoint's state.json and DCP metadata read back."""
+    read_state(path)
+    try:
+        dcp.FileSystemReader(str(path)).read_metadata()
+    except Exception as err:  # DCP's metadata reader unpickles; any failure means damaged
+        raise PixcadeError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:120]}") from None
 
 
 def read_full(path: str | Path, part: str) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import random
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +37,7 @@ from pixcade.train.data import Batches, BatchStream, DataPosition
 from pixcade.train.ema import EMA
 from pixcade.train.export import write_stage_export
 from pixcade.train.metrics import MetricsLog
+from pixcade.train.parallel import Parallel, check_checkpoint
 from pixcade.train.preview import Previewer
 from pixcade.train.rng import capture_rng, restore_rng
 from pixcade.train.signals import StopRequest
@@ -61,8 +62,9 @@ class TrainResult:
 class Parts:
     """Everything a step uses, built once by `build_parts` before the loop."""
 
-    net: nn.Module  # the bare U-Net: its weights are what the optimizer, EMA and checkpoints hold
-    model: nn.Module  # what runs forward and backward: `net`, or its data-parallel wrapper
+    net: nn.Module  # the U-Net (sharded in place under FSDP): what the optimizer, EMA and checkpoints hold
+    model: nn.Module  # what runs forward and backward: `net`, or its DDP wrapper
+    parallel: Parallel  # how the ranks share `net`: gradient sync, clipping, whole weights, checkpoints
     stage: Stage  # conditions `model` (previews sample it)
     # (micro-batch, generator) -> per-sample loss: the stage's diffusion loss, or a
     # distillation objective (`pixcade distill`).
@@ -155,7 +157,7 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
         previewer = None
         if info.is_main:
             emb, mask, lowres = setup.preview_conditioning(config, stage_config, opts, opts.data, batches.cache)
-            previewer = Previewer(parts.stage, parts.net, emb, mask, lowres, run_dir / "samples",
+            previewer = Previewer(parts.stage, info.device, emb, mask, lowres, run_dir / "samples",
                                   steps=opts.sample_steps, seed=opts.seed)
 
         # -- loop --------------------------------------------------------------------------
@@ -207,8 +209,10 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
                     window_start = time.perf_counter()
                 if progress.step % opts.checkpoint_every == 0:
                     last_ckpt = save() or last_ckpt
-                if previewer is not None and (progress.step % opts.sample_every == 0 or progress.step == max_steps):
-                    _preview(previewer, parts.ema, progress.step, log)
+                if progress.step % opts.sample_every == 0 or progress.step == max_steps:
+                    ema = parts.parallel.full(parts.ema.state_dict())  # collective under FSDP
+                    if previewer is not None:
+                        _preview(previewer, ema, progress.step, log)
                 if dist.any_true(info, stop.requested):
                     break
             stopped_by = stop.reason
@@ -220,9 +224,10 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
             log.message(f"pixcade train: stopped by {stopped_by} at step {progress.step}; "
                         f"checkpoint {last_ckpt}; continue with --resume")
         else:
+            ema = parts.parallel.full(parts.ema.state_dict())
             if info.is_main:
                 final = write_stage_export(run_dir / "final", stage_config.to_dict(), config.text_encoder,
-                                           config.max_length, parts.ema.state_dict(), progress.step)
+                                           config.max_length, ema, progress.step)
             log.message(f"pixcade train: done at step {progress.step}; EMA weights in {final}")
         return TrainResult(progress.step, stopped_by, last_ckpt, final, progress.skipped, parts.net, parts.ema)
 
@@ -232,15 +237,17 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
 
 def build_parts(stage_config: StageConfig, opts: TrainConfig, info: dist.DistInfo,
                 distilling: distill.DistillSetup | None = None) -> Parts:
-    """The network and everything that updates it. The data-parallel wrapper is chosen
-    here and nowhere else; the loop only sees `Parts.model`. With ``distilling``, the
-    network starts from the teacher's weights and learns the distillation objective."""
+    """The network and everything that updates it. How the ranks share it (DDP or FSDP,
+    `Parallel`) is chosen here and nowhere else. With ``distilling``, the network starts
+    from the teacher's weights and learns the distillation objective."""
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     torch.manual_seed(opts.seed)
     net = EfficientUNet(stage_config.unet).to(info.device)
     if distilling is not None:
         distill.init_student(net, distilling.teacher.net)
-    model = dist.data_parallel(net, info)
+    parallel = Parallel(net, info, kind=opts.parallel, bf16=opts.bf16,
+                        checkpoint_res_blocks=opts.checkpoint_res_blocks)
+    model = parallel.forward_net
     stage = Stage(stage_config, net=model)
     if distilling is not None:
         objective = distill.Distillation(distilling.teacher, stage, distilling.cfg)
@@ -259,7 +266,7 @@ def build_parts(stage_config: StageConfig, opts: TrainConfig, info: dist.DistInf
     np.random.seed(_mix(opts.seed, info.rank, 2) % 2**32)
     random.seed(_mix(opts.seed, info.rank, 3))
     gen = torch.Generator(device=info.device).manual_seed(_mix(opts.seed, info.rank, 1))
-    return Parts(net, model, stage, loss, optimizer, ema, gen)
+    return Parts(net, model, parallel, stage, loss, optimizer, ema, gen)
 
 
 def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str],
@@ -273,15 +280,9 @@ def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str],
         notes.append(f"pixcade train: no checkpoint in {ckpt_dir}; starting from scratch")
         return Progress()
     try:
-        c = ckpt.load_checkpoint(path)
-        try:
-            parts.net.load_state_dict(c.model)
-            parts.optimizer.load_state_dict(c.optimizer)
-            parts.ema.load_state_dict(c.ema, c.state["ema_updates"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise PixcadeError(f"checkpoint {path} does not fit this stage's config: {str(err)[:200]}") from None
-        progress = Progress(step=c.step, skipped=int(c.state.get("skipped_nonfinite", 0)))
-        ranks = c.state["ranks"]
+        state = parts.parallel.load(Path(path), optimizer=parts.optimizer, ema=parts.ema)
+        progress = Progress(step=int(state["step"]), skipped=int(state.get("skipped_nonfinite", 0)))
+        ranks = state["ranks"]
         if len(ranks) == info.world_size:
             mine = ranks[info.rank]
             progress.position = DataPosition.from_dict(mine["data"])
@@ -301,7 +302,7 @@ def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str],
 
 def _alternatives(directory: Path, damaged: str | Path) -> str:
     """"; intact: ... - resume from one with --resume-from DIR" (or that there is none)."""
-    intact = ckpt.intact_checkpoints(directory, but=damaged)
+    intact = ckpt.intact_checkpoints(directory, but=damaged, check=check_checkpoint)
     if not intact:
         return "; no older intact checkpoint to resume from"
     return (f"; intact older checkpoint(s): {', '.join(str(p) for p in intact)} - resume from one "
@@ -310,7 +311,7 @@ def _alternatives(directory: Path, damaged: str | Path) -> str:
 
 def _init_from(parts: Parts, opts: TrainConfig, stage_name: str, notes: list[str]) -> Parts:
     """Load ``opts.init_from``'s weights into the fresh network and restart its EMA from them."""
-    new = load_init_weights(parts.net, opts.init_from, stage_name)
+    new = parts.parallel.edit_whole(lambda net: load_init_weights(net, opts.init_from, stage_name))
     notes.append(f"pixcade train: initialised from {opts.init_from}"
                  + (f"; new, at their initialisation: {', '.join(new)}" if new else ""))
     return dataclasses.replace(parts, ema=EMA(parts.net, opts.ema_decay))
@@ -357,10 +358,8 @@ def optimizer_step(parts: Parts, batches: Batches, opts: TrainConfig, info: dist
     losses, images = [], 0
     for i in range(opts.grad_accum):
         batch = batches.next(step)
-        # Gradients are all-reduced on the last micro-batch only.
-        last = i == opts.grad_accum - 1
-        sync = nullcontext() if last or not hasattr(parts.model, "no_sync") else parts.model.no_sync()
-        with sync:
+        # Gradients are synchronised on the last micro-batch only.
+        with parts.parallel.micro_batch(last=i == opts.grad_accum - 1):
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=opts.bf16):
                 loss = parts.loss(batch, parts.gen).float().mean()
             (loss / opts.grad_accum).backward()
@@ -368,7 +367,7 @@ def optimizer_step(parts: Parts, batches: Batches, opts: TrainConfig, info: dist
         images += batch["images"].shape[0]
     loss = torch.stack(losses).mean()
     clip = opts.grad_clip if opts.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(parts.net.parameters(), clip)
+    grad_norm = parts.parallel.clip_grad_norm(clip)
     if dist.any_true(info, not (torch.isfinite(loss) and torch.isfinite(grad_norm))):
         parts.optimizer.zero_grad(set_to_none=True)
         return None, None, images
@@ -389,23 +388,17 @@ def _rank_state(position: DataPosition, gen: torch.Generator) -> dict[str, Any]:
 
 def _save(ckpt_dir: Path, parts: Parts, progress: Progress, info: dist.DistInfo, stage_config: StageConfig,
           keep: int, rank_state: dict[str, Any]) -> Path | None:
-    """Collective: every rank calls it with its own state; rank 0 writes. The checkpoint's path on rank 0."""
-    ranks = dist.gather_objects(info, rank_state)
-    path = None
-    if info.is_main:
-        state = {
-            "ranks": ranks, "ema_updates": parts.ema.num_updates, "world_size": info.world_size,
-            "skipped_nonfinite": progress.skipped, "stage": stage_config.to_dict(),
-        }
-        path = ckpt.save_checkpoint(
-            ckpt_dir, progress.step, model=parts.net.state_dict(), ema=parts.ema.state_dict(),
-            optimizer=parts.optimizer.state_dict(), state=state, keep=keep,
-        )
-    dist.barrier(info)
-    return path
+    """Collective: every rank calls it with its own state (and, under FSDP, writes its
+    shards); rank 0 writes the rest. The checkpoint's path on rank 0."""
+    state = {
+        "ranks": dist.gather_objects(info, rank_state), "ema_updates": parts.ema.num_updates,
+        "world_size": info.world_size, "skipped_nonfinite": progress.skipped, "stage": stage_config.to_dict(),
+    }
+    return parts.parallel.save(ckpt_dir, progress.step, optimizer=parts.optimizer, ema=parts.ema, state=state,
+                               keep=keep)
 
 
-def _preview(previewer: Previewer, ema: EMA, step: int, log: MetricsLog) -> None:
+def _preview(previewer: Previewer, ema: dict[str, torch.Tensor], step: int, log: MetricsLog) -> None:
     # Sampling draws from its own generator; the global state is kept anyway so that
     # a preview (e.g. at the end of a resumed half) can never change the training.
     rng = torch.get_rng_state()
