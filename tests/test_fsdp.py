@@ -182,3 +182,24 @@ def test_parallel_picks_the_checkpoint_format_and_reads_either(tmp_path):
         assert _max_diff(net.state_dict(), reference.state_dict()) == pytest.approx(1e-3, rel=1e-3)  # one Adam step
     with pytest.raises(PixcadeError, match="unknown train.parallel"):
         Parallel(net, info, kind="zero", bf16=False, checkpoint_res_blocks=False)
+
+
+def test_a_damaged_sharded_checkpoint_is_named_and_older_ones_offered(tmp_path):
+    from pixcade.train.parallel import check_checkpoint
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    net = EfficientUNet(get_preset("tiny-base"))
+    opt = torch.optim.Adam(net.parameters())
+    for step in (1, 2):
+        sc.save_sharded(info, tmp_path, step, model=net, optimizer=opt, ema=dict(net.state_dict()), state={},
+                        keep=5)
+    newest = tmp_path / "step-00000002"
+    (newest / "state.json").write_text("[1, 2")
+    with pytest.raises(PixcadeError, match="cannot read checkpoint"):
+        check_checkpoint(newest)
+    (newest / "state.json").write_text("[]")
+    with pytest.raises(PixcadeError, match="not a sharded checkpoint"):
+        check_checkpoint(newest)
+    assert ckpt.intact_checkpoints(tmp_path, but=newest, check=check_checkpoint) == [tmp_path / "step-00000001"]
+    (tmp_path / "step-00000001" / ".metadata").write_bytes(b"not a pickle")
+    assert ckpt.intact_checkpoints(tmp_path, check=check_checkpoint) == []
