@@ -105,7 +105,7 @@ def test_export_and_assemble_cli(tmp_path, capsys):
                        ("base.guidance_weight=-3", "guidance weight must be >= 0"),
                        ("base.steps=2.5", "cannot read '2.5' as int"), ("sr.aug_level=nan", "finite"),
                        ("base.aug_level=0.2", "not a super-resolution stage"),
-                       ("base.sampler_args.eta=0.5", "sampler 'ddim' takes no argument 'eta'")]:
+                       ("base.sampler_args.eta=2", "DDIM eta must be in [0, 1], got 2.0")]:
         assert pixcade_main(["assemble", str(tmp_path / "e/base"), str(tmp_path / "sr/exports/step-00000030"),
                              "--out", str(tmp_path / "bad"), "--set", bad]) == 2
         assert words in capsys.readouterr().err and not (tmp_path / "bad").exists()

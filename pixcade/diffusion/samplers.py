@@ -169,6 +169,11 @@ def _ddim(
     return _denoise(denoiser, z, ts[steps - 1].item(), steps - 1, steps, callback)
 
 
+def _check_ddim(eta: float) -> None:
+    if not 0.0 <= eta <= 1.0:
+        raise PixcadeError(f"DDIM eta must be in [0, 1], got {eta}")
+
+
 def sample_ddim(
     denoiser: Denoiser,
     schedule: Schedule,
@@ -177,9 +182,12 @@ def sample_ddim(
     *,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
-    """Deterministic DDIM (Song et al. 2021)."""
-    return _ddim(denoiser, schedule, noise, ts, 0.0, noise_sampler, callback)
+    """DDIM (Song et al. 2021) with stochasticity ``eta`` in [0, 1]: 0 is deterministic,
+    1 draws the full posterior variance (ancestral DDPM); every eta keeps the marginals."""
+    _check_ddim(eta)
+    return _ddim(denoiser, schedule, noise, ts, eta, noise_sampler, callback)
 
 
 def sample_ddpm(
@@ -246,7 +254,7 @@ class Sampler:
 
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": Sampler(sample_ddpm, "uniform-t"),
-    "ddim": Sampler(sample_ddim, "uniform-t"),
+    "ddim": Sampler(sample_ddim, "uniform-t", check=_check_ddim),
     "dpm++": Sampler(sample_dpmpp_2m, "log-snr"),
 }
 
