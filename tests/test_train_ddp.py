@@ -4,10 +4,6 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): identical weights, each sample once p
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import torch
@@ -16,7 +12,8 @@ from safetensors.torch import load_file
 from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import StageConfig
 from pixcade.train.config import resolve_unet
-from train_support import REPO, build_cache, make_shapes, state_equal, tiny_config_dict
+from train_support import (build_cache, launch, make_shapes, sample_keys_by_rank, state_equal, tiny_config_dict,
+                           wait_all)
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -34,12 +31,6 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp(tmp_path):
     n = 24
     data = make_shapes(tmp_path / "data", n, resolution=16)
@@ -50,16 +41,7 @@ def test_two_process_ddp(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps(conf))
     (tmp_path / "worker.py").write_text(WORKER)
     run = tmp_path / "run"
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(tmp_path / "c.json"),
-                                       str(run)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT))
-    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    wait_all(launch([str(tmp_path / "worker.py"), str(tmp_path / "c.json"), str(run)], 2))
 
     for part in ("net", "ema"):
         a, b = (load_file(run / f"{part}-rank{r}.safetensors") for r in range(2))
@@ -70,13 +52,7 @@ def test_two_process_ddp(tmp_path):
     assert not state_equal(init, load_file(run / "net-rank0.safetensors"))
     assert ckpt_step(run) == 5
 
-    batches = {r: [json.loads(line) for line in (run / f"sample_keys/rank-{r}.jsonl").read_text().splitlines()]
-               for r in range(2)}
-    assert all(len(b) == 5 and all(len(x["keys"]) == 4 for x in b) for b in batches.values())
-    epoch0 = [k for r in range(2) for x in batches[r] if x["epoch"] == 0 for k in x["keys"]]
-    assert sorted(epoch0) == sorted(f"{i:05d}" for i in range(n))  # every sample, exactly once
-    mine = [{k for x in batches[r] if x["epoch"] == 0 for k in x["keys"]} for r in range(2)]
-    assert not mine[0] & mine[1]
+    batches = sample_keys_by_rank(run, 2, steps=5, micro_batch=4, n=n)
     # The second epoch is reshuffled, not a replay of the first.
     epoch1 = [k for x in batches[0] if x["epoch"] == 1 for k in x["keys"]]
     assert epoch1 and epoch1 != [k for x in batches[0] if x["epoch"] == 0 for k in x["keys"]][: len(epoch1)]

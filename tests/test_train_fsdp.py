@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from pixcade.train import sharded_checkpoint as sc
 from pixcade.train.config import CascadeTrainConfig
 from pixcade.train.trainer import train
-from train_support import build_cache, launch, make_shapes, tiny_config_dict, wait_all
+from train_support import build_cache, launch, make_shapes, sample_keys_by_rank, tiny_config_dict, wait_all
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -37,13 +37,7 @@ def test_two_process_fsdp_run_and_a_one_process_resume(tmp_path):
     run = tmp_path / "run"
     wait_all(launch([str(tmp_path / "worker.py"), str(tmp_path / "c.json"), str(run)], 2))
 
-    batches = {r: [json.loads(line) for line in (run / f"sample_keys/rank-{r}.jsonl").read_text().splitlines()]
-               for r in range(2)}
-    assert all(len(b) == 5 and all(len(x["keys"]) == 4 for x in b) for b in batches.values())
-    epoch0 = [k for r in range(2) for x in batches[r] if x["epoch"] == 0 for k in x["keys"]]
-    assert sorted(epoch0) == sorted(f"{i:05d}" for i in range(n))  # every sample, exactly once
-    mine = [{k for x in batches[r] if x["epoch"] == 0 for k in x["keys"]} for r in range(2)]
-    assert not mine[0] & mine[1]
+    sample_keys_by_rank(run, 2, steps=5, micro_batch=4, n=n)
 
     last = run / "checkpoints" / "step-00000005"
     assert sc.is_sharded_checkpoint(run / "checkpoints" / "step-00000004") and sc.is_sharded_checkpoint(last)

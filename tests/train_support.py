@@ -80,3 +80,17 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
     outputs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(outputs)[-4000:]
     return outputs
+
+
+def sample_keys_by_rank(run: Path, world_size: int, steps: int, micro_batch: int, n: int) -> dict[int, list[dict]]:
+    """RUN/sample_keys of a ``log_sample_keys`` run, checked: ``steps`` batches of
+    ``micro_batch`` per rank, and epoch 0 held every one of the ``n`` samples exactly once,
+    each on one rank only."""
+    batches = {r: [json.loads(line) for line in (run / f"sample_keys/rank-{r}.jsonl").read_text().splitlines()]
+               for r in range(world_size)}
+    assert all(len(b) == steps and all(len(x["keys"]) == micro_batch for x in b) for b in batches.values())
+    epoch0 = [k for r in range(world_size) for x in batches[r] if x["epoch"] == 0 for k in x["keys"]]
+    assert sorted(epoch0) == sorted(f"{i:05d}" for i in range(n))  # every sample, exactly once
+    mine = [{k for x in batches[r] if x["epoch"] == 0 for k in x["keys"]} for r in range(world_size)]
+    assert sum(len(m) for m in mine) == len(set().union(*mine))  # no sample on two ranks
+    return batches
