@@ -122,7 +122,8 @@ class WebServer:
         self.server_address: tuple[str, int] = sock.getsockname()[:2]
         config = uvicorn.Config(
             app, http=_protocol(limits), loop="asyncio", lifespan="off", log_config=None, access_log=False,
-            server_header=False, timeout_keep_alive=max(1, round(limits.idle_timeout_s)),
+            # No proxy in front: a local client's X-Forwarded-For must not choose its address.
+            proxy_headers=False, server_header=False, timeout_keep_alive=max(1, round(limits.idle_timeout_s)),
             timeout_graceful_shutdown=max(1, round(limits.shutdown_timeout_s)),
             limit_concurrency=limits.max_connections, h11_max_incomplete_event_size=limits.max_header_bytes,
         )
