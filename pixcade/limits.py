@@ -19,6 +19,7 @@ LIMITS: dict[str, tuple[int, str]] = {
     "batch": (65_536, "images per batch"),
     "resolution": (4096, "pixels per image side"),
     "prompt_chars": (10_000, "characters in one prompt"),
+    "steps": (10_000, "sampling steps per stage"),
 }
 
 

@@ -16,10 +16,11 @@ import pixcade
 from diffusion_theory import gaussian_denoiser, moments, rel_err, whitened_noise
 from pixcade.cli import main as pixcade_main
 from pixcade.diffusion import samplers
-from pixcade.diffusion.samplers import MAX_STEPS_ENV, SAMPLERS, SPACINGS, Sampler, max_steps, sample
+from pixcade.diffusion.samplers import SAMPLERS, SPACINGS, Sampler, sample
 from pixcade.diffusion.schedules import get_schedule
 from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
+from pixcade.limits import limit
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.saving import load_cascade_config
@@ -135,19 +136,20 @@ def test_replace_text_reads_each_field_as_its_type(monkeypatch: pytest.MonkeyPat
 
 
 def test_steps_are_bounded_and_the_bound_can_be_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MAX_STEPS_ENV, raising=False)
-    assert max_steps() == 10_000
+    monkeypatch.delenv("PIXCADE_MAX_STEPS", raising=False)
+    assert limit("steps") == 10_000
     SamplingSettings(steps=10_000)
-    with pytest.raises(PixcadeError, match=r"steps is 1000000000, over the limit of 10000 \(set \$PIXCADE_MAX_STEPS"):
+    with pytest.raises(PixcadeError, match="steps is 1000000000, above the limit of 10000 sampling steps per stage; "
+                                           "if you mean it, raise the limit with PIXCADE_MAX_STEPS=1000000000"):
         SamplingSettings(steps=10**9)
     # The samplers check it too, before the time grid is allocated.
     schedule = get_schedule("cosine")
-    with pytest.raises(PixcadeError, match="over the limit"):
+    with pytest.raises(PixcadeError, match="above the limit"):
         sample(lambda z, t: z, schedule, torch.zeros(1, 1, 1, 1), "ddim", steps=10**9)
-    monkeypatch.setenv(MAX_STEPS_ENV, "2000000000")
+    monkeypatch.setenv("PIXCADE_MAX_STEPS", "2000000000")
     assert SamplingSettings(steps=10**9).steps == 10**9
-    monkeypatch.setenv(MAX_STEPS_ENV, "lots")
-    with pytest.raises(PixcadeError, match=r"\$PIXCADE_MAX_STEPS must be a positive integer, got 'lots'"):
+    monkeypatch.setenv("PIXCADE_MAX_STEPS", "lots")
+    with pytest.raises(PixcadeError, match="PIXCADE_MAX_STEPS must be a positive integer, got 'lots'"):
         SamplingSettings()
 
 
@@ -155,8 +157,8 @@ def test_generate_cli_refuses_huge_steps_and_infinite_guidance(
     tmp_path: Path, no_shard: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = save_tiny_cascade(tmp_path / "model")
-    monkeypatch.delenv(MAX_STEPS_ENV, raising=False)
-    for flags, words in [(["--steps", "1000000000"], "stage 'base': steps is 1000000000, over the limit of 10000"),
+    monkeypatch.delenv("PIXCADE_MAX_STEPS", raising=False)
+    for flags, words in [(["--steps", "1000000000"], "stage 'base': steps is 1000000000, above the limit of 10000"),
                          (["--guidance", "inf"], "stage 'base': guidance weight must be a finite number, got inf"),
                          (["--guidance", "sr=nan"], "stage 'sr': guidance weight must be a finite number, got nan"),
                          (["--set", "sr.steps=2.5"], "stage 'sr': steps: cannot read '2.5' as int"),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -26,6 +25,7 @@ import torch
 
 from pixcade.diffusion.schedules import LOG_SNR_MAX, Schedule, alpha_sigma
 from pixcade.errors import PixcadeError
+from pixcade.limits import check_limit
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor], None]
@@ -36,36 +36,13 @@ NoiseSampler = Callable[[int], torch.Tensor]
 Spacing = Callable[[Schedule, int], torch.Tensor]
 
 
-# The most steps a sampler may be asked for (each step is one denoiser call, and the time
-# grid is allocated up front): a typo such as 10**9 is refused before any work. Raise it
-# deliberately with this environment variable.
-MAX_STEPS_ENV = "PIXCADE_MAX_STEPS"
-DEFAULT_MAX_STEPS = 10_000
-
-
-def max_steps() -> int:
-    """The step limit: $PIXCADE_MAX_STEPS when set, else DEFAULT_MAX_STEPS."""
-    raw = os.environ.get(MAX_STEPS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_STEPS
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0
-    if limit < 1:
-        raise PixcadeError(f"${MAX_STEPS_ENV} must be a positive integer, got {raw!r}")
-    return limit
-
-
 def check_steps(steps: Any, name: str = "steps") -> int:
-    """``steps`` if it is an integer in [1, max_steps()], else PixcadeError naming ``name``."""
+    """``steps`` if it is an integer from 1 to the ``steps`` limit (each step is one
+    denoiser call and the time grid is allocated up front, so a typo such as 10**9 must be
+    refused before any work), else PixcadeError naming ``name``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise PixcadeError(f"{name} must be an integer >= 1, got {steps!r}")
-    limit = max_steps()
-    if steps > limit:
-        raise PixcadeError(
-            f"{name} is {steps}, over the limit of {limit} (set ${MAX_STEPS_ENV} to allow more)"
-        )
+    check_limit("steps", steps, name)
     return steps
 
 

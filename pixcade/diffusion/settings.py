@@ -57,7 +57,8 @@ class SamplingSettings:
 
     # A name in pixcade.diffusion.samplers.SAMPLERS.
     sampler: str = "dpm++"
-    # Denoiser calls (U-Net evaluations, twice the batch under guidance), 1..max_steps().
+    # Denoiser calls (U-Net evaluations, twice the batch under guidance), at most the
+    # "steps" limit of pixcade.limits (10000 unless $PIXCADE_MAX_STEPS raises it).
     steps: int = 30
     # Classifier-free guidance weight w >= 0: 0 unconditional, 1 conditional, > 1 guided.
     guidance_weight: float = 5.0

@@ -9,10 +9,10 @@ from typing import NoReturn
 
 import torch
 
-from pixcade.diffusion.samplers import DEFAULT_MAX_STEPS, MAX_STEPS_ENV, SAMPLERS, SPACINGS
+from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.errors import PixcadeError
-from pixcade.limits import check_limit
+from pixcade.limits import LIMITS, check_limit
 from pixcade.pipeline.cascade import Cascade, StageBars
 from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
 from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches, shard_from_env
@@ -33,7 +33,7 @@ per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level):
   --set [STAGE.]KEY=VALUE (repeat) sets any sampling setting, for STAGE or every stage
   run. KEY: {', '.join(f for f in FIELD_NAMES if f != "sampler_args")},
   or sampler_args.NAME (the sampler's own arguments). spacings: {', '.join(SPACINGS)}.
-  Steps are limited to ${MAX_STEPS_ENV} (default {DEFAULT_MAX_STEPS}).
+  Steps are limited to {LIMITS['steps'][0]} (raise it with PIXCADE_MAX_STEPS=N).
 
 output (names depend only on prompt and image index, so reruns resume):
   OUT/p0000_i00.png ...   final images (prompt 0 image 0, ...)

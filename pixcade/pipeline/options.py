@@ -61,23 +61,35 @@ def split_per_stage(
             if is_per_stage(option, setting):
                 if c.name in setting:
                     changes[c.name][option] = setting[c.name]
-            elif option != "aug_level" or c.is_super_resolution:
+            elif _for_all_applies(option, c):
                 changes[c.name][option] = setting
     return changes
 
 
-def resolve(configs: Sequence[StageConfig], **overrides: PerStage) -> dict[str, SamplingSettings]:
-    """Each stage's settings: its saved ones with the overrides applied, all checked."""
-    changes = split_per_stage(configs, overrides)
+def _for_all_applies(option: str, config: StageConfig) -> bool:
+    """Whether a value of ``option`` given for all stages sets it on this stage."""
+    return option != "aug_level" or config.is_super_resolution
+
+
+def _derive(
+    configs: Sequence[StageConfig], derive: Callable[[StageConfig], SamplingSettings]
+) -> dict[str, SamplingSettings]:
+    """``{stage: derive(config)}``, each checked against its stage; errors name the stage."""
     resolved = {}
     for c in configs:
         try:
-            settings = c.sampling.replace(**changes[c.name])
+            settings = derive(c)
         except PixcadeError as err:
             raise PixcadeError(f"stage {c.name!r}: {err}") from None
         c.check_sampling(settings)
         resolved[c.name] = settings
     return resolved
+
+
+def resolve(configs: Sequence[StageConfig], **overrides: PerStage) -> dict[str, SamplingSettings]:
+    """Each stage's settings: its saved ones with the overrides applied, all checked."""
+    changes = split_per_stage(configs, overrides)
+    return _derive(configs, lambda c: c.sampling.replace(**changes[c.name]))
 
 
 def parse_per_stage(
@@ -145,16 +157,8 @@ def settings_from_text(
     per_stage: dict[str, dict[str, str]] = {c.name: {} for c in configs}
     for stage, key, value in assignments:
         for c in configs:
-            if stage == c.name or (stage is None and (key != "aug_level" or c.is_super_resolution)):
+            if stage == c.name or (stage is None and _for_all_applies(key, c)):
                 if key in per_stage[c.name]:
                     raise PixcadeError(f"stage {c.name!r}: {key} is set twice")
                 per_stage[c.name][key] = value
-    resolved = {}
-    for c in configs:
-        try:
-            settings = c.sampling.replace_text(per_stage[c.name])
-        except PixcadeError as err:
-            raise PixcadeError(f"stage {c.name!r}: {err}") from None
-        c.check_sampling(settings)
-        resolved[c.name] = settings
-    return resolved
+    return _derive(configs, lambda c: c.sampling.replace_text(per_stage[c.name]))

@@ -16,7 +16,8 @@ from pixcade.web.limits import is_loopback
 EPILOG = """\
 The page at http://HOST:PORT/ takes a prompt, seed, guidance, steps and number of images,
 shows each stage's progress and images as they finish, and links each image as a PNG.
-API: POST /api/jobs {"prompt", "n", "seed", "guidance", "steps", "stages"} -> 202 {"id", ...};
+API: POST /api/jobs {"prompt", "n", "seed", "guidance", "steps", "stages", "sampling"} -> 202 {"id", ...}
+("sampling": other sampling settings, e.g. {"sampler": "ddim", "sampler_args": {"eta": 0.5}});
 GET /api/jobs/ID (status), /api/jobs/ID/events (Server-Sent Events),
 /api/jobs/ID/images/STAGE/K.png; GET /api/config (stages, limits).
 One model is loaded and one job runs at a time; at most --max-queue jobs wait, further

@@ -10,7 +10,7 @@ configured limit was hit):
   GET  /                          the page (static/index.html, app.js, style.css)
   GET  /api/config                stages (defaults), limits
   GET  /api/queue                 queue and store counters
-  POST /api/jobs                  {"prompt", "n", "seed", "guidance", "steps", "stages"}
+  POST /api/jobs                  {"prompt", "n", "seed", "guidance", "steps", "stages", "sampling"}
                                   -> 202 {"id", "status_url", "events_url", ...job status}
   GET  /api/jobs/ID               job status: state, queue position, per-stage progress/images
   GET  /api/jobs/ID/events        text/event-stream: "status" events (same JSON), then "end"
