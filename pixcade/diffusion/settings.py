@@ -152,6 +152,8 @@ class SamplingSettings:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(SamplingSettings))
 _FIELD_TYPES = typing.get_type_hints(SamplingSettings)
+# The fields whose values are themselves mappings (``{stage: value}`` is then a mapping of them).
+MAPPING_FIELDS = tuple(name for name, kind in _FIELD_TYPES.items() if typing.get_origin(kind) is dict)
 
 
 def _from_text(name: str, raw: str, kind: Any) -> Any:

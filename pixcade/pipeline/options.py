@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from pixcade.diffusion.settings import FIELD_NAMES, SamplingSettings
+from pixcade.diffusion.settings import FIELD_NAMES, MAPPING_FIELDS, SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.stage import StageConfig
 
@@ -28,7 +28,7 @@ def is_per_stage(option: str, setting: Any) -> bool:
     """Whether ``setting`` of ``option`` is a ``{stage: value}`` mapping."""
     if not isinstance(setting, Mapping):
         return False
-    if option == "sampler_args":  # itself a mapping: per stage when its values are mappings
+    if option in MAPPING_FIELDS:  # itself a mapping: per stage when its values are mappings
         return bool(setting) and all(isinstance(v, Mapping) for v in setting.values())
     return True
 
