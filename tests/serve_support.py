@@ -15,6 +15,7 @@ from pixcade.serve.jobs import JobManager
 from pixcade.serve.requests import GenerationRequest, Limits
 from pixcade.serve.server import PixcadeServer, make_server
 from pixcade.web.limits import WebLimits
+from pixcade.web.server import WebServer
 
 FAKE_STAGES = [
     {"name": "base", "resolution": 16, "super_resolution": False, "steps": 3, "guidance": 4.0},
@@ -89,11 +90,12 @@ def running_server(model: Any, limits: Limits | None = None, keep: int = 64, sta
         thread.join(10)
 
 
-def request(server: PixcadeServer, method: str, path: str, body: Any = None, raw: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of one HTTP request to the server."""
+def request(server: WebServer, method: str, path: str, body: Any = None, raw: bytes | None = None,
+            headers: dict[str, str] | None = None, source: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-case headers, body) of one HTTP request to the server (either web
+    server); ``source``: the client's address (another 127.x.y.z is another client)."""
     host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn = http.client.HTTPConnection(host, port, timeout=30, source_address=(source, 0) if source else None)
     try:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         hdrs = {"Content-Type": "application/json", **(headers or {})}

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -350,11 +351,13 @@ def test_cli_serves_a_saved_cascade_until_interrupted(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    with socket.socket() as again:  # Ctrl-C freed the port: a new server can listen on it
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
+        again.listen()
 
 
 def test_a_body_without_length_is_refused() -> None:
-    import socket
-
     model = FakeModel()
     with running_server(model) as server:
         with socket.create_connection(server.server_address[:2], timeout=30) as sock:

@@ -8,7 +8,6 @@ a request could have left behind (jobs stored; comparisons opened and votes stor
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import socket
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from drawbench_fixtures import LiveServer, make_run
-from serve_support import FakeModel, running_server
+from serve_support import FakeModel, request, running_server
 
 from pixcade.web.limits import WebLimits
 
@@ -39,16 +38,7 @@ class Target:
 
     def call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
              source: str | None = None) -> tuple[int, dict[str, str], bytes]:
-        """(status, lower-case headers, body) of one request; ``source``: the client's address."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30,
-                                          source_address=(source, 0) if source else None)
-        try:
-            hdrs = {"Content-Type": "application/json", **(headers or {})}
-            conn.request(method, path, body=body, headers=hdrs)
-            res = conn.getresponse()
-            return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
-        finally:
-            conn.close()
+        return request(self.server, method, path, raw=body, headers=headers, source=source)
 
     def change_request(self, headers: dict[str, str] | None = None, source: str | None = None) -> int:
         return self.call("POST", self.change, self.change_body, headers, source)[0]
