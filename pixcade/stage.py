@@ -28,14 +28,23 @@ from pixcade.schema import from_json
 
 @dataclass
 class StageConfig:
+    # The stage's name in the cascade ("base", "sr"): CLI options, weights files and
+    # per-stage settings refer to it.
     name: str
+    # Side of the square images the stage makes.
     resolution: int
+    # The network (a `UNetConfig`; a dict is read as one).
     unet: UNetConfig
-    # Set for super-resolution stages: the resolution of the image they are given.
+    # Set for super-resolution stages: the side of the image they are given (the previous
+    # stage's resolution).
     lowres_resolution: int | None = None
-    # Super-resolution stages without self-attention may train on random crops of this size.
+    # Super-resolution stages without self-attention may train on random crops of this
+    # size; sampling always runs at the full resolution.
     train_crop: int | None = None
+    # The noise schedule, a name for `diffusion.schedules.get_schedule`; training and
+    # sampling must use the same one, so it is saved with the weights.
     schedule: str = "cosine"
+    # What the network predicts: "eps", "v" or "x0" (`diffusion.parameterization`).
     parameterization: str = "eps"
     # How the stage samples unless told otherwise, saved with the model so `generate`
     # works without flags.

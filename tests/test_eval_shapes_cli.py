@@ -36,7 +36,7 @@ class OracleCascade:
 
 @pytest.mark.parametrize("model, accuracy", [("oracle", 1.0), ("blank", 0.0)])
 def test_eval_shapes_scores_per_kind_and_split(tmp_path, monkeypatch, capsys, model, accuracy):
-    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", OracleCascade)
+    monkeypatch.setattr("pixcade.eval.cli.Cascade", OracleCascade)
     out = tmp_path / "out"
     assert eval_main(["shapes", "--model", model, "--prompts", "10", "--images-per-prompt", "2",
                       "--out", str(out)]) == 0

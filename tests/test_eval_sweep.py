@@ -63,7 +63,7 @@ def expected(weight: float, threshold: str) -> tuple[float, float]:
 
 
 def test_sweep_tabulates_every_setting(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", SettingsCascade)
+    monkeypatch.setattr("pixcade.eval.cli.Cascade", SettingsCascade)
     SettingsCascade.calls = []
     out = tmp_path / "sweep"
     assert eval_main(["shapes", "--model", "m", "--prompts", str(N), "--guidance", "1,3,5,8",
@@ -91,7 +91,7 @@ def test_sweep_tabulates_every_setting(tmp_path, monkeypatch, capsys):
 
 
 def test_one_axis_keeps_the_stage_default(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", SettingsCascade)
+    monkeypatch.setattr("pixcade.eval.cli.Cascade", SettingsCascade)
     SettingsCascade.calls = []
     assert eval_main(["shapes", "--model", "m", "--prompts", str(N), "--threshold", "static,dynamic:90",
                       "--out", str(tmp_path / "o")]) == 0
@@ -111,7 +111,7 @@ def test_one_axis_keeps_the_stage_default(tmp_path, monkeypatch, capsys):
     (["--sweep-stage", "sr"], "needs --guidance"),
 ])
 def test_bad_sweeps_are_refused_before_any_work(tmp_path, monkeypatch, args, message):
-    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", SettingsCascade)
+    monkeypatch.setattr("pixcade.eval.cli.Cascade", SettingsCascade)
     SettingsCascade.calls = []
     with pytest.raises(PixcadeError, match=message):
         eval_main(["shapes", "--model", "m", "--prompts", "3", *args, "--out", str(tmp_path / "o")])

@@ -110,7 +110,7 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     real = save_tiny_cascade(tmp_path / "tiny")
     assert eval_main(["sr-psnr", "--model", str(model), "--n", "2", "--out", str(tmp_path / "sr")]) == 0
     assert eval_main(["grid", "--model", str(real), "--prompt", "a red circle", "--out", str(tmp_path / "docs/grid.png")]) == 0
-    monkeypatch.setattr("pixcade.pipeline.cascade.Cascade", OracleCascade)
+    monkeypatch.setattr("pixcade.eval.cli.Cascade", OracleCascade)
     assert eval_main(["shapes", "--model", "m", "--prompts", "30", "--out", str(tmp_path / "shapes")]) == 0
     assert eval_main(["shapes", "--model", "m", "--prompts", "6", "--guidance", "1,8", "--threshold", "static",
                       "--out", str(tmp_path / "sweep")]) == 0

@@ -1,4 +1,4 @@
-"""`pixcade eval`: FID/KID, CLIP score, the shapes benchmark.
+"""`pixcade eval`: FID/KID, CLIP score, the shapes benchmark: parse, then call the library.
 
 Every subcommand prints its result as JSON on stdout (for scripts; progress bars and a
 human summary go to stderr) and, with ``--out FILE``, writes the same JSON there.
@@ -6,20 +6,19 @@ human summary go to stderr) and, with ``--out FILE``, writes the same JSON there
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pixcade.commands import ArgumentParser, emit_json
 from pixcade.data.shapes import evaluation_prompts
 from pixcade.errors import PixcadeError
+from pixcade.eval import sweep
 from pixcade.eval.features import get_extractor
 from pixcade.eval.fid import compare_image_sets
 from pixcade.eval.provenance import model_digest
+from pixcade.eval.shapes_benchmark import BenchmarkRun, run_benchmark, run_sweep
 from pixcade.eval.sr_psnr import evaluate_sr, write_sr_report
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, save_grid
 from pixcade.limits import check_limit
@@ -130,77 +129,20 @@ def shapes_main(argv: list[str]) -> int:
     if args.sweep_stage and not sweeping:
         raise PixcadeError("--sweep-stage needs --guidance and/or --threshold")
 
-    from pixcade.data.shapes import evaluation_prompts
-    from pixcade.eval import sweep
-    from pixcade.pipeline.cascade import Cascade
-
     weights = sweep.parse_weights(args.guidance) if args.guidance is not None else None
     thresholds = sweep.parse_thresholds(args.threshold) if args.threshold is not None else None
-    scenes = evaluation_prompts(args.prompts, args.held_out_fraction, args.prompt_seed)
+    run = BenchmarkRun(args.model, evaluation_prompts(args.prompts, args.held_out_fraction, args.prompt_seed),
+                       args.images_per_prompt, args.seed, args.prompt_seed, args.batch_size)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
     command = _command("shapes", argv)
     out = Path(args.out)
     if not sweeping:
-        report = _shapes_run(cascade, scenes, args, out, {})
+        report = run_benchmark(cascade, run, out)
         emit_json({"command": command, **report}, str(out / "shapes.json"))
         return 0
-
-    from pixcade.pipeline.options import resolve
-
-    stage = cascade.stage(args.sweep_stage or cascade.names[0]).config.name
-    settings = sweep.grid(weights, thresholds)
-    configs = [s.config for s in cascade.stages]
-    # Every setting is checked before the first image is drawn.
-    effective = [resolve(configs, **s.options(stage))[stage] for s in settings]
-    rows = []
-    for setting, eff in zip(settings, effective):
-        print(f"guidance {eff.guidance_weight:g}, threshold {eff.threshold} on stage {stage}", file=sys.stderr)
-        report = _shapes_run(cascade, scenes, args, out / setting.label, setting.options(stage))
-        (out / setting.label / "shapes.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        rows.append({"guidance_weight": eff.guidance_weight, "threshold": eff.threshold, "dir": setting.label,
-                     **{k: report[k] for k in ("overall", "seen", "held_out", "by_kind")}})
-    result = {"model": args.model, "model_digest": report["model_digest"], "command": command, "stage": stage,
-              "resolution": report["resolution"],
-              "prompts": len(scenes), "images_per_prompt": args.images_per_prompt,
-              "prompt_seed": args.prompt_seed, "seed": args.seed, "rows": rows}
-    table = sweep.markdown_table(rows, stage)
-    (out / "sweep.md").write_text(
-        f"# Shapes benchmark, guidance x thresholding: {args.model}\n\nAccuracy on {len(scenes)} prompts "
-        f"(held-out: prompts naming a held-out colour-shape pair); other stages at their defaults.\n\n"
-        f"{table}\n", encoding="utf-8")
-    print(table, file=sys.stderr)
+    result = run_sweep(cascade, run, out, args.sweep_stage, weights, thresholds, command)
     emit_json(result, str(out / "sweep.json"))
     return 0
-
-
-def _shapes_run(cascade, scenes: list, args: argparse.Namespace, out: Path, options: dict) -> dict:
-    """Generate, save and score one benchmark run into ``out`` (images/, shapes.md); the report."""
-    from pixcade.eval.shapes import markdown_table, score
-
-    images = cascade.generate([s.caption for s in scenes], n=args.images_per_prompt, seed=args.seed,
-                              batch_size=args.batch_size, **options)
-    k = args.images_per_prompt
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    names = [f"{i // k:04d}_{i % k}.png" for i in range(len(images))]
-    for name, im in zip(tqdm(names, desc="save images", unit="img"), images):
-        im.save(out / "images" / name)
-    report = score(images, [s for s in scenes for _ in range(k)])
-    for r in report["results"]:
-        r["image"] = f"images/{names[r['index']]}"
-    side = min(images[0].size)
-    report = {"model": args.model, "model_digest": model_digest(args.model), "resolution": side,
-              "prompts": len(scenes), "images_per_prompt": k,
-              "prompt_seed": args.prompt_seed, "seed": args.seed, **report}
-    if options:
-        report["options"] = options
-    if side < 128:
-        # The spec: at 32-64 px even a true rendering of a small star is not always recognised.
-        report["note"] = f"images are {side}px; the scorer is only reliable at 128px or more"
-        print(f"warning: {report['note']}", file=sys.stderr)
-    table = markdown_table(report)
-    (out / "shapes.md").write_text(f"# Shapes benchmark: {args.model}\n\n{table}\n", encoding="utf-8")
-    print(table, file=sys.stderr)
-    return report
 
 
 def sr_psnr_main(argv: list[str]) -> int:

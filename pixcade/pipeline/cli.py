@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import NoReturn
-
-import torch
 
 from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
+from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.limits import LIMITS, check_limit
-from pixcade.pipeline.cascade import Cascade, StageBars
-from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
-from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches, shard_from_env
+from pixcade.pipeline.cascade import Cascade
+from pixcade.pipeline.folder import GRID_MAX, write_images
+from pixcade.pipeline.images import open_image
+from pixcade.pipeline.jobs import pick_device, shard_from_env
 from pixcade.pipeline.options import parse_assignment, parse_per_stage, settings_from_text
 from pixcade.pipeline.shipped import resolve_model
-
-GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (columns)
 
 EPILOG = f"""\
 per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level):
@@ -46,13 +42,8 @@ rank (RANK / WORLD_SIZE) renders its share; rerunning skips the images already w
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one-line errors, exit status 2 via the CLI
-        raise PixcadeError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = ArgumentParser(
         prog="pixcade generate", description="Generate images from text prompts with a cascade.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -99,16 +90,6 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     return prompts
 
 
-def pick_device(name: str | None) -> str:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise PixcadeError("--device cuda: CUDA is not available")
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return name
-
-
 # flag -> the SamplingSettings field it sets
 FLAGS = {"sampler": "sampler", "steps": "steps", "guidance": "guidance_weight", "threshold": "threshold",
          "aug_level": "aug_level"}
@@ -144,44 +125,18 @@ def main(argv: list[str]) -> int:
 
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
     start_side = min(start.size) if start else None
-    names = cascade.plan(stage_list, args.stop_after, start_side).names
     plan = cascade.plan(stage_list, args.stop_after, start_side)
     plan.settings = settings_from_text([s.config for s in plan.stages], assignments(args, plan.names, [
         s.config.name for s in plan.stages if s.config.is_super_resolution]))
 
-    layout = Layout(args.out, len(prompts), args.n)
-    settings = {
+    record = {
         "model": str(model_dir.resolve()), "seed": args.seed, "n": args.n, "batch_size": args.batch_size,
         "start_image": str(Path(args.start_image).resolve()) if args.start_image else None,
         "options": {name: s.to_dict() for name, s in plan.settings.items()},
     }
-    saved_stages = plan.names[:-1] if args.save_stages else []
-    layout.prepare(prompts, settings, saved_stages)
-
-    jobs = all_jobs(len(prompts), args.n)
-    mine = my_batches(batches(jobs, args.batch_size), rank, world)
-    todo = [b for b in mine if not all(layout.is_done(j) for j in b)]
-    written = 0
-    with StageBars(plan, len(todo), enabled=rank == 0) as bars:
-        for batch in todo:
-            start_t = cascade.start_tensor(plan, [start] * len(batch)) if start else None
-            out = cascade.sample_batch(plan, [prompts[j.prompt] for j in batch], batch, args.seed, start_t, bars)
-            images = {name: to_pil(x) for name, x in out.items()}
-            for k, job in enumerate(batch):
-                if layout.is_done(job):
-                    continue
-                for name in saved_stages:
-                    save_png_atomic(images[name][k], layout.stage_path(name, job))
-                save_png_atomic(images[plan.names[-1]][k], layout.image_path(job))  # last: marks done
-                written += 1
-    done = sum(layout.is_done(j) for j in jobs)
-    # Whichever rank finishes last sees every image and writes the grid.
-    if done == len(jobs):
-        rows = [
-            [open_image(layout.image_path(Job(p, i))) for i in range(min(args.n, GRID_MAX))]
-            for p in range(min(len(prompts), GRID_MAX))
-        ]
-        save_png_atomic(make_grid(rows), layout.out / "grid.png")
+    written, done, total = write_images(cascade, plan, prompts, args.out, n=args.n, seed=args.seed,
+                                        batch_size=args.batch_size, start=start, save_stages=args.save_stages,
+                                        rank=rank, world=world, record=record)
     suffix = f" (rank {rank} of {world})" if world > 1 else ""
-    print(f"wrote {written} images to {layout.out}{suffix}; {done}/{len(jobs)} done")
+    print(f"wrote {written} images to {args.out}{suffix}; {done}/{total} done")
     return 0

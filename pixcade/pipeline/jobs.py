@@ -70,6 +70,16 @@ def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
     return rank, world
 
 
+def pick_device(name: str | None) -> str:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise PixcadeError("--device cuda: CUDA is not available")
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return name
+
+
 def my_batches(all_batches: Sequence[list[Job]], rank: int, world: int) -> list[list[Job]]:
     return [b for k, b in enumerate(all_batches) if k % world == rank]
 

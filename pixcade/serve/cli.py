@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from pixcade.pipeline.cascade import Cascade
-    from pixcade.pipeline.cli import pick_device
+    from pixcade.pipeline.jobs import pick_device
     from pixcade.pipeline.shipped import resolve_model
     from pixcade.serve.model import CascadeModel
 
