@@ -9,6 +9,7 @@ sensible use; a user who means it raises one for a run with an environment varia
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from pixcade.errors import PixcadeError
 
@@ -48,3 +49,12 @@ def check_limit(name: str, value: int, what: str) -> None:
             f"{what} is {value}, above the limit of {bound} {LIMITS[name][1]}; if you mean it, "
             f"raise the limit with PIXCADE_MAX_{name.upper()}={value}"
         )
+
+
+def check_generation(prompts: Sequence[str], n: int, batch_size: int | None) -> None:
+    """The bounds of one generation request (CLI and Python API alike)."""
+    check_limit("images", len(prompts) * n, f"{n} image(s) per prompt x {len(prompts)} prompt(s)")
+    if batch_size is not None:
+        check_limit("batch", batch_size, "the batch size")
+    for i, prompt in enumerate(prompts):
+        check_limit("prompt_chars", len(prompt), f"the length of prompt {i + 1}")

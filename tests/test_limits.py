@@ -36,9 +36,9 @@ def probes(tmp_path: Path, model: Path) -> list[tuple[list[str], str]]:
     train_config.write_text(json.dumps(doc))
     gen = ["generate", "--model", str(model), "--device", "cpu", "--out", out]
     return [
-        (gen + ["--n", HUGE, "a prompt"], "--n 1000000000 x 1 prompt"),
-        (gen + ["--n", "60000", "a", "b"], "--n 60000 x 2 prompt"),
-        (gen + ["--batch-size", HUGE, "a prompt"], "--batch-size is 1000000000"),
+        (gen + ["--n", HUGE, "a prompt"], "1000000000 image(s) per prompt x 1 prompt(s) is 1000000000"),
+        (gen + ["--n", "60000", "a", "b"], "60000 image(s) per prompt x 2 prompt(s) is 120000"),
+        (gen + ["--batch-size", HUGE, "a prompt"], "the batch size is 1000000000"),
         (gen + ["x" * 20_000], "length of prompt 1 is 20000"),
         (["data", "shapes", "--n", "4", "--res", "100000", "--out", out], "--res is 100000"),
         (["data", "shapes", "--n", HUGE, "--res", "32", "--out", out], "--n is 1000000000"),
@@ -59,6 +59,16 @@ def test_every_size_like_input_is_bounded_before_any_work(tmp_path, model, capsy
         assert "above the limit" in err and "PIXCADE_MAX_" in err  # says how to raise it
         assert not (tmp_path / "out").exists(), argv  # refused before anything was written
         assert time.monotonic() - start < 30  # (a billion file names took minutes)
+
+
+def test_the_python_api_has_the_same_bounds(model):
+    from pixcade.pipeline.cascade import Cascade
+
+    cascade = Cascade.from_pretrained(model, device="cpu")
+    with pytest.raises(PixcadeError, match="above the limit"):
+        cascade.generate(["a prompt"], n=10**9)
+    with pytest.raises(PixcadeError, match="above the limit"):
+        cascade.generate(["x" * 10**6])
 
 
 def test_a_limit_is_raised_by_its_environment_variable(monkeypatch):

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from pixcade.data.transforms import square_tensor
 from pixcade.errors import PixcadeError
+from pixcade.limits import check_generation
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import open_image, to_pil
 from pixcade.pipeline.shipped import resolve_model
@@ -310,6 +311,7 @@ class Cascade:
             raise PixcadeError("prompts must be strings")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PixcadeError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
+        check_generation(prompts, n, batch_size)
         starts: list[StartImage] | None = None
         if start_image is not None:
             if isinstance(start_image, (Image.Image, str, os.PathLike)):

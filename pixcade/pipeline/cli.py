@@ -9,7 +9,7 @@ from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
-from pixcade.limits import LIMITS, check_limit
+from pixcade.limits import LIMITS, check_generation
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.folder import GRID_MAX, write_images
 from pixcade.pipeline.images import open_image
@@ -114,10 +114,7 @@ def main(argv: list[str]) -> int:
         raise PixcadeError(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
-    check_limit("images", len(prompts) * args.n, f"--n {args.n} x {len(prompts)} prompt(s)")
-    check_limit("batch", args.batch_size, "--batch-size")
-    for i, prompt in enumerate(prompts):
-        check_limit("prompt_chars", len(prompt), f"the length of prompt {i + 1}")
+    check_generation(prompts, args.n, args.batch_size)
     rank, world = shard_from_env()
     start = open_image(args.start_image) if args.start_image else None
     model_dir = resolve_model(args.model)
