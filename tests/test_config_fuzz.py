@@ -155,7 +155,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=150, derandomize=True, deadline=None,
+@settings(max_examples=150, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_json_anywhere(tmp_path, data):

@@ -221,3 +221,10 @@ def test_bfloat16_encoding_close_to_float32(minilm, monkeypatch):
     assert emb.dtype == torch.float32 and emb.device.type == "cpu" and torch.equal(mask, ref_mask)
     cos = torch.nn.functional.cosine_similarity(emb[mask], ref[mask], dim=-1)
     assert cos.min() > 0.99
+
+
+def test_an_unwritable_digest_memo_only_costs_a_rehash(t5_dir, tmp_path, monkeypatch):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # ~/.cache/pixcade cannot be made
+    assert encoder_name(t5_dir) == encoder_name(shutil.copytree(t5_dir, tmp_path / "copy"))

@@ -86,7 +86,7 @@ def file_digest(path: Path) -> str:
     try:  # a memo that cannot be written only costs the next load a re-hash
         memo_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(memo_path, json.dumps(memo))
-    except OSError:
+    except (OSError, PixcadeError):  # PixcadeError: the write's own one-line OS error
         pass
     return digest.hexdigest()
 
