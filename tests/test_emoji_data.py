@@ -169,3 +169,16 @@ def test_unknown_style_missing_tarball_and_no_npm(packages, tmp_path, monkeypatc
     assert pixcade_main(["data", "emoji", "--out", str(tmp_path / "o"), "--from", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing emoji-datasource-google-16.0.0.tgz" in err
+
+
+def test_non_square_svg_is_centred_on_a_square_not_refused():
+    from pixcade.data.emoji.render import render_svg
+
+    tall = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 36">'
+            b'<rect width="32" height="36" fill="rgb(0,0,255)"/></svg>')
+    image = np.asarray(render_svg(tall, 64)).astype(int)
+    assert image.shape == (64, 64, 3)
+    blue = (image[:, :, 2] > 200) & (image[:, :, 0] < 50)
+    cols = np.flatnonzero(blue.all(axis=0))
+    assert blue.all(axis=0)[4:-4].all() and cols.min() >= 2 and 63 - cols.max() >= 2  # white bars both sides
+    assert abs(int(cols.min()) - (63 - int(cols.max()))) <= 1  # centred

@@ -30,6 +30,18 @@ def on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
 
 
+def pad_square(image: Image.Image) -> Image.Image:
+    """An RGBA image centred on a transparent square of its longer side (not cropped: the
+    style's framing is kept whole)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    square.paste(image, ((side - w) // 2, (side - h) // 2))
+    return square
+
+
 def render_svg(data: bytes, size: int) -> Image.Image:
     try:
         png = resvg_py.svg_to_bytes(svg_string=data.decode("utf-8"), width=size, height=size, skip_system_fonts=True)
@@ -37,26 +49,21 @@ def render_svg(data: bytes, size: int) -> Image.Image:
         image.load()
     except (ValueError, UnicodeDecodeError, OSError) as err:
         raise Refused(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
-    if image.size != (size, size):
-        raise Refused(f"rendered at {image.size[0]}x{image.size[1]}, not {size}x{size}")
-    return on_white(image)
+    if max(image.size) != size:
+        raise Refused(f"rendered at {image.size[0]}x{image.size[1]}, not {size} px")
+    return on_white(pad_square(image.convert("RGBA")))  # a 32x33 viewBox renders 63x64
 
 
 def render_raster(data: bytes, size: int) -> Image.Image:
-    """A PNG/WebP: padded with transparency to a centred square if it is not one (a few
-    Fluent 3D images are 256x264), downsampled premultiplied when larger than `size`."""
+    """A PNG/WebP: padded to a square (`pad_square`: a few Fluent 3D images are 256x264),
+    downsampled premultiplied when larger than `size`."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
         image = image.convert("RGBA")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise Refused(str(err) or type(err).__name__) from None
-    w, h = image.size
-    if w != h:
-        side = max(w, h)
-        square = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-        square.paste(image, ((side - w) // 2, (side - h) // 2))
-        image = square
+    image = pad_square(image)
     if image.size[0] < size:
         raise Refused(f"{image.size[0]} px source is smaller than {size} px")
     if image.size[0] > size:
