@@ -4,6 +4,8 @@ which hide a cycle rather than break it; imports under TYPE_CHECKING do not coun
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 from train_support import REPO
 
@@ -61,3 +63,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     assert _cycle(_graph()) is None
+
+
+def test_the_entry_point_and_the_training_config_do_not_load_torch():
+    # torch takes seconds to import: `pixcade --help`, `pixcade train --help` and config
+    # errors answer without it (the reason the imports that would pull it in are deferred).
+    code = ("import sys, pixcade.cli, pixcade.train.cli, pixcade.train.config; "
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

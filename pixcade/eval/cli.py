@@ -15,15 +15,16 @@ from pixcade.commands import ArgumentParser, emit_json
 from pixcade.data.shapes import evaluation_prompts
 from pixcade.errors import PixcadeError
 from pixcade.eval import sweep
+from pixcade.eval.clip_score import clip_score_report, load_clip, pair_images_with_prompts
 from pixcade.eval.features import get_extractor
 from pixcade.eval.fid import compare_image_sets
 from pixcade.eval.provenance import model_digest
 from pixcade.eval.shapes_benchmark import BenchmarkRun, run_benchmark, run_sweep
+from pixcade.eval.shapes_features import train_shapes_features
 from pixcade.eval.sr_psnr import evaluate_sr, write_sr_report
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, save_grid
 from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade
-
 
 
 def _command(subcommand: str, argv: list[str]) -> str:
@@ -92,8 +93,6 @@ def clip_score_main(argv: list[str]) -> int:
     p.add_argument("--out", help="also write the JSON result here")
     args = p.parse_args(argv)
     _at_least(args.batch_size, "--batch-size", bound="batch")
-
-    from pixcade.eval.clip_score import clip_score_report, load_clip, pair_images_with_prompts
 
     pairs = pair_images_with_prompts(args.images, args.prompts)
     result = clip_score_report(load_clip(args.clip, args.device), pairs, args.batch_size)
@@ -203,8 +202,6 @@ def train_shapes_features_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     _at_least(args.batch_size, "--batch-size", bound="batch")
     _at_least(args.resolution, "--resolution", bound="resolution")
-
-    from pixcade.eval.shapes_features import train_shapes_features
 
     result = train_shapes_features(args.out, steps=args.steps, resolution=args.resolution, seed=args.seed,
                                    batch_size=args.batch_size)

@@ -20,6 +20,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pixcade.errors import PixcadeError
+from pixcade.eval.fid import IMAGE_SUFFIXES, image_index, read_image_index
+from pixcade.pipeline.images import open_image
 
 
 def scores_from_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
@@ -52,7 +54,7 @@ def load_clip(directory: str | Path, device: str = "cpu") -> ClipModel:
         raise PixcadeError(
             f"{path} is not a CLIP model directory (no config.json or open_clip_config.json)"
         )
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel  # here: ~2.5 s to import
 
     try:
         # safetensors only: pixcade never unpickles weight files.
@@ -146,7 +148,6 @@ def pair_images_with_prompts(images_dir: str | Path, prompts: str | Path | None)
       ``pixcade generate`` folder is scored on its final images, not its grid or
       ``stages/``), else each image's caption is the ``.txt`` file beside it.
     """
-    from pixcade.eval.fid import IMAGE_SUFFIXES, image_index, read_image_index
 
     root = Path(images_dir)
     if not root.is_dir():
@@ -176,7 +177,6 @@ def pair_images_with_prompts(images_dir: str | Path, prompts: str | Path | None)
 
 def clip_score_report(clip: ClipModel, pairs: list[tuple[Path, str]], batch_size: int = 32) -> dict:
     """Per-prompt mean CLIP score and the mean over prompts, as a JSON-ready dict."""
-    from pixcade.pipeline.images import open_image
 
     images = [open_image(p) for p, _ in tqdm(pairs, desc="load images", unit="img")]
     scores = clip_scores(clip, images, [t for _, t in pairs], batch_size)

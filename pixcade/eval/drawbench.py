@@ -63,6 +63,7 @@ def load_manifest(directory: str | Path) -> dict:
 def generate(prompts: list[dict], models: list[str], n: int, out: str | Path, seed: int = 0,
              device: str = "cpu", batch_size: int | None = None) -> dict:
     """``n`` images per prompt per model (each a saved cascade directory) under ``out``."""
+    # Here: the pipeline imports torch (~4 s), which `drawbench rate` and `report` never need.
     from pixcade.pipeline.cascade import Cascade
     from pixcade.pipeline.images import save_png_atomic
 

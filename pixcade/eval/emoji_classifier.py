@@ -24,7 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
+from tqdm import tqdm
 
 from pixcade.data.samples import DECODE_ERRORS
 from pixcade.data.transforms import to_tensor
@@ -142,7 +145,6 @@ def train_classifier(
     """Trains on `data` (the training rows only); returns the network (eval mode) and a log."""
     if steps < 1 or batch_size < 1:
         raise PixcadeError("the emoji classifier needs steps >= 1 and batch size >= 1")
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -209,8 +211,6 @@ def file_digest(path: str | Path) -> str:
 
 def load_classifier(path: str | Path) -> tuple[EmojiClassifier, dict[str, Any]]:
     """(network in eval mode, its training info plus `digest`)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():

@@ -20,6 +20,8 @@ from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import load_classifier, read_manifest, save_classifier, train_classifier
 from pixcade.eval.fid import image_index
+from pixcade.eval.sr_psnr import sr_stage_name
+from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
 
 BASE, SR = "base-64", "sr-256"
@@ -80,8 +82,6 @@ def sr_main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    from pixcade.pipeline.cascade import Cascade
-    from pixcade.eval.sr_psnr import sr_stage_name
 
     manifest = args.data / SR / "heldout.jsonl"
     rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]

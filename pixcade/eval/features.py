@@ -23,6 +23,9 @@ import torch
 
 from pixcade.data.transforms import to_pil
 from pixcade.errors import PixcadeError
+from pixcade.eval.clip_score import load_clip
+from pixcade.eval.inception import load_inception
+from pixcade.eval.shapes_features import load_shapes_features
 
 NOT_COMPARABLE = "NOT comparable to published FID/KID (features are not the TF-Inception pool3)"
 
@@ -55,19 +58,16 @@ def get_extractor(spec: str | None, inception_weights: str | None = None, device
     if spec == "inception":
         if inception_weights is None:
             raise PixcadeError("--features inception needs --inception-weights FILE")
-        from pixcade.eval.inception import load_inception
 
         return FeatureExtractor("inception-v3-fid", load_inception(inception_weights, device), True)
     if inception_weights is not None:
         raise PixcadeError(f"--inception-weights is only used with --features inception, not {spec!r}")
     kind, _, arg = spec.partition(":")
     if kind == "clip" and arg:
-        from pixcade.eval.clip_score import load_clip
 
         clip = load_clip(arg, device)
         return FeatureExtractor(f"clip:{clip.name}", lambda x: clip.encode_images([to_pil(im) for im in x]), False)
     if kind == "shapes" and arg:
-        from pixcade.eval.shapes_features import load_shapes_features
 
         return FeatureExtractor(f"shapes-cnn:{arg}", load_shapes_features(arg, device), False)
     if kind == "py" and ":" in arg:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from pixcade.errors import PixcadeError
@@ -239,7 +240,6 @@ def load_inception(path: str | Path, device: str = "cpu") -> FIDInceptionV3:
     if not path.is_file():
         raise PixcadeError(f"Inception weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
         try:
             state = load_file(str(path))

@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from pixcade.data.render import render
+from pixcade.data.shapes import COLOURS, KINDS, sample_scene
 from pixcade.data.transforms import to_tensor
 from pixcade.errors import PixcadeError
 from pixcade.io import save_tensors
@@ -35,7 +39,6 @@ class ShapesFeaturesConfig:
 
 
 def _pairs() -> list[tuple[str, str]]:
-    from pixcade.data.shapes import COLOURS, KINDS
 
     return [(c, k) for c in COLOURS for k in KINDS]
 
@@ -67,8 +70,6 @@ class ShapesFeatureNet(nn.Module):
 
 
 def _batch(rng: np.random.Generator, n: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from pixcade.data.render import render
-    from pixcade.data.shapes import sample_scene
 
     index = {p: i for i, p in enumerate(_pairs())}
     images, pairs, counts = [], torch.zeros(n, len(index)), torch.zeros(n, dtype=torch.long)
@@ -118,8 +119,6 @@ def train_shapes_features(out: str | Path, steps: int = 2000, resolution: int = 
 
 
 def load_shapes_features(path: str | Path, device: str = "cpu") -> ShapesFeatureNet:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from pixcade.data.shapes import parse_caption
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_bytes
 from pixcade.pipeline.images import png_bytes
@@ -56,7 +57,6 @@ def wrap(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width:
 
 def prompt_label(prompt: str) -> str:
     """The prompt, marked when it is a shapes caption naming a held-out pair."""
-    from pixcade.data.shapes import parse_caption
 
     try:
         held_out = parse_caption(prompt).held_out

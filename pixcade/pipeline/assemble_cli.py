@@ -9,6 +9,7 @@ from pathlib import Path
 from pixcade.commands import ArgumentParser
 from pixcade.io import atomic_write_text
 from pixcade.pipeline import saving
+from pixcade.pipeline.cascade import assemble
 
 SOURCES = "sources.json"  # beside cascade.json; Cascade ignores it
 
@@ -32,7 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from pixcade.pipeline.cascade import assemble  # torch only once the arguments are good
 
     cascade = assemble(args.stages, args.out, args.set)
     out = Path(args.out)

@@ -14,16 +14,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pixcade.data.transforms import square_tensor
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_generation
 from pixcade.pipeline import saving
 from pixcade.pipeline.images import open_image, to_pil
-from pixcade.pipeline.shipped import resolve_model
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
-from pixcade.diffusion.settings import SamplingSettings
 from pixcade.pipeline.options import PerStage, parse_assignment, resolve, settings_from_text
+from pixcade.pipeline.shipped import resolve_model
 from pixcade.stage import Stage
-from pixcade.text.encoders import DEFAULT_ENCODER
+from pixcade.text.encoders import DEFAULT_ENCODER, load_text_encoder
 
 StartImage = Image.Image | str | os.PathLike
 
@@ -69,7 +69,6 @@ class StageBars:
 @functools.lru_cache(maxsize=4)
 def _load_encoder(name: str, max_length: int, device: str) -> Any:
     """Encoders are frozen, so cascades loaded in one process (a server, tests) share them."""
-    from pixcade.text.encoders import load_text_encoder
 
     return load_text_encoder(name, max_length=max_length, device=device)
 

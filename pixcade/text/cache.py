@@ -48,6 +48,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
 
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_text, save_tensors
@@ -287,7 +288,6 @@ class EmbeddingCache:
             return 0
         # Neighbours of similar length batch with little padding.
         todo.sort(key=len)
-        from tqdm.auto import tqdm
 
         pending: list[tuple[str, torch.Tensor]] = []
         pending_bytes = 0

@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from pixcade.commands import ArgumentParser
+from pixcade.data.datasets import open_dataset
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_limit
-from pixcade.train import distributed as dist
 from pixcade.text.cache import DEFAULT_SHARD_BYTES
 from pixcade.text.distributed import build_distributed
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, DEFAULT_MAX_LENGTH, load_text_encoder
+from pixcade.train import distributed as dist
 
 
 def read_caption_file(path: str) -> list[str]:
@@ -58,7 +59,6 @@ def main(argv: list[str]) -> int:
     if args.captions:
         captions = read_caption_file(args.captions)
     else:
-        from pixcade.data.datasets import open_dataset
 
         # The dataset's own caption reading (UTF-8, stripped), so cache keys match the
         # captions training looks up.

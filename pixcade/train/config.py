@@ -24,11 +24,14 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_limit
 from pixcade.schema import from_json
+
+if TYPE_CHECKING:
+    from pixcade.stage import StageConfig
 
 OPTIMIZERS = ("adam", "adafactor")
 LR_SCHEDULES = ("constant", "cosine")
@@ -237,8 +240,8 @@ class StageEntry:
         if self.distill is not None and set(self.stage) != {"name"}:
             raise PixcadeError("a distilled stage's model is its teacher's: give its stage only a 'name'")
 
-    def stage_config(self):  # -> StageConfig; imported lazily (it pulls in the U-Net)
-        from pixcade.stage import StageConfig
+    def stage_config(self) -> StageConfig:
+        from pixcade.stage import StageConfig  # here: it imports torch (see resolve_unet)
 
         if self.distill is not None:
             raise PixcadeError(f"stage {self.name!r} is distilled from a teacher: its model comes from there")
@@ -303,10 +306,12 @@ def resolve_unet(stage: dict[str, Any]) -> dict[str, Any]:
     if isinstance(unet, str):
         unet = {"preset": unet}
     if isinstance(unet, dict) and "preset" in unet:
-        if not isinstance(unet["preset"], str):
-            raise PixcadeError(f"unet.preset must be a preset name (a string), got {unet['preset']!r}")
+        # Here, not at the top: the pixcade.nn package imports the U-Net and so torch (~4 s);
+        # this module stays torch-free so `pixcade train --help` and config errors are instant.
         from pixcade.nn.configs import get_preset
 
+        if not isinstance(unet["preset"], str):
+            raise PixcadeError(f"unet.preset must be a preset name (a string), got {unet['preset']!r}")
         overrides = {k: v for k, v in unet.items() if k != "preset"}
         stage["unet"] = get_preset(unet["preset"], **overrides)
     return stage
