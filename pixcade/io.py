@@ -87,7 +87,8 @@ def _umask() -> int:
     return mask
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this machine) is running; True when unknowable."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -108,7 +109,7 @@ def remove_stale_temps(directory: str | os.PathLike) -> int:
         return 0
     for name in names:
         m = _TEMP_NAME.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
             path = os.path.join(directory, name)
             try:
                 if os.path.isdir(path) and not os.path.islink(path):

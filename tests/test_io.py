@@ -143,3 +143,33 @@ def test_a_killed_exports_temporary_folder_is_removed_by_the_next_export(tmp_pat
     (debris / "ema.safetensors").write_bytes(b"half")
     write_stage_export(tmp_path / "final", {"name": "base"}, "minilm", 32, {"w": torch.zeros(1)}, step=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+
+
+@pytest.mark.parametrize("final_exists", [False, True])
+def test_an_export_killed_between_its_renames_loses_nothing(tmp_path, final_exists):
+    """Killed after moving the previous export aside and before renaming the new one in:
+    the next export puts the previous one back first (or, when a whole newer one is in
+    place, drops it), so the folder never stays without its export."""
+    import subprocess
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pixcade.train.export import _recover_previous, write_stage_export
+
+    def export(path, value):
+        write_stage_export(path, {"name": "base"}, "minilm", 32, {"w": torch.full((1,), value)}, step=int(value))
+
+    def weight():
+        return load_file(str(tmp_path / "final" / "ema.safetensors"))["w"].item()
+
+    if final_exists:
+        export(tmp_path / "final", 2.0)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # the killed exporter's pid
+    export(tmp_path / f".final.{gone.pid}.old", 1.0)
+    _recover_previous(tmp_path / "final")  # what the next export does first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert weight() == (2.0 if final_exists else 1.0)
+    export(tmp_path / "final", 3.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and weight() == 3.0

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from pixcade.errors import PixcadeError
-from pixcade.io import remove_stale_temps, save_tensors, temp_name
+from pixcade.io import pid_alive, remove_stale_temps, save_tensors, temp_name
 from pixcade.train import checkpoint as ckpt
 from pixcade.train import sharded_checkpoint as sharded
 
@@ -34,22 +34,37 @@ def write_stage_export(
     """Write ``out/stage.json`` + ``out/ema.safetensors``, replacing ``out`` as a whole.
 
     Written beside ``out`` first and renamed into place, so a reader (or a crash) never
-    sees a directory with new weights and an old config.
+    sees a directory with new weights and an old config. The previous ``out`` is moved
+    aside (``.NAME.PID.old``) for the moment between the two renames; an export killed
+    there leaves it, and the next export puts it back (or, when a whole newer ``out``
+    exists, removes it).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent)  # the temporary folder of an export killed midway
+    _recover_previous(out)
     tmp = temp_name(out)
     tmp.mkdir()
     meta = {"stage": dict(stage), "text_encoder": text_encoder, "max_length": max_length, "step": step}
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1))
     save_tensors(tmp / "ema.safetensors", ema)
-    old = out.with_name(f".{out.name}-old-{os.getpid()}")
+    old = out.with_name(f".{out.name}.{os.getpid()}.old")
     if out.exists():
         os.rename(out, old)
     os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _recover_previous(out: Path) -> None:
+    for old in out.parent.glob(f".{out.name}.*.old"):
+        pid = old.name[len(out.name) + 2: -len(".old")]
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue  # not ours, or an export still running
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, out)
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:
