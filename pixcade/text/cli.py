@@ -1,27 +1,15 @@
-"""`pixcade embed`: precompute a dataset's caption embeddings into an EmbeddingCache."""
+"""`pixcade embed`: parse, then `pixcade.text.distributed.read_captions` and `embed`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pixcade.commands import ArgumentParser
-from pixcade.data.datasets import open_dataset
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_limit
 from pixcade.text.cache import DEFAULT_SHARD_BYTES
-from pixcade.text.distributed import build_distributed
-from pixcade.text.encoders import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, DEFAULT_MAX_LENGTH, load_text_encoder
-from pixcade.train import distributed as dist
-
-
-def read_caption_file(path: str) -> list[str]:
-    """One caption per line, stripped like dataset captions are; blank lines are skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise PixcadeError(f"cannot read captions file {path}: {err}") from None
+from pixcade.text.distributed import embed, read_captions
+from pixcade.text.encoders import DEFAULT_BATCH_SIZE, DEFAULT_ENCODER, DEFAULT_MAX_LENGTH
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,32 +44,12 @@ def main(argv: list[str]) -> int:
     check_limit("batch", args.batch_size, "--batch-size")
     if args.shard_mb <= 0:
         raise PixcadeError(f"--shard-mb must be positive, got {args.shard_mb}")
-    if args.captions:
-        captions = read_caption_file(args.captions)
-    else:
-
-        # The dataset's own caption reading (UTF-8, stripped), so cache keys match the
-        # captions training looks up.
-        dataset = open_dataset(args.data)
-        captions = list(dataset.captions())
-        bad = getattr(dataset, "unreadable_shards", [])  # tar shards only
-        if bad:
-            shown = "; ".join(f"{shard}: {why}" for shard, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
-            print(f"pixcade embed: warning: {len(bad)} of {len(dataset.shards)} shard(s) could not be read "
-                  f"to the end, their remaining captions are not embedded ({shown})", file=sys.stderr)
-    if not captions:
-        raise PixcadeError(f"no captions in {args.captions or args.data}")
-    info = dist.setup(args.device)  # under torchrun: this rank's device (cuda:LOCAL_RANK)
-    try:
-        encoder = load_text_encoder(args.encoder, max_length=args.max_length, device=info.device, dtype=args.dtype)
-        shard_bytes = int(args.shard_mb * 2**20)
-        computed = build_distributed(info, args.out, captions, encoder, batch_size=args.batch_size,
-                                     shard_bytes=shard_bytes)
-    finally:
-        dist.teardown(info)
-    if not info.is_main:
-        return 0
-    distinct = len(set(captions))
-    print(f"{len(captions)} captions ({distinct} distinct): {computed} embedded, {distinct - computed} already "
-          f"cached; encoder {encoder.name!r}, max_length {encoder.max_length}, cache {args.out}")
+    captions = read_captions(args.captions, args.data)
+    result = embed(captions, args.out, args.encoder, max_length=args.max_length, device=args.device,
+                   dtype=args.dtype, batch_size=args.batch_size, shard_bytes=int(args.shard_mb * 2**20))
+    if result is not None:  # the main process reports
+        computed, name, max_length = result
+        distinct = len(set(captions))
+        print(f"{len(captions)} captions ({distinct} distinct): {computed} embedded, {distinct - computed} already "
+              f"cached; encoder {name!r}, max_length {max_length}, cache {args.out}")
     return 0

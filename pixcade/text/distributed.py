@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
+from pixcade.data.datasets import open_dataset
+from pixcade.errors import PixcadeError
 from pixcade.text.cache import EmbeddingCache, cache_key
-from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder
+from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, load_text_encoder
 from pixcade.train import distributed as dist
 from pixcade.train.distributed import DistInfo
 
@@ -74,3 +77,44 @@ def build_distributed(info: DistInfo, directory: str | Path, captions: list[str]
         merge_parts(cache)
     dist.barrier(info)
     return sum(dist.gather_objects(info, computed))
+
+
+def read_caption_file(path: str) -> list[str]:
+    """One caption per line, stripped like dataset captions are; blank lines are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise PixcadeError(f"cannot read captions file {path}: {err}") from None
+
+
+def read_captions(captions_file: str | None, data: str | None) -> list[str]:
+    """The captions `pixcade embed` embeds: a file's lines, or every caption of a dataset read
+    as training reads them (UTF-8, stripped), so cache keys match what training looks up."""
+    if captions_file:
+        captions = read_caption_file(captions_file)
+    else:
+        dataset = open_dataset(data)
+        captions = list(dataset.captions())
+        bad = getattr(dataset, "unreadable_shards", [])  # tar shards only
+        if bad:
+            shown = "; ".join(f"{shard}: {why}" for shard, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+            print(f"pixcade embed: warning: {len(bad)} of {len(dataset.shards)} shard(s) could not be read "
+                  f"to the end, their remaining captions are not embedded ({shown})", file=sys.stderr)
+    if not captions:
+        raise PixcadeError(f"no captions in {captions_file or data}")
+    return captions
+
+
+def embed(captions: list[str], directory: str | Path, encoder: str, *, max_length: int, device: str | None,
+          dtype: str, batch_size: int, shard_bytes: int) -> tuple[int, str, int] | None:
+    """Embed ``captions`` into the cache ``directory`` with ``encoder`` in this process, or
+    with its share of them under torchrun. On the main process (computed now, the encoder's
+    name, its max_length); None on the others."""
+    info = dist.setup(device)  # under torchrun: this rank's device (cuda:LOCAL_RANK)
+    try:
+        loaded = load_text_encoder(encoder, max_length=max_length, device=info.device, dtype=dtype)
+        computed = build_distributed(info, directory, captions, loaded, batch_size=batch_size, shard_bytes=shard_bytes)
+    finally:
+        dist.teardown(info)
+    return (computed, loaded.name, loaded.max_length) if info.is_main else None
