@@ -378,7 +378,7 @@ class EmbeddingCache:
         self._adopt_orphans()
         self._save_index()
         warnings.warn(f"embedding cache index was unreadable (kept as {kept}); rebuilt it from "
-                      f"{len(self._index['shards'])} shard(s)", stacklevel=3)
+                      f"{len(self._index['shards'])} shard(s)", stacklevel=5)  # past _writing and contextlib
 
     def _drop_bad_shards(self, captions: list[str]) -> None:
         entries = self._index["entries"]
