@@ -9,9 +9,10 @@ where z = x0. Thresholding and guidance live in the denoiser, so every solver ap
 at every step.
 
 A new spacing is one function and one SPACINGS row; a new sampler one function and one
-SAMPLERS row. Its keyword-only arguments with defaults (besides noise_sampler and
-callback) are its own options: `SamplingSettings.sampler_args` is checked against them, so
-they reach saved models, the CLI and the server with no other edit.
+SAMPLERS row. Its keyword-only arguments (besides noise_sampler and callback), each with a
+default of type bool, int, float or str, are its own options: `SamplingSettings.sampler_args`
+is checked against them, so they reach saved models, the CLI and the server with no other
+edit.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from pixcade.diffusion.samplers import check_steps
 from pixcade.errors import PixcadeError
 from pixcade.schema import check_known_keys, from_json
 
-def real(value: Any, name: str) -> float:
+
+def _real(value: Any, name: str) -> float:
     """``value`` as a float if it is a finite int or float (not bool), else PixcadeError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise PixcadeError(f"{name} must be a finite number, got {value!r}")
@@ -78,13 +79,13 @@ class SamplingSettings:
             raise PixcadeError(f"sampler_args must be a mapping, got {self.sampler_args!r}")
         args = samplers.check_sampler(self.sampler, self.sampler_args)
         check_steps(self.steps)
-        weight = real(self.guidance_weight, "guidance weight")
+        weight = _real(self.guidance_weight, "guidance weight")
         if weight < 0:
             raise PixcadeError(f"guidance weight must be >= 0, got {self.guidance_weight!r}")
         if not isinstance(self.threshold, str):
             raise PixcadeError(f"threshold must be a string, got {self.threshold!r}")
         guidance.parse_threshold(self.threshold)
-        aug = real(self.aug_level, "noise-augmentation level")
+        aug = _real(self.aug_level, "noise-augmentation level")
         if not 0.0 <= aug <= 1.0:
             raise PixcadeError(f"noise-augmentation level must be in [0, 1], got {self.aug_level!r}")
         if self.spacing is not None:
