@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
-from pixcade.serve.jobs import JobManager
 from pixcade.serve.requests import Limits
-from pixcade.serve.server import make_server
-from pixcade.web.limits import is_loopback
+from pixcade.serve.server import serve
 
 EPILOG = """\
 The page at http://HOST:PORT/ takes a prompt, seed, guidance, steps and number of images,
@@ -60,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    # Here: the pipeline imports torch (~4 s), not needed for --help or a bad argument.
     from pixcade.pipeline.cascade import Cascade
     from pixcade.pipeline.jobs import pick_device
     from pixcade.pipeline.shipped import resolve_model
@@ -75,21 +72,6 @@ def main(argv: list[str]) -> int:
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
     cascade.encoder  # load the text encoder now: a mismatch fails here, not on the first request
-    manager = JobManager(CascadeModel(cascade), max_queue=limits.max_queue, keep=args.keep_jobs, ttl=args.job_ttl)
-    server = make_server(manager, limits, args.host, args.port, args.allow_host)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    if not is_loopback(args.host):
-        print(f"pixcade serve: warning: listening on {args.host}, reachable from other machines; "
-              f"there is no authentication (answering Host names: {', '.join(server.hosts)})", file=sys.stderr)
-    manager.start()
-    print(f"pixcade serve: {model_dir} (stages {', '.join(cascade.names)}) at {server.url}/", flush=True)
-    try:
-        server.serve_forever()  # Ctrl-C: the running job is cancelled at its next step, open requests end
-    except KeyboardInterrupt:
-        print("pixcade serve: stopped", file=sys.stderr)
-    finally:
-        # Joining the worker (rather than leaving a daemon thread inside torch at interpreter
-        # exit) avoids an abort ("terminate called without an active exception").
-        manager.stop(timeout=10, cancel=True)
-        server.close()
+    serve(CascadeModel(cascade), limits, args.host, args.port, args.allow_host, keep=args.keep_jobs,
+          ttl=args.job_ttl, label=f"{model_dir} (stages {', '.join(cascade.names)})")
     return 0

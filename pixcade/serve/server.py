@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sys
 from importlib import resources
 from typing import Any, AsyncIterator, Sequence
 
@@ -39,7 +41,7 @@ from pixcade.serve.jobs import TERMINAL, Job, JobManager, QueueFull
 from pixcade.serve.requests import Limits, RequestError, check_resolved_steps, parse_request
 from pixcade.web.body import read_json
 from pixcade.web.guard import error_response, guarded_app
-from pixcade.web.limits import WebLimits, allowed_hosts
+from pixcade.web.limits import WebLimits, allowed_hosts, is_loopback
 from pixcade.web.pages import page_routes
 from pixcade.web.server import WebServer
 
@@ -192,3 +194,27 @@ def make_server(manager: JobManager, limits: Limits, host: str = "127.0.0.1", po
     """A bound (not yet serving) server; call ``serve_forever()`` (e.g. in a thread).
     ``hosts``: Host names to answer besides the loopback ones (`allowed_hosts`)."""
     return PixcadeServer(manager, limits, host, port, hosts, web)
+
+
+def serve(model: Any, limits: Limits, host: str, port: int, hosts: Sequence[str] = (), *, keep: int, ttl: float,
+          label: str) -> None:
+    """Serve ``model`` (a `serve.model.CascadeModel`) until Ctrl-C: one worker running jobs,
+    at most ``limits.max_queue`` waiting, finished ones kept (``keep``, ``ttl``); ``label``
+    names the model in the start-up line."""
+    manager = JobManager(model, max_queue=limits.max_queue, keep=keep, ttl=ttl)
+    server = make_server(manager, limits, host, port, hosts)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if not is_loopback(host):
+        print(f"pixcade serve: warning: listening on {host}, reachable from other machines; "
+              f"there is no authentication (answering Host names: {', '.join(server.hosts)})", file=sys.stderr)
+    manager.start()
+    print(f"pixcade serve: {label} at {server.url}/", flush=True)
+    try:
+        server.serve_forever()  # Ctrl-C: the running job is cancelled at its next step, open requests end
+    except KeyboardInterrupt:
+        print("pixcade serve: stopped", file=sys.stderr)
+    finally:
+        # Joining the worker (rather than leaving a daemon thread inside torch at interpreter
+        # exit) avoids an abort ("terminate called without an active exception").
+        manager.stop(timeout=10, cancel=True)
+        server.close()
