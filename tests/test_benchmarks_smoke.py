@@ -127,3 +127,29 @@ def test_training_targets_report_best_and_median_ratios(run_module):
     res["pixcade@fp32"] = train(17.0, [17.0])
     (line,) = run_module.summary(res, args)
     assert "1.42x (MISSED; best of each)." in line and "median" not in line  # one run has no median
+
+
+def test_distill_cost_times_every_phase_of_a_saved_stage(tmp_path):
+    """benchmarks/distill_cost.py on a tiny v cascade: the guided base (guided phase and
+    halving its student) and the unguided SR stage (halving only), ratios to training."""
+    import dataclasses
+
+    from tiny_cascade import build_tiny_cascade
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import distill_cost
+
+        cascade = build_tiny_cascade(seed=0)
+        for stage, w in zip(cascade.stages, (3.0, 1.0)):
+            stage.config = dataclasses.replace(stage.config, parameterization="v", guidance_weight=w)
+        cascade.save_pretrained(tmp_path / "model")
+        assert distill_cost.main(["--model", str(tmp_path / "model"), "--stage", "base", "--batch", "2",
+                                  "--repeats", "1", "--json", str(tmp_path / "base.json")]) == 0
+        base = json.loads((tmp_path / "base.json").read_text())
+        sr = distill_cost.measure(str(tmp_path / "model"), "sr", batch=2, repeats=1, bf16=False, device="cpu")
+    finally:
+        sys.path.remove(str(BENCH))
+    assert set(base["seconds_per_step"]) == {"train", "guided", "halve"} and set(sr["seconds_per_step"]) == {
+        "train", "halve"}
+    assert base["ratio_to_training"]["train"] == 1.0 and all(v > 0 for v in base["seconds_per_step"].values())
