@@ -184,7 +184,10 @@ class Distillation:
 
         teacher = self.teacher
         student_cond = cond(self.student, w)
-        student = lambda z, t: self.student.net(z, t, **student_cond)  # noqa: E731
+
+        def student(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.student.net(z, t, **student_cond)
+
         if self.cfg.phase == "guided":
             c = cond(teacher, None)
             guided = guided_output(teacher.net, c, unconditional(c), w)
