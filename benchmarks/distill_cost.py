@@ -34,7 +34,7 @@ def _student(teacher: Stage, cfg: DistillConfig) -> Distillation:
 def measure(model: str, stage: str, batch: int, repeats: int, bf16: bool, device: str) -> dict:
     teacher = load_teacher(model, stage, device).stage
     c = teacher.config
-    w = c.guidance_weight
+    w = c.sampling.guidance_weight
     losses = {}
     plain = Stage(c)
     plain.net.load_state_dict(teacher.net.state_dict())

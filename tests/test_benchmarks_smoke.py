@@ -142,7 +142,8 @@ def test_distill_cost_times_every_phase_of_a_saved_stage(tmp_path):
 
         cascade = build_tiny_cascade(seed=0)
         for stage, w in zip(cascade.stages, (3.0, 1.0)):
-            stage.config = dataclasses.replace(stage.config, parameterization="v", guidance_weight=w)
+            stage.config = dataclasses.replace(stage.config, parameterization="v",
+                                               sampling=stage.config.sampling.replace(guidance_weight=w))
         cascade.save_pretrained(tmp_path / "model")
         assert distill_cost.main(["--model", str(tmp_path / "model"), "--stage", "base", "--batch", "2",
                                   "--repeats", "1", "--json", str(tmp_path / "base.json")]) == 0
