@@ -16,7 +16,7 @@ from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
 from pixcade.train import checkpoint as ckpt
 from pixcade.train.export import write_stage_export
-from train_support import build_cache, make_shapes, state_equal, tiny_config_dict
+from train_support import build_cache, launch, make_shapes, state_equal, tiny_config_dict, wait_all
 
 QUICK = dict(batch_size=4, max_steps=4, log_every=1, checkpoint_every=2, sample_every=1000, warmup_steps=1,
              num_workers=0)
@@ -125,3 +125,19 @@ def test_train_and_distill_refuse_each_others_entries(shapes, teachers, tmp_path
     config = _config(tmp_path, shapes, "sr", {"teacher": str(teachers["sr"]), "phase": "guided"})
     assert _distill("--config", config, "--stage", "sr", "--out", tmp_path / "r") == 2
     assert "samples unguided (guidance_weight 1): there is no guidance to distil" in capsys.readouterr().err
+
+
+def test_guided_phase_under_two_process_ddp(shapes, teachers, tmp_path):
+    """`pixcade distill` started as torchrun starts it (gloo, 2 ranks, global batch 4 = 2 x 2):
+    the student trains from its teacher's weights and exports a guidance-conditioned stage."""
+    from safetensors.torch import load_file
+
+    config = _config(tmp_path, shapes, "base", {"teacher": str(teachers["base"]), "phase": "guided"}, max_steps=3)
+    run = tmp_path / "ddp"
+    wait_all(launch(["-m", "pixcade.cli", "distill", "--config", str(config), "--stage", "base", "--out", str(run),
+                     "--device", "cpu"], 2))
+    assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).step == 3
+    student, teacher = load_file(run / "final/ema.safetensors"), load_file(teachers["base"] / "ema.safetensors")
+    assert set(student) - set(teacher) == {k for k in student if k.startswith("guidance_emb.")} != set()
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # it trained
+    assert student["guidance_emb.mlp.2.weight"].abs().max() > 0  # the zero projection learnt

@@ -295,3 +295,14 @@ def test_the_shipped_cascade_is_distillable_with_the_shipped_distill_config():
         assert (teacher.text_encoder, teacher.max_length) == (config.text_encoder, config.max_length)
         student = student_config(teacher.stage.config, entry.distill)
         assert (student.guidance_conditioned, student.distilled_steps) == expect
+
+
+def test_a_training_entry_cannot_ask_for_a_guidance_conditioned_unet():
+    from pixcade.train.config import CascadeTrainConfig
+
+    stage = {"name": "base", "resolution": 16, "unet": {"preset": "tiny-base", "guidance_conditioned": True}}
+    with pytest.raises(PixcadeError, match=r"stages\[0\].stage: a guidance-conditioned U-Net is made by `pixcade distill`"):
+        CascadeTrainConfig.from_dict({"stages": [{"stage": stage}]})
+    with pytest.raises(PixcadeError, match="give its stage only a 'name'"):
+        CascadeTrainConfig.from_dict({"stages": [{"stage": {"name": "base", "resolution": 16},
+                                                  "distill": {"teacher": "t"}}]})

@@ -275,9 +275,12 @@ class CascadeTrainConfig:
             if entry.distill is not None:  # its model is its teacher's, checked when loaded
                 continue
             try:
-                entry.stage_config()
+                stage = entry.stage_config()
             except PixcadeError as err:
                 raise PixcadeError(f"config stages[{i}].stage: {err}") from None
+            if stage.guidance_conditioned:  # the diffusion loss has no guidance weight to give it
+                raise PixcadeError(f"config stages[{i}].stage: a guidance-conditioned U-Net is made by "
+                                   "`pixcade distill` (phase 'guided'), not trained from data")
 
     def stage(self, name: str) -> StageEntry:
         for entry in self.stages:
