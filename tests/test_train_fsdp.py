@@ -10,6 +10,7 @@ import textwrap
 import torch
 from safetensors.torch import load_file
 
+from pixcade.cli import main as pixcade_main
 from pixcade.train import sharded_checkpoint as sc
 from pixcade.train.config import CascadeTrainConfig
 from pixcade.train.trainer import train
@@ -57,3 +58,21 @@ def test_two_process_fsdp_run_and_a_one_process_resume(tmp_path):
     result = train(config, "base", run, resume=True, device="cpu", max_steps=6)
     assert result.step == 6 and sc.is_sharded_checkpoint(result.last_checkpoint)
     assert not all(torch.equal(v, whole[k]) for k, v in result.net.state_dict().items())
+
+
+def test_cli_parallel_override_and_export_of_a_one_process_fsdp_run(tmp_path, capsys):
+    data = make_shapes(tmp_path / "data", 8, resolution=16)
+    build_cache(tmp_path / "cache", data)
+    conf = tiny_config_dict(data, tmp_path / "cache", "base", batch_size=4, max_steps=2, log_every=1,
+                            checkpoint_every=1, sample_every=1000, num_workers=0)
+    (tmp_path / "c.json").write_text(json.dumps(conf))
+    run = tmp_path / "run"
+    base = ["train", "--config", str(tmp_path / "c.json"), "--stage", "base", "--out", str(run), "--device", "cpu"]
+    assert pixcade_main([*base, "--parallel", "zero"]) == 2
+    assert "invalid choice: 'zero'" in capsys.readouterr().err
+    assert pixcade_main([*base, "--parallel", "fsdp"]) == 0
+    first = run / "checkpoints" / "step-00000001"
+    assert sc.is_sharded_checkpoint(first) and sc.is_sharded_checkpoint(run / "checkpoints" / "step-00000002")
+    assert pixcade_main(["train", "export", "--run", str(run), "--checkpoint", "1"]) == 0
+    exported = load_file(run / "exports" / "step-00000001" / "ema.safetensors")
+    assert all(torch.equal(v, sc.read_full(first, "ema")[k]) for k, v in exported.items())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
-from pixcade.train.config import load_config
+from pixcade.train.config import PARALLEL, load_config
 
 EPILOG = """\
 The same command runs under `torchrun --nproc_per_node N pixcade train ...` (one process
@@ -54,6 +54,8 @@ def build_parser(prog: str = "pixcade train", distill: bool = False) -> argparse
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global, all ranks)")
     p.add_argument("--num-workers", type=int, help="override train.num_workers")
     p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--parallel", choices=PARALLEL, help="override train.parallel: how torchrun's ranks share "
+                                                        "the model (fsdp shards it; docs/training.md)")
     if not distill:
         p.add_argument("--init-from", help="override train.init_from: start from a stage export's weights")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available; "
@@ -84,6 +86,7 @@ def _run(args: argparse.Namespace, distilling: bool) -> int:
     overrides = {
         "max_steps": args.max_steps, "data": args.data, "batch_size": args.batch_size,
         "num_workers": args.num_workers, "seed": args.seed, "init_from": getattr(args, "init_from", None),
+        "parallel": args.parallel,
     }
     train = entry.train.to_dict()
     train.update({k: v for k, v in overrides.items() if v is not None})
