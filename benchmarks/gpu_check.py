@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -37,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from common import REPO, autocast, gpu_peak_bf16, sync, timed  # noqa: E402
 
 from pixcade.nn.configs import get_preset  # noqa: E402
+from pixcade.pipeline.cascade import Cascade  # noqa: E402
 from pixcade.stage import Stage, StageConfig  # noqa: E402
 from pixcade.train import fsdp  # noqa: E402
 from pixcade.train.config import TrainConfig  # noqa: E402
@@ -98,8 +100,6 @@ def _train_step(stage: Stage, batch: int, device: torch.device, text_tokens: int
 
 def measure_training(label: str, preset: str, resolution: int, lowres: int | None, batch: int,
                      device: torch.device, *, steps: int, sharded: bool, fake: bool) -> dict[str, Any]:
-    from torch.utils.flop_counter import FlopCounterMode
-
     row: dict[str, Any] = {"stage": label, "preset": preset, "resolution": resolution,
                            "mode": "fsdp (1 rank)" if sharded else "single"}
     while True:
@@ -144,8 +144,6 @@ def _single_rank_group(device: torch.device) -> None:
 
 
 def sample_cascade(device: torch.device, fake: bool) -> dict[str, Any]:
-    from pixcade.pipeline.cascade import Cascade
-
     cascade = Cascade.from_pretrained(REPO / "pixcade" / "weights" / "shapes", device=device)
     prompts = ["a red circle", "two blue squares", "a green triangle left of a yellow circle", "three purple stars"]
     extra = {"steps": 2} if fake else {}

@@ -11,9 +11,10 @@ import time
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from pixcade.cli import main as pixcade_main
-from pixcade.text.cache import EmbeddingCache
+from pixcade.text.cache import EmbeddingCache, cache_key
 from pixcade.text.distributed import PARTS, merge_parts, parts_root
 from pixcade.text.encoders import encoder_name
 from tiny_text import WORDS
@@ -95,10 +96,6 @@ def test_killed_distributed_embed_resumes_without_reencoding(tmp_path):
 def _shard_captions(cache_dir) -> set[str]:
     """Captions whose embedding sits in a finished shard file of any part (from the shards'
     own metadata, as a resumed build sees them, index or not)."""
-    from safetensors import safe_open
-
-    from pixcade.text.cache import cache_key
-
     keys = set()
     for path in cache_dir.glob(f"{PARTS}/*/rank-*/shard-*.safetensors"):
         with safe_open(str(path), framework="pt") as f:

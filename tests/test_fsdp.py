@@ -4,6 +4,7 @@ of a sharded save costs only the steps since the previous checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from pixcade.errors import PixcadeError
 from pixcade.nn.configs import get_preset
@@ -20,7 +22,9 @@ from pixcade.train import checkpoint as ckpt
 from pixcade.train import fsdp, memory
 from pixcade.train import sharded_checkpoint as sc
 from pixcade.train.distributed import DistInfo
+from pixcade.train.ema import EMA
 from pixcade.train.export import export_checkpoint
+from pixcade.train.parallel import Parallel, check_checkpoint
 from train_support import REPO, launch, wait_all
 
 WORKER = str(REPO / "tests" / "fsdp_worker.py")
@@ -111,8 +115,6 @@ def test_single_process_round_trip_and_whole_tensors_for_export(tmp_path):
 
 
 def test_paper_base_sharded_over_8_fake_ranks_matches_the_memory_model():
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     cfg = get_preset("base64")
     shapes = [p.shape for p in memory.meta_unet(cfg).parameters()]
     per_rank = []
@@ -143,8 +145,6 @@ def test_activation_extrapolation_matches_a_direct_measurement():
 
 
 def test_docs_hold_the_current_memory_table():
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("memory_model", REPO / "scripts" / "memory_model.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -153,9 +153,6 @@ def test_docs_hold_the_current_memory_table():
 
 
 def test_parallel_picks_the_checkpoint_format_and_reads_either(tmp_path):
-    from pixcade.train.ema import EMA
-    from pixcade.train.parallel import Parallel
-
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     saved = {}
     for kind in ("ddp", "fsdp"):
@@ -185,8 +182,6 @@ def test_parallel_picks_the_checkpoint_format_and_reads_either(tmp_path):
 
 
 def test_a_damaged_sharded_checkpoint_is_named_and_older_ones_offered(tmp_path):
-    from pixcade.train.parallel import check_checkpoint
-
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     net = EfficientUNet(get_preset("tiny-base"))
     opt = torch.optim.Adam(net.parameters())
