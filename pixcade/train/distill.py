@@ -194,7 +194,8 @@ class Distillation:
             return guided_distillation_loss(student, guided, images, teacher.schedule, generator=generator)
         # A halving teacher takes w as an input or is unguided: one pass, its own threshold.
         tc = teacher.config
-        denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization,
-                                   cond(teacher, w if tc.guidance_conditioned else None), None, 1.0, tc.sampling.threshold)
+        teacher_cond = cond(teacher, w if tc.guidance_conditioned else None)
+        denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization, teacher_cond, None, 1.0,
+                                   tc.sampling.threshold)
         return halving_loss(student, denoiser, images, teacher.schedule, self.student.config.parameterization,
                             self.student.config.distilled_steps, generator=generator)
