@@ -91,3 +91,14 @@ def moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rel_err(est: torch.Tensor, true: torch.Tensor) -> float:
     return (torch.linalg.norm(est - true) / torch.linalg.norm(true)).item()
+
+
+def in_precision(denoiser, dtype: torch.dtype):
+    """A model of a network run in ``dtype`` (what `--dtype` does to the U-Net): it sees z
+    rounded to ``dtype`` and its x0 is rounded to ``dtype``; the sampler's own state and
+    arithmetic stay in z's precision."""
+
+    def rounded(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return denoiser(z.to(dtype), t).to(dtype).to(z.dtype)
+
+    return rounded

@@ -78,6 +78,16 @@ def uniform_log_snr(schedule: Schedule, steps: int) -> torch.Tensor:
     return torch.cat([ts, ts.new_zeros(1)])
 
 
+def start_at(ts: torch.Tensor, t_start: float) -> torch.Tensor:
+    """The grid ``ts`` (falling from 1 to 0) run from ``t_start`` in (0, 1]: t_start, then
+    the times below it. At t_start = 1 it is ``ts`` itself."""
+    if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not 0.0 < t_start <= 1.0:
+        raise PixcadeError(f"the starting time must be in (0, 1], got {t_start!r}")
+    if t_start == 1.0:
+        return ts
+    return torch.cat([ts.new_tensor([float(t_start)]), ts[ts < t_start]])
+
+
 SPACINGS: dict[str, Spacing] = {
     "uniform-t": uniform_t,
     "log-snr": uniform_log_snr,
@@ -293,13 +303,17 @@ def sample(
     spacing: str | None = None,
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
+    t_start: float = 1.0,
     **sampler_args: Any,
 ) -> torch.Tensor:
     """Run the sampler called ``sampler`` (see SAMPLERS) for ``steps`` denoiser calls on the
     time grid ``spacing`` (see SPACINGS; default: the sampler's own). ``sampler_args`` are
-    the sampler's own keyword arguments."""
+    the sampler's own keyword arguments.
+
+    With ``t_start`` < 1 (SDEdit), ``noise`` is z at t_start and the run is the tail of
+    that grid: t_start, then the grid's times below it (fewer denoiser calls)."""
     row = _row(sampler)
     args = check_sampler(sampler, sampler_args)
     check_steps(steps)
-    ts = check_spacing(spacing or row.spacing)(schedule, steps)
+    ts = start_at(check_spacing(spacing or row.spacing)(schedule, steps), t_start)
     return row.solve(denoiser, schedule, noise, ts, noise_sampler=noise_sampler, callback=callback, **args)
