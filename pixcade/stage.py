@@ -7,15 +7,18 @@ low-res image, the noise-augmentation level), so training and sampling can't dis
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from pixcade.diffusion.editing import ImageEdit, sample_edit
 from pixcade.diffusion.guidance import guided_denoiser
 from pixcade.diffusion.losses import HIGH_NOISE_FROM, diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
+from pixcade.diffusion.precision import autocast_net, check_dtype
 from pixcade.diffusion.samplers import NoiseSampler, generator_noise, sample
 from pixcade.diffusion.schedules import alpha_sigma, get_schedule
 from pixcade.diffusion.settings import FIELD_NAMES, SamplingSettings
@@ -133,11 +136,22 @@ def upsample(lowres: torch.Tensor, resolution: int) -> torch.Tensor:
     return up.clamp(-1.0, 1.0)
 
 
-def unconditional(cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The same conditioning with the text replaced by the null input (an all-False mask)."""
+def unconditional(
+    cond: dict[str, torch.Tensor], negative: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The same conditioning with the text replaced by the null input (an all-False mask),
+    or by ``negative`` = (embedding, mask) of negative prompts padded like the text."""
     uncond = dict(cond)
-    uncond["text_emb"] = torch.zeros_like(cond["text_emb"])
-    uncond["text_mask"] = torch.zeros_like(cond["text_mask"])
+    if negative is None:
+        uncond["text_emb"] = torch.zeros_like(cond["text_emb"])
+        uncond["text_mask"] = torch.zeros_like(cond["text_mask"])
+        return uncond
+    if negative[0].shape != cond["text_emb"].shape or negative[1].shape != cond["text_mask"].shape:
+        raise PixcadeError(
+            f"negative prompt embedding {list(negative[0].shape)} does not match the text's "
+            f"{list(cond['text_emb'].shape)}"
+        )
+    uncond["text_emb"], uncond["text_mask"] = negative
     return uncond
 
 
@@ -264,6 +278,8 @@ class Stage:
         noise: torch.Tensor | None = None,
         aug_noise: torch.Tensor | None = None,
         noise_sampler: NoiseSampler | None = None,
+        uncond_text: tuple[torch.Tensor, torch.Tensor] | None = None,
+        edit: ImageEdit | None = None,
         **overrides: Any,
     ) -> torch.Tensor:
         """Images in [-1, 1], one per text row.
@@ -273,7 +289,9 @@ class Stage:
         an SR stage's noise for the augmentation of its low-res input and ``noise_sampler``
         an ancestral sampler's fresh noise per step (each drawn from ``generator`` when not
         given): the pipeline draws all three per image so an image does not depend on its
-        batch-mates.
+        batch-mates. ``uncond_text`` = (embedding, mask) of negative prompts, padded like the
+        text, replaces the empty prompt in guidance's unconditional pass; ``edit`` edits an
+        existing image (SDEdit, inpainting) instead of drawing a new one.
         """
         c = self.config
         s = settings if settings is not None else c.sampling
@@ -286,15 +304,19 @@ class Stage:
         device = text_emb.device
         aug_t = torch.full((b,), s.aug_level, device=device) if c.is_super_resolution else None
         if c.guidance_conditioned:  # the weight is an input: one pass per step
+            if uncond_text is not None:
+                raise PixcadeError(
+                    f"stage {c.name!r} takes its guidance weight as an input (a distilled stage): "
+                    "it has no unconditional pass for a negative prompt to replace"
+                )
             w_in = torch.full((b,), s.guidance_weight, device=device)
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise, guidance=w_in)
             uncond = None
         else:
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
-            uncond = unconditional(cond)
-        denoiser = guided_denoiser(
-            self.net, self.schedule, c.parameterization, cond, uncond, s.guidance_weight, s.threshold
-        )
+            uncond = unconditional(cond, uncond_text)
+        net = autocast_net(self.net, check_dtype(s.dtype, device), device)
+        denoiser = guided_denoiser(net, self.schedule, c.parameterization, cond, uncond, s.guidance_weight, s.threshold)
         shape = (b, c.unet.out_channels, c.resolution, c.resolution)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=device)
@@ -302,7 +324,8 @@ class Stage:
             raise PixcadeError(f"stage {c.name!r}: noise has shape {list(noise.shape)}, expected {list(shape)}")
         if noise_sampler is None:
             noise_sampler = generator_noise(noise, generator)
-        return sample(
+        run = sample if edit is None else functools.partial(sample_edit, edit)
+        return run(
             denoiser, self.schedule, noise, s.sampler, steps=s.steps, spacing=s.spacing,
             noise_sampler=noise_sampler, callback=callback, **s.sampler_args,
         ).clamp(-1.0, 1.0)

@@ -19,11 +19,13 @@ between blend the two, for soft edges).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from pixcade.diffusion.samplers import Denoiser, NoiseSampler, _ddim_step
+from pixcade.diffusion.samplers import Denoiser, NoiseSampler, _ddim_step, sample
 from pixcade.diffusion.schedules import Schedule, alpha_sigma
 from pixcade.errors import PixcadeError
 
@@ -147,3 +149,51 @@ def feather(mask: torch.Tensor, radius: int) -> torch.Tensor:
     )
     return mask * blurred
 
+
+
+@dataclass
+class ImageEdit:
+    """What one stage is asked to keep of an existing image (one row per sample).
+
+    ``image`` is the input at the stage's resolution; ``strength`` the SDEdit start (1:
+    from pure noise); ``mask`` (None: no inpainting) the region to redraw, with
+    ``known_noise`` the fixed noise of its kept region and ``resample_noise`` the fresh
+    draws of RePaint's round trips when ``resample`` > 0.
+    """
+
+    image: torch.Tensor
+    strength: float = 1.0
+    mask: torch.Tensor | None = None
+    known_noise: torch.Tensor | None = None
+    resample: int = 0
+    jump: float = DEFAULT_JUMP
+    resample_noise: NoiseSampler | None = None
+
+
+def sample_edit(
+    edit: ImageEdit,
+    denoiser: Denoiser,
+    schedule: Schedule,
+    noise: torch.Tensor,
+    sampler: str,
+    *,
+    steps: int,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Run ``sampler`` (kwargs go to it) as the edit asks: from the image noised to the
+    edit's strength, inpainting its masked region when it has a mask. Strength 0 samples
+    nothing and returns the image."""
+    strength = check_strength(edit.strength)
+    if edit.image.shape != noise.shape:
+        raise PixcadeError(f"the image to edit has shape {list(edit.image.shape)}, expected {list(noise.shape)}")
+    if strength == 0.0:
+        return edit.image
+    if edit.mask is not None:
+        if edit.known_noise is None:
+            raise PixcadeError("inpainting needs the kept region's noise")
+        denoiser = inpainting_denoiser(
+            denoiser, schedule, edit.image, edit.mask, edit.known_noise,
+            resample=edit.resample, jump=edit.jump, noise_sampler=edit.resample_noise,
+        )
+    z = sdedit_start(edit.image, noise, schedule, strength)
+    return sample(denoiser, schedule, z, sampler, steps=steps, t_start=strength, **kwargs)

@@ -27,6 +27,9 @@ from pixcade.diffusion.samplers import check_steps
 from pixcade.errors import PixcadeError
 from pixcade.schema import check_known_keys, from_json
 
+# The precisions a stage can sample in (torch dtypes in pixcade.diffusion.precision).
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+
 
 def _real(value: Any, name: str) -> float:
     """``value`` as a float if it is a finite int or float (not bool), else PixcadeError."""
@@ -71,6 +74,10 @@ class SamplingSettings:
     spacing: str | None = None
     # The sampler's own keyword arguments (e.g. DDIM's eta), checked against its signature.
     sampler_args: dict[str, Any] = field(default_factory=FrozenArgs)
+    # The precision the network runs in (pixcade.diffusion.precision): a per-stage choice,
+    # since what a stage tolerates depends on it; fp16 needs an accelerator, checked where
+    # the device is known (Cascade.plan, Stage.sample).
+    dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.sampler, str):
@@ -90,6 +97,8 @@ class SamplingSettings:
             raise PixcadeError(f"noise-augmentation level must be in [0, 1], got {self.aug_level!r}")
         if self.spacing is not None:
             samplers.check_spacing(self.spacing)
+        if self.dtype not in DTYPE_NAMES:
+            raise PixcadeError(f"unknown dtype {self.dtype!r} (choose from {', '.join(DTYPE_NAMES)})")
         object.__setattr__(self, "guidance_weight", weight)
         object.__setattr__(self, "aug_level", aug)
         object.__setattr__(self, "sampler_args", FrozenArgs(args))

@@ -14,13 +14,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pixcade.data.transforms import square_tensor
+from pixcade.diffusion.precision import check_dtype
 from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_generation
 from pixcade.pipeline import saving
+from pixcade.pipeline.edits import EditBatch, EditRequest, ImageSource, as_image, as_mask, per_prompt
 from pixcade.pipeline.images import open_image, to_pil
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
 from pixcade.pipeline.options import PerStage, parse_assignment, resolve, settings_from_text
+from pixcade.pipeline.placement import check_device, placed
 from pixcade.pipeline.shipped import resolve_model
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER, load_text_encoder
@@ -42,6 +45,11 @@ class Plan:
     @property
     def needs_start(self) -> bool:
         return self.stages[0].config.is_super_resolution
+
+    def check_editable(self) -> None:
+        """An image is edited from the base stage on (SDEdit starts a base-stage run)."""
+        if self.needs_start:
+            raise PixcadeError(f"editing an image starts at the base stage, but this run starts at {self.names[0]!r}")
 
 
 class StageBars:
@@ -84,6 +92,8 @@ class Cascade:
         self.text_encoder = text_encoder
         self.max_length = max_length
         self._encoder: Any = None
+        # With offloading, where the stages run (their weights wait on the CPU); else None.
+        self._run_device: torch.device | None = None
         for s in self.stages:
             s.net.eval()
 
@@ -95,27 +105,46 @@ class Cascade:
 
     @property
     def device(self) -> torch.device:
-        return next(self.stages[0].net.parameters()).device
+        """Where sampling runs (with offloading, not where the weights wait)."""
+        return self._run_device or next(self.stages[0].net.parameters()).device
 
     def stage(self, name: str) -> Stage:
         if name not in self.names:
             raise PixcadeError(f"unknown stage {name!r} (stages: {', '.join(self.names)})")
         return self.stages[self.names.index(name)]
 
-    def to(self, device: str | torch.device) -> "Cascade":
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise PixcadeError("device 'cuda' asked for, but CUDA is not available")
+    def to(self, device: str | torch.device, offload: bool = False) -> "Cascade":
+        """Run on ``device``. With ``offload`` the weights stay on the CPU and only the stage
+        being sampled (and the text encoder while it encodes) is moved to ``device``: peak
+        accelerator memory is the largest stage's, not the whole cascade's."""
+        device = check_device(device)
         for s in self.stages:
-            s.net.to(device)
+            s.net.to("cpu" if offload else device)
+        self._run_device = device if offload else None
         self._encoder = None  # reloaded on the new device when next needed
         return self
+
+    @property
+    def offloading(self) -> bool:
+        return self._run_device is not None
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The texts' embeddings and masks, padded alike, on the run device."""
+        encoder = self.encoder
+        with placed(encoder.model, self._run_device):
+            encoder.device = self.device
+            try:
+                emb, mask = encoder.encode(list(texts))
+            finally:
+                encoder.device = next(encoder.model.parameters()).device
+        return emb.to(self.device), mask.to(self.device)
 
     @property
     def encoder(self) -> Any:
         """The text encoder, loaded on first use (saving or planning doesn't need it)."""
         if self._encoder is None:
-            enc = _load_encoder(self.text_encoder, self.max_length, str(self.device))
+            home = "cpu" if self.offloading else str(self.device)
+            enc = _load_encoder(self.text_encoder, self.max_length, home)
             for s in self.stages:
                 if s.config.unet.text_dim != enc.dim:
                     raise PixcadeError(
@@ -132,7 +161,9 @@ class Cascade:
         saving.save_cascade(directory, config, [s.net for s in self.stages])
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "Cascade":
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device = "cpu", offload: bool = False
+    ) -> "Cascade":
         """A saved cascade folder, or a shipped model's name (`"shapes"`)."""
         directory = resolve_model(directory)
         config = saving.load_cascade_config(directory)
@@ -141,7 +172,7 @@ class Cascade:
             stage = Stage(sc)
             saving.load_weights(stage.net, directory / f"{sc.name}.safetensors", sc.name)
             stages.append(stage)
-        return cls(stages, config.text_encoder, config.max_length).to(device)
+        return cls(stages, config.text_encoder, config.max_length).to(device, offload)
 
     @classmethod
     def from_stage_dirs(cls, run_dirs: Sequence[str | os.PathLike], device: str | torch.device = "cpu") -> "Cascade":
@@ -223,7 +254,17 @@ class Cascade:
             )
         if not first.is_super_resolution and start_resolution is not None:
             raise PixcadeError(f"a start image was given but the first stage run, {first.name!r}, takes none")
-        return Plan(chosen, resolve([s.config for s in chosen], **overrides))
+        plan = Plan(chosen, resolve([s.config for s in chosen], **overrides))
+        self.check_precision(plan)
+        return plan
+
+    def check_precision(self, plan: Plan) -> None:
+        """Each stage's dtype must be one this cascade's device samples in (fp16: not the CPU)."""
+        for name, settings in plan.settings.items():
+            try:
+                check_dtype(settings.dtype, self.device)
+            except PixcadeError as err:
+                raise PixcadeError(f"stage {name!r}: {err}") from None
 
     # -- sampling -------------------------------------------------------------------------
 
@@ -242,6 +283,8 @@ class Cascade:
         seed: int,
         start: torch.Tensor | None = None,
         bars: StageBars | None = None,
+        negatives: Sequence[str] | None = None,
+        edit: EditBatch | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run one batch (one image per job) through the plan; each stage's output, in order.
 
@@ -249,16 +292,25 @@ class Cascade:
         and an ancestral sampler's fresh noise at each step come from (seed, stage, what the
         noise is for, prompt index, image index), drawn on the CPU, so an image is the same
         whatever its batch or device (up to float rounding), with every sampler.
+        ``negatives`` (one per job) replace the empty prompt in guidance's unconditional
+        pass; ``edit`` edits the batch's images instead of drawing new ones.
         """
-        if len(texts) != len(jobs):
-            raise PixcadeError("one text per job is needed")
+        if len(texts) != len(jobs) or (negatives is not None and len(negatives) != len(jobs)):
+            raise PixcadeError("one text (and negative prompt) per job is needed")
         if plan.needs_start != (start is not None):
             raise PixcadeError("a start image is needed exactly when the first stage is SR")
+        if edit is not None:
+            plan.check_editable()
         device = self.device
-        unique = list(dict.fromkeys(texts))
-        emb, mask = self.encoder.encode(unique)
-        rows = torch.tensor([unique.index(t) for t in texts])
-        emb, mask = emb[rows].to(device), mask[rows].to(device)
+        # Negative prompts are encoded with the prompts so both are padded to one length.
+        unique = list(dict.fromkeys([*texts, *(negatives or [])]))
+        all_emb, all_mask = self.encode(unique)
+        rows = torch.tensor([unique.index(t) for t in texts], device=device)
+        emb, mask = all_emb[rows], all_mask[rows]
+        uncond_text = None
+        if negatives is not None:
+            neg_rows = torch.tensor([unique.index(t) for t in negatives], device=device)
+            uncond_text = (all_emb[neg_rows], all_mask[neg_rows])
         x = start
         out: dict[str, torch.Tensor] = {}
         for stage in plan.stages:
@@ -270,14 +322,19 @@ class Cascade:
                 # Drawn apart from the starting noise (another key) and at the working
                 # resolution, the shape of the upsampled low-res image it is added to.
                 aug_noise = per_image_noise(seed, (c.name, "aug"), jobs, (3, c.resolution, c.resolution)).to(device)
-            x = stage.sample(
-                emb, mask, x if c.is_super_resolution else None,
-                noise=noise, aug_noise=aug_noise,
-                noise_sampler=per_image_step_noise(seed, c.name, jobs, shape, device),
-                callback=bars.callback(c.name) if bars else None,
-                settings=plan.settings[c.name],
-            )
+            stage_edit = edit.stage_edit(c, stage is plan.stages[0], seed, jobs, device) if edit else None
+            with placed(stage.net, self._run_device):
+                x = stage.sample(
+                    emb, mask, x if c.is_super_resolution else None,
+                    noise=noise, aug_noise=aug_noise,
+                    noise_sampler=per_image_step_noise(seed, c.name, jobs, shape, device),
+                    callback=bars.callback(c.name) if bars else None,
+                    settings=plan.settings[c.name], uncond_text=uncond_text, edit=stage_edit,
+                )
             out[c.name] = x
+        if edit is not None:
+            last = plan.stages[-1].config
+            out[last.name] = edit.finish(out[last.name], last)
         return out
 
     def generate(
@@ -292,6 +349,10 @@ class Cascade:
         batch_size: int | None = None,
         return_stages: bool = False,
         progress: bool = True,
+        negative_prompt: str | Sequence[str] | None = None,
+        image: ImageSource | Sequence[ImageSource] | None = None,
+        mask: ImageSource | Sequence[ImageSource] | None = None,
+        edit: EditRequest | None = None,
         **overrides: PerStage,
     ) -> list[Image.Image] | dict[str, list[Image.Image]]:
         """``n`` images per prompt, prompt-major (prompt 0's images first).
@@ -302,6 +363,11 @@ class Cascade:
         stage's config. ``start_image`` (one image, or one per prompt) starts
         the run at a super-resolution stage. With ``return_stages`` the result is
         ``{stage name: images}`` for every stage run, in order (the last is the final one).
+
+        ``negative_prompt`` (one for all prompts, or one per prompt) is what guidance steers
+        away from. ``image`` (one, or one per prompt) is edited instead of drawing a new
+        image: from the image noised to ``edit.strength`` (image-to-image), and with a
+        ``mask`` of the image's size (white = redraw) only the masked region is redrawn.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
@@ -320,6 +386,15 @@ class Cascade:
                 if len(starts) != len(prompts):
                     raise PixcadeError(f"{len(starts)} start images for {len(prompts)} prompts")
             starts = [open_image(s) if not isinstance(s, Image.Image) else s for s in starts]
+        negatives = per_prompt(negative_prompt, prompts, "negative prompts")
+        if negatives is not None and any(not isinstance(t, str) for t in negatives):
+            raise PixcadeError("negative prompts must be strings")
+        images = per_prompt(image, prompts, "images to edit")
+        masks = per_prompt(mask, prompts, "masks")
+        if images is None and (masks is not None or edit is not None):
+            raise PixcadeError("a mask or edit settings were given without an image to edit")
+        edit_images = [as_image(im) for im in images] if images else None
+        edit_masks = [as_mask(m, im) for m, im in zip(masks, edit_images)] if masks else None
         start_side = min(starts[0].size) if starts else None
         plan = self.plan(stages, stop_after, start_side, **overrides)
         jobs = all_jobs(len(prompts), n)
@@ -328,7 +403,17 @@ class Cascade:
         with StageBars(plan, len(chunks), enabled=progress) as bars:
             for chunk in chunks:
                 start = self.start_tensor(plan, [starts[j.prompt] for j in chunk]) if starts else None
-                out = self.sample_batch(plan, [prompts[j.prompt] for j in chunk], chunk, seed, start, bars)
+                batch_edit = None
+                if edit_images is not None:
+                    batch_edit = EditBatch(
+                        edit or EditRequest(),
+                        [edit_images[j.prompt] for j in chunk],
+                        [edit_masks[j.prompt] for j in chunk] if edit_masks else None,
+                    )
+                out = self.sample_batch(
+                    plan, [prompts[j.prompt] for j in chunk], chunk, seed, start, bars,
+                    negatives=[negatives[j.prompt] for j in chunk] if negatives else None, edit=batch_edit,
+                )
                 for name, x in out.items():
                     results[name].extend(to_pil(x))
         return results if return_stages else results[plan.names[-1]]

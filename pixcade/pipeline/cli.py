@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
+from PIL import Image
+
+from pixcade.diffusion.editing import DEFAULT_JUMP
 from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.limits import LIMITS, check_generation
 from pixcade.pipeline.cascade import Cascade
+from pixcade.pipeline.edits import EditRequest, as_image, as_mask
 from pixcade.pipeline.folder import GRID_MAX, write_images
 from pixcade.pipeline.images import open_image
 from pixcade.pipeline.jobs import pick_device, shard_from_env
@@ -18,7 +25,7 @@ from pixcade.pipeline.options import parse_assignment, parse_per_stage, settings
 from pixcade.pipeline.shipped import resolve_model
 
 EPILOG = f"""\
-per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level):
+per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level, --dtype):
   VALUE                   the same for every stage run, e.g. --steps 30
   NAME=VALUE,...          per stage by name, e.g. --sampler base=dpm++,sr=ddim;
                           stages not named keep their saved defaults
@@ -26,10 +33,17 @@ per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level):
   samplers: {', '.join(SAMPLERS)}   thresholds: none, static, dynamic, dynamic:P (percentile)
   --aug-level (noise augmentation of an SR stage's low-res input, in [0, 1]; 0 gives the
   best FID, 0.1-0.3 the best-looking images) applies to super-resolution stages only.
+  --dtype fp32 | bf16 | fp16: the precision the networks run in (fp16 needs cuda or mps).
   --set [STAGE.]KEY=VALUE (repeat) sets any sampling setting, for STAGE or every stage
   run. KEY: {', '.join(f for f in FIELD_NAMES if f != "sampler_args")},
   or sampler_args.NAME (the sampler's own arguments). spacings: {', '.join(SPACINGS)}.
   Steps are limited to {LIMITS['steps'][0]} (raise it with PIXCADE_MAX_STEPS=N).
+
+editing (--image PNG): --strength S starts the base stage from the image noised to S
+  (0: the image itself, 1: a new image; later stages as usual); with --mask PNG (the
+  image's size, white = redraw) only the masked region is redrawn at every stage and the
+  rest is kept exactly; --resample R adds RePaint round trips of --jump in t per step;
+  --soft-edge P blends the last P pixels inside the mask into the image.
 
 output (names depend only on prompt and image index, so reruns resume):
   OUT/p0000_i00.png ...   final images (prompt 0 image 0, ...)
@@ -68,8 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug-level", metavar="SPEC", help="SR noise-augmentation level in [0, 1]")
     p.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                    help="any sampling setting, e.g. sr.spacing=uniform-t (repeat; see below)")
-    p.add_argument("--device", choices=("cpu", "cuda"),
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="what guidance steers away from, for every prompt (default: nothing)")
+    p.add_argument("--negative-prompts", metavar="FILE",
+                   help="one negative prompt per line, one line per prompt (blank lines kept)")
+    p.add_argument("--image", metavar="PNG", help="an image to edit instead of drawing a new one")
+    p.add_argument("--mask", metavar="PNG", help="inpainting mask for --image: white = redraw")
+    p.add_argument("--strength", type=float, metavar="S",
+                   help="image-to-image strength in [0, 1] (default 1: from pure noise)")
+    p.add_argument("--resample", type=int, default=0, metavar="R",
+                   help="RePaint resampling round trips per step when inpainting (default 0)")
+    p.add_argument("--jump", type=float, default=DEFAULT_JUMP, metavar="T",
+                   help=f"the resampling jump in t (default {DEFAULT_JUMP})")
+    p.add_argument("--soft-edge", type=int, default=0, metavar="P",
+                   help="blend the last P pixels inside the mask into the image (default 0)")
+    p.add_argument("--dtype", metavar="SPEC", help="fp32 | bf16 | fp16 (default: the stage's saved one)")
+    p.add_argument("--device", choices=("cpu", "cuda", "mps"),
                    help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--offload", action="store_true",
+                   help="keep the weights on the CPU; only the running stage (and the text "
+                        "encoder while it encodes) goes to the device")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="images per batch (default 16)")
     return p
 
@@ -92,7 +124,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 # flag -> the SamplingSettings field it sets
 FLAGS = {"sampler": "sampler", "steps": "steps", "guidance": "guidance_weight", "threshold": "threshold",
-         "aug_level": "aug_level"}
+         "aug_level": "aug_level", "dtype": "dtype"}
 
 
 def assignments(args: argparse.Namespace, names: list[str], sr_names: list[str]) -> list[tuple[str | None, str, str]]:
@@ -107,6 +139,39 @@ def assignments(args: argparse.Namespace, names: list[str], sr_names: list[str])
     return out + [parse_assignment(text, names) for text in args.set]
 
 
+def read_negatives(args: argparse.Namespace, prompts: list[str]) -> list[str] | None:
+    if args.negative_prompt is not None and args.negative_prompts:
+        raise PixcadeError("give --negative-prompt or --negative-prompts, not both")
+    if args.negative_prompt is not None:
+        return [args.negative_prompt] * len(prompts)
+    if not args.negative_prompts:
+        return None
+    path = Path(args.negative_prompts)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise PixcadeError(f"cannot read negative prompts file {path}: {err}") from None
+    if len(lines) != len(prompts):
+        raise PixcadeError(f"{len(lines)} negative prompts in {path} for {len(prompts)} prompts")
+    return [line.strip() for line in lines]
+
+
+def read_edit(args: argparse.Namespace) -> tuple[EditRequest, Image.Image, Image.Image | None] | None:
+    """The edit asked for (request, image, mask), checked before anything is written."""
+    if args.image is None:
+        if args.mask or args.strength is not None:
+            raise PixcadeError("--mask and --strength need --image")
+        return None
+    if args.start_image:
+        raise PixcadeError("give --image (edit) or --start-image (super-resolve), not both")
+    request = EditRequest(
+        strength=1.0 if args.strength is None else args.strength,
+        resample=args.resample, jump=args.jump, soft_edge=args.soft_edge,
+    )
+    image = as_image(args.image)
+    return request, image, as_mask(args.mask, image) if args.mask else None
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     prompts = read_prompts(args)
@@ -117,23 +182,35 @@ def main(argv: list[str]) -> int:
     check_generation(prompts, args.n, args.batch_size)
     rank, world = shard_from_env()
     start = open_image(args.start_image) if args.start_image else None
+    negatives = read_negatives(args, prompts)
+    edit = read_edit(args)
     model_dir = resolve_model(args.model)
-    cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device))
+    cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device), offload=args.offload)
 
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
     start_side = min(start.size) if start else None
     plan = cascade.plan(stage_list, args.stop_after, start_side)
     plan.settings = settings_from_text([s.config for s in plan.stages], assignments(args, plan.names, [
         s.config.name for s in plan.stages if s.config.is_super_resolution]))
+    cascade.check_precision(plan)
+    if edit is not None:
+        plan.check_editable()
 
     record = {
         "model": str(model_dir.resolve()), "seed": args.seed, "n": args.n, "batch_size": args.batch_size,
         "start_image": str(Path(args.start_image).resolve()) if args.start_image else None,
         "options": {name: s.to_dict() for name, s in plan.settings.items()},
     }
+    if negatives is not None:
+        record["negative_prompts_sha256"] = hashlib.sha256(json.dumps(negatives).encode()).hexdigest()
+    if edit is not None:
+        record["edit"] = {
+            **dataclasses.asdict(edit[0]), "image": str(Path(args.image).resolve()),
+            "mask": str(Path(args.mask).resolve()) if args.mask else None,
+        }
     written, done, total = write_images(cascade, plan, prompts, args.out, n=args.n, seed=args.seed,
                                         batch_size=args.batch_size, start=start, save_stages=args.save_stages,
-                                        rank=rank, world=world, record=record)
+                                        rank=rank, world=world, record=record, negatives=negatives, edit=edit)
     suffix = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"wrote {written} images to {args.out}{suffix}; {done}/{total} done")
     return 0

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 
 from pixcade.errors import PixcadeError
+from pixcade.pipeline.placement import check_device
 from pixcade.io import atomic_write_text, make_dirs, remove_stale_temps
 
 
@@ -73,9 +74,11 @@ def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
 def pick_device(name: str | None) -> str:
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_device(name)
+    except PixcadeError as err:
+        raise PixcadeError(f"--device {name}: {err}") from None
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise PixcadeError("--device cuda: CUDA is not available")
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return name
 

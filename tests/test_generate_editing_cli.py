@@ -1,0 +1,99 @@
+"""`pixcade generate` with editing, negative prompts, precision and offloading: the same
+images as `Cascade.generate`, and bad input as one-line errors with nothing written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixcade.cli import main
+from pixcade.pipeline.cascade import Cascade
+from pixcade.pipeline.edits import EditRequest
+from tiny_cascade import SR_RES, save_tiny_cascade
+
+PROMPTS = ["a red square", "two blue circles"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_cascade(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (SR_RES, SR_RES, 3), dtype=np.uint8)).save(d / "image.png")
+    mask = np.zeros((SR_RES, SR_RES), dtype=np.uint8)
+    mask[:, : SR_RES // 2] = 255
+    Image.fromarray(mask).save(d / "mask.png")
+    Image.fromarray(mask[:, :20]).save(d / "narrow_mask.png")
+    (d / "broken.png").write_bytes(b"not a png")
+    (d / "negatives.txt").write_text("a green star\n\n")
+    (d / "one_negative.txt").write_text("a green star\n")
+    return {p.stem: p for p in d.iterdir()}
+
+
+@pytest.fixture(autouse=True)
+def no_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def generate(model: Path, out: Path, *args: str) -> int:
+    return main(["generate", "--model", str(model), "--out", str(out), "--device", "cpu", *args])
+
+
+def test_inpainting_from_the_cli_matches_the_api(model, files, tmp_path):
+    out = tmp_path / "out"
+    args = ["--image", str(files["image"]), "--mask", str(files["mask"]), "--strength", "1",
+            "--negative-prompts", str(files["negatives"]), "--seed", "4", "--resample", "1"]
+    assert generate(model, out, *PROMPTS, *args) == 0
+    cli = [np.asarray(Image.open(out / f"p000{k}_i00.png")) for k in range(2)]
+    api = Cascade.from_pretrained(model).generate(
+        PROMPTS, seed=4, image=files["image"], mask=files["mask"], negative_prompt=["a green star", ""],
+        edit=EditRequest(resample=1), progress=False,
+    )
+    src = np.asarray(Image.open(files["image"]))
+    for a, b in zip(cli, api):
+        assert np.array_equal(a, np.asarray(b))
+        assert np.array_equal(a[:, SR_RES // 2:], src[:, SR_RES // 2:])
+
+
+def test_img2img_bf16_and_offload_from_the_cli(model, files, tmp_path):
+    out = tmp_path / "out"
+    assert generate(model, out, PROMPTS[0], "--image", str(files["image"]), "--strength", "0.5",
+                    "--dtype", "bf16", "--offload", "--negative-prompt", "a blue star") == 0
+    api = Cascade.from_pretrained(model).generate(
+        PROMPTS[0], image=files["image"], edit=EditRequest(strength=0.5), dtype="bf16",
+        negative_prompt="a blue star", progress=False,
+    )
+    assert np.array_equal(np.asarray(Image.open(out / "p0000_i00.png")), np.asarray(api[0]))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image", "{broken}"], "cannot read image"),
+    (["--image", "{missing}"], "cannot read image"),
+    (["--image", "{image}", "--mask", "{narrow_mask}"], "the mask is 20x32 but the image is 32x32"),
+    (["--image", "{image}", "--strength", "1.5"], r"strength must be a number in \[0, 1\], got 1.5"),
+    (["--image", "{image}", "--strength", "-0.1"], r"strength must be a number in \[0, 1\]"),
+    (["--strength", "0.5"], "need --image"),
+    (["--negative-prompts", "{one_negative}"], "1 negative prompts in .* for 2 prompts"),
+    (["--dtype", "fp16"], "fp16 sampling needs an accelerator"),
+    (["--dtype", "base=bf16,sr=half"], "unknown dtype 'half'"),
+    (["--device", "mps"], "--device mps: device 'mps' asked for, but this torch has no usable MPS"),
+    (["--image", "{image}", "--stages", "sr"], "stage 'sr' is a super-resolution stage: it needs a start image"),
+    (["--image", "{image}", "--mask", "{mask}", "--soft-edge", "-2"], "soft edge must be"),
+])
+def test_bad_input_is_one_line_and_nothing_is_written(model, files, tmp_path, capsys, args, message):
+    names = {k: str(v) for k, v in files.items()} | {"missing": str(tmp_path / "missing.png")}
+    out = tmp_path / "out"
+    code = generate(model, out, *PROMPTS, *[a.format(**names) for a in args])  # a later --device wins
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert re.search(message, err), err
+    assert not out.exists()
