@@ -32,18 +32,21 @@ from pixcade.data.shapes import COLOURS, KINDS, MARGIN, SIZE_RANGES, Scene, Shap
 from pixcade.eval.shapes import judge
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
-from pixcade.pipeline.cli import default_model_dir
 from pixcade.pipeline.edits import EditRequest
 
 GAP = 0.03  # each shape stays this far from the middle line
 
 
-def _shape(rng: np.random.Generator, pair: tuple[str, str], x_range: tuple[float, float]) -> Shape:
+def _shape(
+    rng: np.random.Generator, pair: tuple[str, str], x_range: tuple[float, float], y: float | None = None
+) -> Shape:
+    """A shape of random size inside x_range, at height ``y`` (random when None) kept inside."""
     size = str(rng.choice(list(SIZE_RANGES)))
     s = float(rng.uniform(*SIZE_RANGES[size]))
     lo, hi = x_range[0] + s / 2, x_range[1] - s / 2
-    return Shape(pair[0], pair[1], size, float(rng.uniform(lo, hi)),
-                 float(rng.uniform(MARGIN + s / 2, 1 - MARGIN - s / 2)), s)
+    y_lo, y_hi = MARGIN + s / 2, 1 - MARGIN - s / 2
+    cy = float(rng.uniform(y_lo, y_hi)) if y is None else float(np.clip(y, y_lo, y_hi))
+    return Shape(pair[0], pair[1], size, float(rng.uniform(lo, hi)), cy, s)
 
 
 def inpaint_cases(n: int, seed: int = 0) -> list[tuple[Scene, Shape]]:
@@ -54,8 +57,11 @@ def inpaint_cases(n: int, seed: int = 0) -> list[tuple[Scene, Shape]]:
     cases = []
     for i in range(n):
         a, b = (pairs[j] for j in rng.choice(len(pairs), 2, replace=False))
-        left = _shape(rng, a, (MARGIN, 0.5 - GAP))
-        right = _shape(rng, b, (0.5 + GAP, 1 - MARGIN))
+        # Heights within 0.1 of each other: the pair reads as side by side (the scorer's
+        # relation needs the horizontal offset to be the larger one).
+        y = float(rng.uniform(0.3, 0.7))
+        left = _shape(rng, a, (MARGIN, 0.5 - GAP), y + float(rng.uniform(-0.05, 0.05)))
+        right = _shape(rng, b, (0.5 + GAP, 1 - MARGIN), y + float(rng.uniform(-0.05, 0.05)))
         shapes, relation = ((left, right), "left") if i % 2 == 0 else ((right, left), "right")
         scene = Scene("relation", shapes, relation=relation)
         cases.append((replace(scene, caption=caption(scene)), right))
@@ -76,7 +82,7 @@ def recolour_cases(n: int, seed: int = 1) -> list[tuple[Shape, Scene]]:
     return cases
 
 
-def run_inpaint(cascade: Cascade, n: int, resolution: int, batch: int) -> dict:
+def run_inpaint(cascade: Cascade, n: int, resolution: int, batch: int, save=lambda partial: None) -> dict:
     cases = inpaint_cases(n)
     mask = np.zeros((resolution, resolution), dtype=np.uint8)
     mask[:, : resolution // 2] = 255
@@ -95,11 +101,15 @@ def run_inpaint(cascade: Cascade, n: int, resolution: int, batch: int) -> dict:
             kept += same
             ok += verdict.passed and same
             results.append({"caption": scene.caption, "passed": verdict.passed, "kept": same, "why": verdict.reason})
-    return {"n": n, "succeeded": ok, "rate": ok / n, "right_half_unchanged": kept,
-            "seconds": time.perf_counter() - t0, "results": results}
+        done = len(results)
+        report = {"n": done, "succeeded": ok, "rate": ok / done, "right_half_unchanged": kept,
+                  "seconds": time.perf_counter() - t0, "results": results}
+        save(report)
+    return report
 
 
-def run_recolour(cascade: Cascade, n: int, resolution: int, batch: int, strength: float) -> dict:
+def run_recolour(cascade: Cascade, n: int, resolution: int, batch: int, strength: float,
+                 save=lambda partial: None) -> dict:
     cases = recolour_cases(n)
     ok = 0
     results = []
@@ -113,8 +123,11 @@ def run_recolour(cascade: Cascade, n: int, resolution: int, batch: int, strength
             ok += verdict.passed
             results.append({"from": shape.colour, "caption": scene.caption, "passed": verdict.passed,
                             "why": verdict.reason})
-    return {"n": n, "strength": strength, "succeeded": ok, "rate": ok / n,
-            "seconds": time.perf_counter() - t0, "results": results}
+        done = len(results)
+        report = {"n": done, "strength": strength, "succeeded": ok, "rate": ok / done,
+                  "seconds": time.perf_counter() - t0, "results": results}
+        save(report)
+    return report
 
 
 def mcnemar_p(b: int, c: int) -> float:
@@ -155,14 +168,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--tasks", default="inpaint,recolour,precision")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    cascade = Cascade.from_pretrained(args.model or default_model_dir())
+    cascade = Cascade.from_pretrained(args.model or "shapes")
     resolution = cascade.stages[-1].config.resolution
     report: dict = {"model": str(args.model or "shipped shapes model")}
     for task in args.tasks.split(","):
+        def save(partial: dict, task: str = task) -> None:  # after every batch: a cut run keeps its numbers
+            report[task] = partial
+            atomic_write_text(Path(args.out), json.dumps(report, indent=1) + "\n")
+
         if task == "inpaint":
-            report[task] = run_inpaint(cascade, args.n, resolution, args.batch)
+            report[task] = run_inpaint(cascade, args.n, resolution, args.batch, save)
         elif task == "recolour":
-            report[task] = run_recolour(cascade, args.n, resolution, args.batch, args.strength)
+            report[task] = run_recolour(cascade, args.n, resolution, args.batch, args.strength, save)
         elif task == "precision":
             report[task] = run_precision(cascade, args.n, args.batch)
         else:
