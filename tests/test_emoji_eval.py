@@ -159,8 +159,9 @@ def test_cli_train_then_judge_real_held_out_images_as_generated(dataset, tmp_pat
     assert abs(judged["distance"]["fd"]) < 1e-6
     # The fixture's styles all draw the same square, so each held-out image IS a copy of
     # the same emoji in another style: the check must say so, for real and "generated" alike.
-    assert judged["near_copies"]["generated"]["of_another_style"] == 2
-    assert judged["near_copies"]["real_held_out"] == judged["near_copies"]["generated"]
+    copies = out["near_copies"][str(gen)]
+    assert copies["generated"]["of_another_style"] == 2
+    assert copies["real_held_out"] == copies["generated"]
     assert out["rankings_agree"] == {"joint": True, "fd": True}
     (gen / "prompts.jsonl").write_text(json.dumps({"prompt": "a cat, Twemoji style", "images": ["0.png"]}) + "\n")
     assert pixcade_main(["eval", "emoji", "generated", "--data", str(dataset), "--classifier", str(weights),

@@ -4,7 +4,8 @@
   held-out images: what generated images of the same prompts are reported against.
 - `judge_generated`: the same accuracies for generated images of held-out prompts, beside
   the ceiling on the same rows; Fréchet distance and KID in the classifier's features
-  against the real images of those rows; and near-copies: generated images whose nearest
+  against the real images of those rows.
+- `copy_check` (judge-independent): near-copies, generated images whose nearest
   training image (pixels, 64 px) is closer than `copy_psnr` dB and of another style (the
   model pasted a concept from a style where it saw it). The same check on the real
   held-out images gives the rate a faithful drawing trips it by chance.
@@ -92,20 +93,24 @@ def to_pixels(images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def judge_generated(
-    net: EmojiClassifier, held_out: LabelledImages, train: LabelledImages,
-    generated: Sequence[tuple[Image.Image, str]], *, copy_psnr: float = 20.0,
-) -> dict[str, Any]:
-    """Generated (image, prompt) pairs, every prompt a held-out row's caption."""
+def held_out_index(held_out: LabelledImages, generated: Sequence[tuple[Image.Image, str]]) -> list[int]:
+    """The held-out row of each generated (image, prompt); every prompt must be one."""
     by_prompt = {c: i for i, c in enumerate(held_out.captions)}
     unknown = sorted({p for _, p in generated if p not in by_prompt})
     if unknown:
         raise PixcadeError(f"{len(unknown)} prompt(s) are not held-out emoji prompts, e.g. {unknown[0]!r}")
     if len(generated) < 2:
         raise PixcadeError("need at least 2 generated images")
-    index = [by_prompt[p] for _, p in generated]
-    pixels = to_pixels([im for im, _ in generated], net.config.resolution)
-    pred = predict(net, pixels)
+    return [by_prompt[p] for _, p in generated]
+
+
+def judge_generated(
+    net: EmojiClassifier, held_out: LabelledImages, generated: Sequence[tuple[Image.Image, str]],
+) -> dict[str, Any]:
+    """One judge's view of generated (image, prompt) pairs of held-out prompts: accuracies
+    beside the ceiling on the same rows, FD and KID against those rows' real images."""
+    index = held_out_index(held_out, generated)
+    pred = predict(net, to_pixels([im for im, _ in generated], net.config.resolution))
     rows = sorted(set(index))
     real = predict(net, held_out.pixels[rows])
     real_acc = by_split(real, held_out, rows)
@@ -114,10 +119,18 @@ def judge_generated(
         "images": len(generated), "prompts": len(rows),
         "accuracy": {split: {"generated": gen_acc[split], "ceiling": real_acc[split]} for split in gen_acc},
         "distance": distances(real["features"], pred["features"]),
-        "near_copies": {"generated": near_copies(pixels, [held_out.styles[i] for i in index], train, copy_psnr),
-                        "real_held_out": near_copies(held_out.pixels[rows], [held_out.styles[i] for i in rows],
-                                                     train, copy_psnr)},
     }
+
+
+def copy_check(held_out: LabelledImages, train: LabelledImages, generated: Sequence[tuple[Image.Image, str]],
+               copy_psnr: float) -> dict[str, Any]:
+    """Near-copies among the generated images, and among the real images of their rows
+    (the rate at which a faithful drawing trips the check); judge-independent (pixels)."""
+    index = held_out_index(held_out, generated)
+    rows = sorted(set(index))
+    pixels = to_pixels([im for im, _ in generated], train.pixels.shape[-1])
+    return {"generated": near_copies(pixels, [held_out.styles[i] for i in index], train, copy_psnr),
+            "real_held_out": near_copies(held_out.pixels[rows], [held_out.styles[i] for i in rows], train, copy_psnr)}
 
 
 def judge_generated_sets(
@@ -128,18 +141,18 @@ def judge_generated_sets(
     copy_psnr: float,
 ) -> dict[str, Any]:
     """`judge_generated` for every image set with every judge ({name: (net, its weights'
-    info)}), and each judge's ranking of the sets by joint accuracy and by FD, with whether
-    the judges agree on them."""
+    info)}), each judge's ranking of the sets by joint accuracy and by FD, whether the
+    judges agree on them, and each set's `copy_check`."""
     reports: dict[str, dict[str, Any]] = {}
     for name, (net, info) in judges.items():
         reports[name] = {"sha256": info["digest"], "trained_by": info.get("command"), "seed": info.get("seed"),
-                         "models": {f: judge_generated(net, held_out, train, s, copy_psnr=copy_psnr)
-                                    for f, s in sets.items()}}
+                         "models": {f: judge_generated(net, held_out, s) for f, s in sets.items()}}
     rankings = {w: {"joint": sorted(sets, key=lambda f: -r["models"][f]["accuracy"]["all"]["generated"]["joint"]),
                     "fd": sorted(sets, key=lambda f: r["models"][f]["distance"]["fd"])}
                 for w, r in reports.items()}
     agree = {k: len({tuple(r[k]) for r in rankings.values()}) == 1 for k in ("joint", "fd")}
-    return {"judges": reports, "rankings": rankings, "rankings_agree": agree}
+    copies = {f: copy_check(held_out, train, s, copy_psnr) for f, s in sets.items()}
+    return {"judges": reports, "rankings": rankings, "rankings_agree": agree, "near_copies": copies}
 
 
 def ssim(a: Image.Image, b: Image.Image) -> float:
