@@ -208,7 +208,8 @@ def test_progress_stream_and_images_of_each_stage() -> None:
         job = json.loads(raw)
         assert status == 202 and headers["location"] == f"/api/jobs/{job['id']}" == job["status_url"]
         assert job["request"] == {"prompt": "a red square", "n": 2, "seed": 9, "guidance": None,
-                                  "steps": None, "stages": ["base", "sr"], "sampling": {}}
+                                  "steps": None, "stages": ["base", "sr"], "sampling": {},
+                                  "negative_prompt": None, "strength": 1.0, "image": False, "mask": False}
         seen: list[dict] = []
         reader = threading.Thread(target=_events, args=(server, job["id"], seen))
         reader.start()

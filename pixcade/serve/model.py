@@ -6,6 +6,7 @@ and HTTP logic can be tested with a fake model, and the real one is this thin ad
 
 from __future__ import annotations
 
+import io
 from typing import Any, Callable, Protocol
 
 from PIL import Image
@@ -70,6 +71,8 @@ class CascadeModel:
 
     def check(self, request: GenerationRequest) -> dict[str, int]:
         plan = self._plan(request)
+        if request.image is not None:
+            plan.check_editable()
         return {name: settings.steps for name, settings in plan.settings.items()}
 
     def generate(self, request: GenerationRequest, on_progress: ProgressFn, on_stage_done: StageDoneFn) -> None:
@@ -80,10 +83,35 @@ class CascadeModel:
         plan = self._plan(request)
         jobs = all_jobs(1, request.n)
         texts = [request.prompt] * request.n
+        negatives = [request.negative_prompt] * request.n if request.negative_prompt is not None else None
         reporter = _StepReporter(on_progress)
+        if request.image is not None:
+            # An edit spans the stages (the strength is the first's, the mask every stage's):
+            # one run of the whole plan, each stage's images shown when it is done.
+            out = self.cascade.sample_batch(plan, texts, jobs, request.seed, bars=reporter, negatives=negatives,
+                                            edit=edit_batch(request))
+            for name, x in out.items():
+                on_stage_done(name, to_pil(x))
+            return
         x = None
         for stage in plan.stages:
             name = stage.config.name
             one = Plan([stage], {name: plan.settings[name]})
-            x = self.cascade.sample_batch(one, texts, jobs, request.seed, start=x, bars=reporter)[name]
+            x = self.cascade.sample_batch(one, texts, jobs, request.seed, start=x, bars=reporter,
+                                          negatives=negatives)[name]
             on_stage_done(name, to_pil(x))
+
+
+def edit_batch(request: GenerationRequest) -> Any:
+    """The request's image (and mask) as the pipeline's edit of its ``n`` images."""
+    from pixcade.pipeline.edits import EditBatch, EditRequest, as_mask
+
+    def picture(data: bytes) -> Image.Image:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.copy()
+
+    image = picture(request.image).convert("RGB")
+    mask = as_mask(picture(request.mask), image) if request.mask is not None else None
+    return EditBatch(EditRequest(strength=request.strength), [image] * request.n,
+                     [mask] * request.n if mask is not None else None)

@@ -8,14 +8,20 @@ the limit's name and value, so a client can show exactly what to change.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from PIL import Image
+
 from pixcade.errors import PixcadeError
 from pixcade.web.errors import RequestError
 
-FIELDS = ("prompt", "n", "seed", "guidance", "steps", "stages", "sampling")
+FIELDS = ("prompt", "n", "seed", "guidance", "steps", "stages", "sampling",
+          "negative_prompt", "image", "mask", "strength")
 MAX_SEED = 2**63 - 1
 
 
@@ -28,10 +34,13 @@ class Limits:
     max_steps: int = 100
     stages: tuple[str, ...] | None = None
     max_queue: int = 8
-    max_body_bytes: int = 16 * 1024
+    # Room for an image to edit and its mask as base64 PNGs (a 256 px RGB PNG is at most
+    # ~200 KB raw, ~260 KB as base64) besides the rest of the request.
+    max_body_bytes: int = 640 * 1024
+    max_image_side: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_prompt_chars", "max_images", "max_steps", "max_queue", "max_body_bytes"):
+        for name in ("max_prompt_chars", "max_images", "max_steps", "max_queue", "max_body_bytes", "max_image_side"):
             if getattr(self, name) < 1:
                 raise PixcadeError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.stages is not None and not self.stages:
@@ -42,6 +51,7 @@ class Limits:
             "max_prompt_chars": self.max_prompt_chars, "max_images": self.max_images,
             "max_steps": self.max_steps, "stages": list(self.stages) if self.stages else None,
             "max_queue": self.max_queue, "max_body_bytes": self.max_body_bytes,
+            "max_image_side": self.max_image_side,
         }
 
 
@@ -58,6 +68,12 @@ class GenerationRequest:
     steps: int | dict[str, int] | None = None
     stages: tuple[str, ...] = field(default_factory=tuple)
     sampling: dict[str, Any] = field(default_factory=dict)
+    # Editing: what guidance steers away from, and an image (with a mask: inpainting) to
+    # edit from the SDEdit ``strength`` (PNG bytes, checked readable and of equal sizes).
+    negative_prompt: str | None = None
+    image: bytes | None = None
+    mask: bytes | None = None
+    strength: float = 1.0
 
     def overrides(self) -> dict[str, Any]:
         """All the request's sampling overrides, by `SamplingSettings` field."""
@@ -67,6 +83,8 @@ class GenerationRequest:
         return {
             "prompt": self.prompt, "n": self.n, "seed": self.seed, "guidance": self.guidance,
             "steps": self.steps, "stages": list(self.stages), "sampling": self.sampling,
+            "negative_prompt": self.negative_prompt, "strength": self.strength,
+            "image": self.image is not None, "mask": self.mask is not None,
         }
 
 
@@ -190,12 +208,66 @@ def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> 
     for name, value in sampling.items():
         _runnable(options.check_stage_names, name, value, stages)
 
+    negative = payload.get("negative_prompt")
+    if negative is not None:
+        if not isinstance(negative, str):
+            raise _bad("negative_prompt must be a string")
+        if len(negative) > limits.max_prompt_chars:
+            raise _over(f"negative_prompt is {len(negative)} characters; this server's limit "
+                        f"(max_prompt_chars) is {limits.max_prompt_chars}", "max_prompt_chars",
+                        limits.max_prompt_chars)
+    image, mask, strength = _edit_fields(payload, limits)
+
     return GenerationRequest(
+        negative_prompt=negative, image=image, mask=mask, strength=strength,
         prompt=prompt, n=n, seed=seed,
         guidance=_per_stage(payload.get("guidance"), "guidance", stages, check_guidance),
         steps=_per_stage(payload.get("steps"), "steps", stages, check_steps),
         stages=tuple(stages), sampling=sampling,
     )
+
+
+def _png(value: Any, name: str, limits: Limits) -> tuple[bytes, Image.Image]:
+    """A base64 PNG (a data: URL or the bare base64) as (bytes, image), checked readable."""
+    if not isinstance(value, str):
+        raise _bad(f"{name} must be a base64 PNG (data:image/png;base64,...)")
+    data = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{name} is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if max(im.size) > limits.max_image_side:
+                raise _over(f"{name} is {im.size[0]}x{im.size[1]}; this server's limit (max_image_side) "
+                            f"is {limits.max_image_side} px", "max_image_side", limits.max_image_side)
+            im.load()
+            return raw, im.copy()
+    except RequestError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise RequestError(422, f"cannot read {name}: {err}") from None
+
+
+def _edit_fields(payload: Mapping[str, Any], limits: Limits) -> tuple[bytes | None, bytes | None, float]:
+    """(image PNG, mask PNG, strength) of a request, checked as `Cascade.generate` would."""
+    strength = payload.get("strength", 1.0)
+    if not _is_number(strength):
+        raise _bad("strength must be a finite number")
+    if not 0.0 <= strength <= 1.0:
+        raise RequestError(422, f"strength must be a number in [0, 1], got {strength}")
+    if payload.get("image") is None:
+        if payload.get("mask") is not None or "strength" in payload:
+            raise RequestError(422, "mask and strength need an image to edit")
+        return None, None, float(strength)
+    image, picture = _png(payload["image"], "image", limits)
+    mask = None
+    if payload.get("mask") is not None:
+        mask, mask_picture = _png(payload["mask"], "mask", limits)
+        if mask_picture.size != picture.size:
+            raise RequestError(422, f"the mask is {mask_picture.size[0]}x{mask_picture.size[1]} but the image is "
+                                    f"{picture.size[0]}x{picture.size[1]}: they must be the same size")
+    return image, mask, float(strength)
 
 
 def check_resolved_steps(steps_by_stage: Mapping[str, int], limits: Limits) -> None:
