@@ -132,3 +132,59 @@ def test_real_tiny_cascade_in_the_browser(browser: DevTools, tmp_path: Path) -> 
             served = np.asarray(im.convert("RGB"))
     (expected,) = cascade.generate("a small red square", n=1, seed=3, progress=False)
     assert np.array_equal(served, np.asarray(expected))
+
+
+def test_paint_a_mask_on_an_uploaded_image_and_inpaint(browser: DevTools, tmp_path: Path) -> None:
+    """A user uploads an image, paints over its left part with the brush, types a negative
+    prompt and generates: the result is `Cascade.generate`'s inpainting of that image with
+    the painted mask, and the unpainted pixels are the image's own."""
+    import base64
+    import io
+
+    from tiny_cascade import SR_RES, save_tiny_cascade
+
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.serve.model import CascadeModel
+
+    rng = np.random.default_rng(1)
+    source = Image.fromarray(rng.integers(0, 256, (SR_RES, SR_RES, 3), dtype=np.uint8))
+    upload = tmp_path / "upload.png"
+    source.save(upload)
+    cascade = Cascade.from_pretrained(save_tiny_cascade(tmp_path / "model"))
+    with running_server(CascadeModel(cascade)) as server:
+        _open_page(browser, server.url)
+        browser.type_text("#prompt", "a small red square")
+        browser.type_text("#negative", "a blue circle")
+        browser.js("document.getElementById('edit').open = true")
+        root = browser.send("DOM.getDocument")["root"]["nodeId"]
+        node = browser.send("DOM.querySelector", nodeId=root, selector="#image-file")["nodeId"]
+        browser.send("DOM.setFileInputFiles", files=[str(upload)], nodeId=node)
+        browser.wait_for("!document.getElementById('editor').hidden", "the uploaded image in the editor")
+        # A stroke down the left quarter of the image, as a mouse drag.
+        box = browser.js("(() => { const r = document.getElementById('mask-canvas').getBoundingClientRect();"
+                         " return [r.left, r.top, r.width, r.height]; })()")
+        x = box[0] + box[2] * 0.2
+        points = [(x, box[1] + box[3] * f) for f in (0.1, 0.3, 0.5, 0.7, 0.9)]
+        browser.send("Input.dispatchMouseEvent", type="mousePressed", x=points[0][0], y=points[0][1],
+                     button="left", buttons=1, clickCount=1)
+        for px, py in points[1:]:
+            browser.send("Input.dispatchMouseEvent", type="mouseMoved", x=px, y=py, button="left", buttons=1)
+        browser.send("Input.dispatchMouseEvent", type="mouseReleased", x=points[-1][0], y=points[-1][1],
+                     button="left", buttons=0, clickCount=1)
+        mask_url = browser.js("document.getElementById('mask-canvas').toDataURL('image/png')")
+        browser.click("#generate")
+        browser.wait_for("document.getElementById('job').dataset.state === 'done'", "the job to finish", 120)
+        browser.wait_for(f"{_loaded_images('sr')}.length > 0", "the SR image to load")
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(browser.js(
+            "(() => { const i = document.querySelector('img[data-stage=\"sr\"]'); const c = document.createElement('canvas');"
+            " c.width = i.naturalWidth; c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);"
+            " return c.toDataURL('image/png').split(',')[1]; })()")))).convert("RGB"))
+    mask = Image.open(io.BytesIO(base64.b64decode(mask_url.split(",", 1)[1])))
+    painted = np.asarray(mask.getchannel("A")) > 0
+    assert 0.05 < painted.mean() < 0.6 and not painted[:, SR_RES // 2:].any()  # the stroke, and only it
+    (expected,) = cascade.generate("a small red square", negative_prompt="a blue circle", image=source,
+                                   mask=mask, progress=False)
+    assert np.array_equal(served, np.asarray(expected))
+    src = np.asarray(source)
+    assert np.array_equal(served[~painted], src[~painted])  # unpainted pixels kept exactly
+    assert np.abs(served[painted].astype(int) - src[painted]).mean() > 10  # painted ones redrawn

@@ -22,6 +22,8 @@ async function loadConfig() {
     $("prompt").maxLength = lim.max_prompt_chars;
     $("n").max = lim.max_images;
     $("steps").max = lim.max_steps;
+    $("negative").maxLength = lim.max_prompt_chars;
+    if (lim.max_image_side) editor.maxSide = lim.max_image_side;
     const allowed = cfg.stages.filter((s) => s.allowed);
     $("model").textContent = "stages: " + allowed.map((s) => `${s.name} (${s.resolution}px, ` +
       `${s.steps} steps, guidance ${s.guidance})`).join(" \u2192 ") +
@@ -35,8 +37,81 @@ function readForm() {
   const body = { prompt: $("prompt").value, n: Number($("n").value || 1), seed: Number($("seed").value || 0) };
   if ($("guidance").value !== "") body.guidance = Number($("guidance").value);
   if ($("steps").value !== "") body.steps = Number($("steps").value);
+  if ($("negative").value.trim() !== "") body.negative_prompt = $("negative").value;
+  if (editor.loaded) {
+    body.image = $("image-canvas").toDataURL("image/png");
+    body.strength = Number($("strength").value === "" ? 1 : $("strength").value);
+    if (editor.painted) body.mask = $("mask-canvas").toDataURL("image/png");
+  }
   return body;
 }
+
+// The image to edit and its mask: the mask canvas lies over the image at the same pixel
+// size; opaque paint marks the pixels to redraw (what the server reads as the mask).
+const editor = { loaded: false, painted: false, drawing: false, maxSide: 256 };
+
+function showEditor(img) {
+  const side = Math.max(img.naturalWidth, img.naturalHeight);
+  if (side > editor.maxSide) {
+    showMessage(`the image is ${img.naturalWidth}x${img.naturalHeight}; this server takes at most ` +
+      `${editor.maxSide} px a side`, true);
+    return;
+  }
+  const scale = Math.max(1, Math.floor(256 / side)); // small images are shown enlarged
+  for (const id of ["image-canvas", "mask-canvas"]) {
+    const c = $(id);
+    c.width = img.naturalWidth;
+    c.height = img.naturalHeight;
+    c.style.width = `${img.naturalWidth * scale}px`;
+    c.style.height = `${img.naturalHeight * scale}px`;
+  }
+  $("image-canvas").getContext("2d").drawImage(img, 0, 0);
+  editor.loaded = true;
+  editor.painted = false;
+  $("editor").hidden = false;
+  showMessage("", false);
+}
+
+function loadImageFile() {
+  const file = $("image-file").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => {
+    const img = new Image();
+    img.onload = () => showEditor(img);
+    img.onerror = () => showMessage("cannot read that image", true);
+    img.src = reader.result;
+  };
+  reader.readAsDataURL(file);
+}
+
+function paint(event) {
+  const c = $("mask-canvas");
+  const r = c.getBoundingClientRect();
+  const x = (event.clientX - r.left) * (c.width / r.width);
+  const y = (event.clientY - r.top) * (c.height / r.height);
+  const ctx = c.getContext("2d");
+  ctx.fillStyle = "rgb(255, 0, 90)";
+  ctx.beginPath();
+  ctx.arc(x, y, Number($("brush").value || 6) / 2, 0, 2 * Math.PI);
+  ctx.fill();
+  editor.painted = true;
+}
+
+$("image-file").addEventListener("change", loadImageFile);
+$("mask-canvas").addEventListener("pointerdown", (e) => { editor.drawing = true; paint(e); });
+$("mask-canvas").addEventListener("pointermove", (e) => { if (editor.drawing) paint(e); });
+window.addEventListener("pointerup", () => { editor.drawing = false; });
+$("clear-mask").addEventListener("click", () => {
+  const c = $("mask-canvas");
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  editor.painted = false;
+});
+$("remove-image").addEventListener("click", () => {
+  editor.loaded = editor.painted = false;
+  $("editor").hidden = true;
+  $("image-file").value = "";
+});
 
 async function submit(event) {
   event.preventDefault();
