@@ -316,6 +316,11 @@ def test_a_damaged_latest_checkpoint_names_the_intact_ones_and_resume_from_uses_
     assert "\n" not in err and str(latest) in err and f"--resume-from {older}" in err, err
     assert pixcade_main([*argv, "--resume-from", str(older)]) == 0
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints")).step == 3
+    # The damaged newer checkpoint no longer stands among the run's checkpoints (where it
+    # would take the place of the rewritten step); it is set aside, never deleted.
+    for path in ckpt.list_checkpoints(run / "checkpoints"):
+        ckpt.load_checkpoint(path)
+    assert [p.name.startswith(latest.name) for p in (run / "checkpoints" / "set-aside").iterdir()] == [True]
 
 
 def _edit(state: Path, change) -> dict:

@@ -48,6 +48,14 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step a checkpoint directory named by ``checkpoint_name`` was saved at."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise PixcadeError(f"{path} is not a checkpoint directory (step-NNNNNNNN)")
+    return int(match.group(1))
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """Complete checkpoints under ``directory``, oldest first."""
     directory = Path(directory)

@@ -296,8 +296,27 @@ def _resume(ckpt_dir: Path, parts: Parts, info: dist.DistInfo, notes: list[str],
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise PixcadeError(f"checkpoint {path} has damaged state ({type(err).__name__}: {str(err)[:120]})"
                            f"{_alternatives(Path(path).parent, path)}") from None
+    if chosen is not None and info.rank == 0:
+        _set_aside_newer(ckpt_dir, progress.step, notes)
+    dist.barrier(info)
     notes.append(f"pixcade train: resumed from {path} at step {progress.step}")
     return progress
+
+
+def _set_aside_newer(ckpt_dir: Path, step: int, notes: list[str]) -> None:
+    """A run resumed from an older checkpoint rewrites the steps after it, so the newer
+    checkpoints (damaged or not) must not stand in for them: move them to ``set-aside/``.
+    Never deleted: they may be the only copy of work the user wants back."""
+    newer = [p for p in ckpt.list_checkpoints(ckpt_dir) if ckpt.checkpoint_step(p) > step]
+    if not newer:
+        return
+    aside = ckpt_dir / "set-aside"
+    aside.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for path in newer:
+        path.rename(aside / f"{path.name}-{stamp}")
+    notes.append(f"pixcade train: moved {len(newer)} newer checkpoint(s) to {aside} "
+                 f"(the run continues from step {step})")
 
 
 def _alternatives(directory: Path, damaged: str | Path) -> str:
