@@ -129,12 +129,22 @@ def temp_name(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
 
 
+# Folders this process has already cleared of dead writers' temporary files.
+_CLEANED: set[str] = set()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """``write(tmp)`` creates the content under a temporary path, which then replaces ``path``.
 
-    On any failure the temporary file is removed and ``path`` is left as it was.
+    On any failure the temporary file is removed and ``path`` is left as it was. The first
+    write of a process into a folder removes the debris of killed writers there, so no
+    output folder keeps a killed run's temporary files past the next run that writes to it.
     """
     path = Path(path)
+    folder = os.path.abspath(path.parent)
+    if folder not in _CLEANED:
+        _CLEANED.add(folder)
+        remove_stale_temps(folder)
     tmp = str(temp_name(path))
     try:
         write(tmp)

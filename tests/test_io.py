@@ -173,3 +173,22 @@ def test_an_export_killed_between_its_renames_loses_nothing(tmp_path, final_exis
     assert weight() == (2.0 if final_exists else 1.0)
     export(tmp_path / "final", 3.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"] and weight() == 3.0
+
+
+def test_any_atomic_write_into_a_folder_clears_dead_writers_debris_first(tmp_path):
+    """Every output folder (eval reports, drawbench images, ...), not only generate's and
+    train's: the first atomic write of a process into a folder removes the temporary files
+    of writers that are gone, and keeps those of live ones."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(gone.stdout)
+    dead = tmp_path / f".report.json.{dead_pid}-0123456789ab.tmp"
+    alive = tmp_path / f".votes.json.{os.getppid()}-ba9876543210.tmp"
+    dead.write_text("half")
+    alive.write_text("half")
+    atomic_write_text(tmp_path / "scores.json", "{}")
+    assert not dead.exists() and alive.exists()
+    assert (tmp_path / "scores.json").read_text() == "{}"
