@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,15 @@ def test_build_is_deterministic_byte_for_byte(packages, built, tmp_path):
     assert _tree(again) == _tree(built[0])
 
 
+def test_a_killed_builds_partial_folder_is_removed_by_the_next_build(packages, tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    partial = tmp_path / f".emoji.{int(gone.stdout)}-0123456789ab.tmp"
+    (partial / "base").mkdir(parents=True)
+    build_emoji_dataset(tmp_path / "emoji", packages, fetch=False, held_out=HELD_OUT, progress=False)
+    assert not partial.exists() and (tmp_path / "emoji").is_dir()
+
+
 def test_layout_manifests_and_held_out_rows(built):
     out, summary = built
     rows = [json.loads(line) for line in (out / "base-64/train.jsonl").read_text().splitlines()]
@@ -130,7 +141,7 @@ def test_corrupt_or_truncated_tarball_is_one_line_error_and_no_dataset(packages,
     with pytest.raises(PixcadeError, match="not a readable tarball") as err:
         build_emoji_dataset(tmp_path / "out", bad, fetch=False, held_out=HELD_OUT, progress=False)
     assert "\n" not in str(err.value)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*.tmp"))
     victim.write_bytes(b"garbage")
     with pytest.raises(PixcadeError, match="not a readable tarball"):
         build_emoji_dataset(tmp_path / "out", bad, fetch=False, held_out=HELD_OUT, progress=False)

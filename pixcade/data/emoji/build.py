@@ -37,6 +37,7 @@ from pixcade.data.emoji.spec import (
     caption_name, captions, family_of, held_out_rows, key_of, prompt, style, swap_medium_tones,
 )
 from pixcade.errors import PixcadeError
+from pixcade.io import remove_stale_temps, temp_name
 
 SETS = (("base-64", BASE_SIZE), ("sr-256", SR_SIZE))
 
@@ -155,8 +156,8 @@ def build_emoji_dataset(
     meta, components = load_metadata(meta_files[METADATA_FILE], name_files[NAMES_FILE])
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temps(out.parent)  # a build killed with -9 left its partial folder here
+    tmp = temp_name(out)
     try:
         summary = _write(tmp, chosen, found, meta, components, held, rows, progress)
         if out.exists():
