@@ -30,8 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from pixcade.data.samples import DECODE_ERRORS
-from pixcade.data.transforms import to_tensor
 from pixcade.errors import PixcadeError
+from pixcade.eval.judge_net import PooledConvNet
 from pixcade.io import save_tensors
 
 KIND = "emoji-classifier"  # the safetensors metadata tag
@@ -94,7 +94,7 @@ def to_unit(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1
 
 
-class EmojiClassifier(nn.Module):
+class EmojiClassifier(PooledConvNet):
     """Images [B, 3, H, W] in [-1, 1] -> features [B, feature_dim] (`forward`); `heads`
     turns features into (style logits, family logits)."""
 
@@ -114,12 +114,6 @@ class EmojiClassifier(nn.Module):
         self.project = nn.Linear(8 * w, config.feature_dim)
         self.style_head = nn.Linear(config.feature_dim, len(self.styles))
         self.family_head = nn.Linear(config.feature_dim, len(self.families))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        r = self.config.resolution
-        if images.shape[-2:] != (r, r):
-            images = F.interpolate(images, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
-        return F.silu(self.project(self.body(images).mean(dim=(2, 3))))
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.style_head(features), self.family_head(features)

@@ -26,6 +26,7 @@ from pixcade.data.render import render
 from pixcade.data.shapes import COLOURS, KINDS, sample_scene
 from pixcade.data.transforms import to_tensor
 from pixcade.errors import PixcadeError
+from pixcade.eval.judge_net import PooledConvNet
 from pixcade.io import save_tensors
 
 MAX_SHAPES = 4
@@ -43,7 +44,7 @@ def _pairs() -> list[tuple[str, str]]:
     return [(c, k) for c in COLOURS for k in KINDS]
 
 
-class ShapesFeatureNet(nn.Module):
+class ShapesFeatureNet(PooledConvNet):
     """Images [B, 3, H, W] in [-1, 1] -> features [B, feature_dim] (``forward``)."""
 
     def __init__(self, config: ShapesFeaturesConfig) -> None:
@@ -58,12 +59,6 @@ class ShapesFeatureNet(nn.Module):
         self.project = nn.Linear(4 * w, config.feature_dim)
         self.pair_head = nn.Linear(config.feature_dim, len(_pairs()))
         self.count_head = nn.Linear(config.feature_dim, MAX_SHAPES + 1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        r = self.config.resolution
-        if images.shape[-2:] != (r, r):
-            images = F.interpolate(images, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
-        return F.silu(self.project(self.body(images).mean(dim=(2, 3))))
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.pair_head(features), self.count_head(features)
