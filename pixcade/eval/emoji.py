@@ -21,13 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pixcade.data.emoji.spec import BASE_SIZE, SPLITS
 from pixcade.errors import PixcadeError
 from pixcade.eval.emoji_classifier import EmojiClassifier, LabelledImages, predict
 from pixcade.eval.fid import fid_from_features, kernel_inception_distance
 from pixcade.eval.sr_psnr import bicubic, psnr
-
-SPLITS = ("val_cs", "test_cs", "test_attr")
-LOWRES = 64
 
 
 def accuracy(pred: dict[str, Any], styles: Sequence[str], families: Sequence[str]) -> dict[str, Any]:
@@ -183,7 +181,7 @@ def judge_sr(
     64 px images (each 256 px truth downsampled, as in training)."""
     if not truths:
         raise PixcadeError("no held-out 256 px images to judge super-resolution on")
-    lows = [t.convert("RGB").resize((LOWRES, LOWRES), Image.Resampling.BICUBIC) for t in truths]
+    lows = [bicubic(t, BASE_SIZE) for t in truths]
     outs = upsample(lows, list(captions))
     size = truths[0].size[0]
     bics = [bicubic(im, size) for im in lows]
