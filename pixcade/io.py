@@ -18,6 +18,7 @@ that is read-only, a file, or on a full disk; a text input that is not UTF-8.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -59,6 +60,15 @@ def make_dirs(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise PixcadeError(f"cannot create folder {os_error_line(err, path)}") from None
     return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of every byte of a file, read in blocks (weights may be tens of GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_file(path: str | os.PathLike) -> None:

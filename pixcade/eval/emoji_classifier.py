@@ -13,7 +13,6 @@ seed and thread count.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from tqdm import tqdm
 from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.eval.judge_net import PooledConvNet
-from pixcade.io import save_tensors
+from pixcade.io import save_tensors, sha256_file
 
 KIND = "emoji-classifier"  # the safetensors metadata tag
 
@@ -196,11 +195,7 @@ def save_classifier(path: str | Path, net: EmojiClassifier, info: dict[str, Any]
     save_tensors(path, net.state_dict(), metadata={
         "pixcade": KIND, "config": json.dumps(asdict(net.config)), "styles": json.dumps(net.styles),
         "families": json.dumps(net.families), "info": json.dumps(info)})
-    return file_digest(path)
-
-
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def load_classifier(path: str | Path) -> tuple[EmojiClassifier, dict[str, Any]]:
@@ -219,4 +214,4 @@ def load_classifier(path: str | Path) -> tuple[EmojiClassifier, dict[str, Any]]:
     net = EmojiClassifier(ClassifierConfig(**json.loads(meta["config"])), json.loads(meta["styles"]),
                           json.loads(meta["families"]))
     net.load_state_dict(load_file(str(path)))
-    return net.eval(), {**json.loads(meta["info"]), "digest": file_digest(path)}
+    return net.eval(), {**json.loads(meta["info"]), "digest": sha256_file(path)}

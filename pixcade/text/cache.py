@@ -51,7 +51,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write_text, save_tensors
+from pixcade.io import atomic_write_text, save_tensors, sha256_file
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, _check_prompts, _short
 
 INDEX_NAME = "index.json"
@@ -68,14 +68,6 @@ def cache_key(encoder_name: str, max_length: int, caption: str) -> str:
     """The cache key of one caption's embedding under one encoder configuration."""
     payload = json.dumps([encoder_name, int(max_length), caption], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingCache:
@@ -166,7 +158,7 @@ class EmbeddingCache:
             return f"embedding cache shard {path} is missing"
         if path.stat().st_size != info["bytes"]:
             return f"embedding cache shard {path} is truncated or altered ({path.stat().st_size} bytes, expected {info['bytes']})"
-        if _sha256(path) != info["sha256"]:
+        if sha256_file(path) != info["sha256"]:
             return f"embedding cache shard {path} is corrupt (sha256 mismatch)"
         return None
 
@@ -333,7 +325,7 @@ class EmbeddingCache:
     def _add_shard(self, name: str, encoder: str, max_length: int, dim: int, dtype: str,
                    entries: list[list]) -> None:
         path = self.directory / name
-        self._index["shards"][name] = {"sha256": _sha256(path), "bytes": path.stat().st_size,
+        self._index["shards"][name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
                                        "encoder": encoder, "max_length": max_length,
                                        "dim": dim, "dtype": dtype.removeprefix("torch.")}
         for key, offset, n in entries:

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write_text
+from pixcade.io import atomic_write_text, sha256_file
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_MAX_LENGTH = 128
@@ -78,17 +78,14 @@ def file_digest(path: Path) -> str:
     known = memo.get(key)
     if isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("sha256"), str):
         return known["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    memo[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    digest = sha256_file(path)
+    memo[key] = {"stamp": stamp, "sha256": digest}
     try:  # a memo that cannot be written only costs the next load a re-hash
         memo_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(memo_path, json.dumps(memo))
     except (OSError, PixcadeError):  # PixcadeError: the write's own one-line OS error
         pass
-    return digest.hexdigest()
+    return digest
 
 
 def directory_fingerprint(directory: Path) -> str:
