@@ -45,7 +45,7 @@ def decode_image(data: bytes | str, key: str) -> Image.Image | Skipped:
             im.load()  # decode now: PIL is lazy, and a truncated file only fails here
             # Phone photos store rotation as an EXIF tag; captions describe the upright view.
             im = ImageOps.exif_transpose(im)
-            image = _to_rgb(im)
+            image = on_white(im)
     except FileNotFoundError:
         return skip(key, "file not found")
     except DECODE_ERRORS as err:
@@ -53,7 +53,8 @@ def decode_image(data: bytes | str, key: str) -> Image.Image | Skipped:
     return image
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def on_white(im: Image.Image) -> Image.Image:
+    """An RGB copy of ``im``, any transparency composited on white."""
     if im.mode == "RGB":
         return im.copy()
     has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)

@@ -15,7 +15,8 @@ import io
 import resvg_py
 from PIL import Image
 
-WHITE = (255, 255, 255, 255)
+from pixcade.data.samples import on_white
+
 # Area averaging: what resvg's coverage antialiasing does for the vector styles at 64 px,
 # and with alpha premultiplied it equals compositing first (no ringing to clamp).
 DOWNSAMPLE = Image.Resampling.BOX
@@ -23,11 +24,6 @@ DOWNSAMPLE = Image.Resampling.BOX
 
 class Refused(Exception):
     """The file could not be turned into an image (the builder counts and skips it)."""
-
-
-def on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
 
 
 def pad_square(image: Image.Image) -> Image.Image:
