@@ -23,7 +23,7 @@ from PIL import Image
 
 from pixcade.data.emoji.spec import BASE_SIZE, SPLITS
 from pixcade.errors import PixcadeError
-from pixcade.eval.emoji_classifier import EmojiClassifier, LabelledImages, predict
+from pixcade.eval.emoji_classifier import EmojiClassifier, LabelledImages, image_pixels, predict
 from pixcade.eval.fid import fid_from_features, kernel_inception_distance
 from pixcade.eval.sr_psnr import bicubic, psnr
 
@@ -82,13 +82,7 @@ def distances(real: np.ndarray, fake: np.ndarray, kid_subset_size: int = 1000, s
 
 
 def to_pixels(images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
-    out = []
-    for im in images:
-        im = im.convert("RGB")
-        if im.size != (resolution, resolution):
-            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1))
-    return torch.stack(out)
+    return torch.stack([image_pixels(im, resolution) for im in images])
 
 
 def held_out_index(held_out: LabelledImages, generated: Sequence[tuple[Image.Image, str]]) -> list[int]:

@@ -77,15 +77,21 @@ def read_manifest(manifest: str | Path, resolution: int = 64) -> LabelledImages:
     pixels = []
     for rel in first:
         try:
-            image = Image.open(manifest.parent / rel).convert("RGB")
+            pixels.append(image_pixels(Image.open(manifest.parent / rel), resolution))
         except DECODE_ERRORS as err:
             raise PixcadeError(f"cannot read {manifest.parent / rel}: {err}") from None
-        if image.size != (resolution, resolution):
-            image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
-        pixels.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
     rows = list(first.values())
     return LabelledImages(torch.stack(pixels), [r["style"] for r in rows], [r["family"] for r in rows],
                           [r["key"] for r in rows], [r["caption"] for r in rows], rows)
+
+
+def image_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """An image as the judge reads it: RGB, bicubic-resized to ``resolution`` if need be,
+    uint8 [3, resolution, resolution]."""
+    image = image.convert("RGB")
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:
