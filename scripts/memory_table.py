@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch
 
 from pixcade.nn.configs import get_preset
-from pixcade.nn.unet import EfficientUNet
+from pixcade.train.memory import TEXT_TOKENS, meta_unet
 
 STAGES = [("base (2B, 64 px)", "base64", 64, None), ("SR 64->256 (600M)", "sr256", 256, 64),
           ("SR 256->1024 (400M)", "sr1024", 1024, 256)]
-TEXT_LEN = 128
 T5_XXL = dict(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64, vocab_size=32128,
               feed_forward_proj="gated-gelu")
 GIB = 2**30
@@ -31,8 +30,7 @@ GIB = 2**30
 def unet_numbers(preset: str, res: int, rows: int = 2) -> tuple[int, int]:
     """(parameters, activation elements at peak) of one forward at ``res``."""
     cfg = get_preset(preset)
-    with torch.device("meta"):
-        net = EfficientUNet(cfg).eval()
+    net = meta_unet(cfg).eval()
     params = sum(p.numel() for p in net.parameters())
     largest = 0
     skip_elems = 0
@@ -54,7 +52,7 @@ def unet_numbers(preset: str, res: int, rows: int = 2) -> tuple[int, int]:
         kw = {}
         if cfg.lowres_cond:
             kw = {"lowres": torch.zeros(rows, 3, res, res), "aug_t": torch.zeros(rows)}
-        net(x, torch.zeros(rows), torch.zeros(rows, TEXT_LEN, cfg.text_dim), torch.ones(rows, TEXT_LEN, dtype=torch.bool), **kw)
+        net(x, torch.zeros(rows), torch.zeros(rows, TEXT_TOKENS, cfg.text_dim), torch.ones(rows, TEXT_TOKENS, dtype=torch.bool), **kw)
     for h in handles:
         h.remove()
     attn = 0
@@ -81,7 +79,7 @@ def main() -> None:
         p, a = unet_numbers(preset, res)
         rows.append((label, p, a))
     t5 = t5_xxl_params()
-    t5_act = 4 * TEXT_LEN * T5_XXL["d_ff"]  # one prompt and its negative: a few d_ff-wide tensors
+    t5_act = 4 * TEXT_TOKENS * T5_XXL["d_ff"]  # one prompt and its negative: a few d_ff-wide tensors
     print(f"| network | parameters | fp32 weights GiB | activations fp32 / bf16 GiB |")
     print("|---|---|---|---|")
     for label, p, a in rows + [("T5-XXL encoder", t5, t5_act)]:
