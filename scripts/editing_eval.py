@@ -28,7 +28,7 @@ from PIL import Image
 
 from pixcade.data.captions import caption
 from pixcade.data.render import render
-from pixcade.data.shapes import COLOURS, KINDS, MARGIN, SIZE_RANGES, Scene, Shape, evaluation_prompts
+from pixcade.data.shapes import ALL_PAIRS, COLOURS, KINDS, MARGIN, SIZE_RANGES, Scene, Shape, evaluation_prompts
 from pixcade.eval.shapes import judge
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
@@ -53,10 +53,9 @@ def inpaint_cases(n: int, seed: int = 0) -> list[tuple[Scene, Shape]]:
     """(whole scene, the right-hand shape drawn alone): the left shape is to be inpainted.
     Half the captions name the left shape first ("A to the left of B"), half the right."""
     rng = np.random.default_rng(seed)
-    pairs = [(c, k) for c in COLOURS for k in KINDS]
     cases = []
     for i in range(n):
-        a, b = (pairs[j] for j in rng.choice(len(pairs), 2, replace=False))
+        a, b = (ALL_PAIRS[j] for j in rng.choice(len(ALL_PAIRS), 2, replace=False))
         # Heights within 0.1 of each other: the pair reads as side by side (the scorer's
         # relation needs the horizontal offset to be the larger one).
         y = float(rng.uniform(0.3, 0.7))
