@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pixcade.data.render import render
-from pixcade.data.shapes import COLOURS, KINDS, sample_scene
+from pixcade.data.shapes import ALL_PAIRS, sample_scene
 from pixcade.data.transforms import to_tensor
 from pixcade.errors import PixcadeError
 from pixcade.eval.judge_net import PooledConvNet
@@ -39,11 +39,6 @@ class ShapesFeaturesConfig:
     feature_dim: int = 128
 
 
-def _pairs() -> list[tuple[str, str]]:
-
-    return [(c, k) for c in COLOURS for k in KINDS]
-
-
 class ShapesFeatureNet(PooledConvNet):
     """Images [B, 3, H, W] in [-1, 1] -> features [B, feature_dim] (``forward``)."""
 
@@ -57,7 +52,7 @@ class ShapesFeatureNet(PooledConvNet):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
         self.body = nn.Sequential(*layers)
         self.project = nn.Linear(4 * w, config.feature_dim)
-        self.pair_head = nn.Linear(config.feature_dim, len(_pairs()))
+        self.pair_head = nn.Linear(config.feature_dim, len(ALL_PAIRS))
         self.count_head = nn.Linear(config.feature_dim, MAX_SHAPES + 1)
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +61,7 @@ class ShapesFeatureNet(PooledConvNet):
 
 def _batch(rng: np.random.Generator, n: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
-    index = {p: i for i, p in enumerate(_pairs())}
+    index = {p: i for i, p in enumerate(ALL_PAIRS)}
     images, pairs, counts = [], torch.zeros(n, len(index)), torch.zeros(n, dtype=torch.long)
     for b in range(n):
         scene = sample_scene(rng, exclude_pairs=())
