@@ -148,7 +148,6 @@ def pair_images_with_prompts(images_dir: str | Path, prompts: str | Path | None)
       ``pixcade generate`` folder is scored on its final images, not its grid or
       ``stages/``), else each image's caption is the ``.txt`` file beside it.
     """
-
     root = Path(images_dir)
     if not root.is_dir():
         raise PixcadeError(f"image folder not found: {root}")
@@ -177,7 +176,6 @@ def pair_images_with_prompts(images_dir: str | Path, prompts: str | Path | None)
 
 def clip_score_report(clip: ClipModel, pairs: list[tuple[Path, str]], batch_size: int = 32) -> dict:
     """Per-prompt mean CLIP score and the mean over prompts, as a JSON-ready dict."""
-
     images = [open_image(p) for p, _ in tqdm(pairs, desc="load images", unit="img")]
     scores = clip_scores(clip, images, [t for _, t in pairs], batch_size)
     per_prompt: dict[str, list[float]] = {}

@@ -64,11 +64,9 @@ def get_extractor(spec: str | None, inception_weights: str | None = None, device
         raise PixcadeError(f"--inception-weights is only used with --features inception, not {spec!r}")
     kind, _, arg = spec.partition(":")
     if kind == "clip" and arg:
-
         clip = load_clip(arg, device)
         return FeatureExtractor(f"clip:{clip.name}", lambda x: clip.encode_images([to_pil(im) for im in x]), False)
     if kind == "shapes" and arg:
-
         return FeatureExtractor(f"shapes-cnn:{arg}", load_shapes_features(arg, device), False)
     if kind == "py" and ":" in arg:
         module_name, _, attr = arg.partition(":")

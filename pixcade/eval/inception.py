@@ -240,7 +240,6 @@ def load_inception(path: str | Path, device: str = "cpu") -> FIDInceptionV3:
     if not path.is_file():
         raise PixcadeError(f"Inception weights file not found: {path}")
     if path.suffix == ".safetensors":
-
         try:
             state = load_file(str(path))
         except Exception as err:  # noqa: BLE001 - safetensors' own error type

@@ -60,7 +60,6 @@ class ShapesFeatureNet(PooledConvNet):
 
 
 def _batch(rng: np.random.Generator, n: int, resolution: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-
     index = {p: i for i, p in enumerate(ALL_PAIRS)}
     images, pairs, counts = [], torch.zeros(n, len(index)), torch.zeros(n, dtype=torch.long)
     for b in range(n):
@@ -109,7 +108,6 @@ def train_shapes_features(out: str | Path, steps: int = 2000, resolution: int = 
 
 
 def load_shapes_features(path: str | Path, device: str = "cpu") -> ShapesFeatureNet:
-
     path = Path(path)
     if not path.is_file():
         raise PixcadeError(f"shapes feature weights not found: {path} (make them with "

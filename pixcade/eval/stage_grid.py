@@ -57,7 +57,6 @@ def wrap(text: str, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, width:
 
 def prompt_label(prompt: str) -> str:
     """The prompt, marked when it is a shapes caption naming a held-out pair."""
-
     try:
         held_out = parse_caption(prompt).held_out
     except PixcadeError:  # not a shapes caption: shown as it is
