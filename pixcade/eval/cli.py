@@ -122,8 +122,7 @@ def shapes_main(argv: list[str]) -> int:
                                                 "(a sweep: sweep.json, sweep.md and one such folder per setting)")
     args = p.parse_args(argv)
     _at_least(args.batch_size, "--batch-size", bound="batch")
-    if args.images_per_prompt < 1:
-        raise PixcadeError("--images-per-prompt must be >= 1")
+    _at_least(args.images_per_prompt, "--images-per-prompt")
     sweeping = args.guidance is not None or args.threshold is not None
     if args.sweep_stage and not sweeping:
         raise PixcadeError("--sweep-stage needs --guidance and/or --threshold")
