@@ -14,12 +14,14 @@ All ranks must see one filesystem (as for sharded training checkpoints).
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import sys
 from pathlib import Path
 
 from pixcade.data.datasets import open_dataset
 from pixcade.errors import PixcadeError
+from pixcade.io import read_text
 from pixcade.text.cache import EmbeddingCache, cache_key
 from pixcade.text.encoders import DEFAULT_BATCH_SIZE, TextEncoder, load_text_encoder
 from pixcade.train import distributed as dist
@@ -81,11 +83,9 @@ def build_distributed(info: DistInfo, directory: str | Path, captions: list[str]
 
 def read_caption_file(path: str) -> list[str]:
     """One caption per line, stripped like dataset captions are; blank lines are skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise PixcadeError(f"cannot read captions file {path}: {err}") from None
+    # newline=None: lines end where a file opened in text mode ends them (\n, \r\n, \r).
+    with io.StringIO(read_text(path, "captions file"), newline=None) as f:
+        return [line.strip() for line in f if line.strip()]
 
 
 def read_captions(captions_file: str | None, data: str | None) -> list[str]:
