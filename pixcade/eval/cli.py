@@ -129,9 +129,10 @@ def shapes_main(argv: list[str]) -> int:
 
     weights = sweep.parse_weights(args.guidance) if args.guidance is not None else None
     thresholds = sweep.parse_thresholds(args.threshold) if args.threshold is not None else None
-    run = BenchmarkRun(args.model, evaluation_prompts(args.prompts, args.held_out_fraction, args.prompt_seed),
-                       args.images_per_prompt, args.seed, args.prompt_seed, args.batch_size)
+    scenes = evaluation_prompts(args.prompts, args.held_out_fraction, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
+    run = BenchmarkRun(args.model, model_digest(args.model), scenes, args.images_per_prompt, args.seed,
+                       args.prompt_seed, args.batch_size)
     command = _command("shapes", argv)
     out = Path(args.out)
     if not sweeping:

@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from pixcade.data.scenes import Scene
 from pixcade.eval import sweep
-from pixcade.eval.provenance import model_digest
 from pixcade.eval.shapes import markdown_table, score
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
@@ -27,6 +26,7 @@ class BenchmarkRun:
     """What every run of a benchmark (or of a sweep) shares; reports record it."""
 
     model: str  # the cascade directory, as given
+    model_digest: str | None  # `provenance.model_digest` of it, hashed once for every run of a sweep
     scenes: list[Scene]  # the evaluation prompts
     images_per_prompt: int
     seed: int  # sampling seed
@@ -48,7 +48,7 @@ def run_benchmark(cascade: Cascade, run: BenchmarkRun, out: Path, options: dict[
     for r in report["results"]:
         r["image"] = f"images/{names[r['index']]}"
     side = min(images[0].size)
-    report = {"model": run.model, "model_digest": model_digest(run.model), "resolution": side,
+    report = {"model": run.model, "model_digest": run.model_digest, "resolution": side,
               "prompts": len(scenes), "images_per_prompt": k,
               "prompt_seed": run.prompt_seed, "seed": run.seed, **report}
     if options:
@@ -85,7 +85,7 @@ def run_sweep(cascade: Cascade, run: BenchmarkRun, out: Path, stage: str | None,
                       "prompts (held-out: prompts naming a held-out colour-shape pair); other stages at their "
                       f"defaults.\n\n{table}\n")
     print(table, file=sys.stderr)
-    return {"model": run.model, "model_digest": report["model_digest"], "command": command, "stage": stage,
+    return {"model": run.model, "model_digest": run.model_digest, "command": command, "stage": stage,
             "resolution": report["resolution"], "prompts": len(run.scenes),
             "images_per_prompt": run.images_per_prompt, "prompt_seed": run.prompt_seed, "seed": run.seed,
             "rows": rows}
