@@ -62,6 +62,13 @@ def make_dirs(path: str | os.PathLike) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """pixcade's per-user cache folder, ``$XDG_CACHE_HOME/pixcade`` (default
+    ``~/.cache/pixcade``); not created here."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "pixcade"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of every byte of a file, read in blocks (weights may be tens of GB)."""
     digest = hashlib.sha256()

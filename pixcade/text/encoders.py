@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from pixcade.errors import PixcadeError
-from pixcade.io import atomic_write_text, sha256_file
+from pixcade.io import atomic_write_text, cache_dir, sha256_file
 
 DEFAULT_ENCODER = "minilm"
 DEFAULT_MAX_LENGTH = 128
@@ -56,11 +56,6 @@ def minilm_directory() -> Path:
     return directory.resolve()
 
 
-def _digest_memo_path() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "pixcade" / "weight-digests.json"
-
-
 def file_digest(path: Path) -> str:
     """sha256 of every byte of ``path``, remembered across runs by (path, size, mtime, ctime,
     inode): a T5-XXL is tens of GB, hashed once, not on every load. Any write changes ctime
@@ -68,7 +63,7 @@ def file_digest(path: Path) -> str:
     st = path.stat()
     stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     key = str(path.resolve())
-    memo_path = _digest_memo_path()
+    memo_path = cache_dir() / "weight-digests.json"
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
         if not isinstance(memo, dict):

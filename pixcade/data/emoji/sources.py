@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pixcade.data.emoji.spec import Style
 from pixcade.errors import PixcadeError
+from pixcade.io import cache_dir
 
 PACKAGE_ROOT = "package/"  # npm pack puts every file under this folder
 
 
 def default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "pixcade" / "emoji-npm"
+    return cache_dir() / "emoji-npm"
 
 
 def locate(styles: list[Style], folder: Path, fetch: bool) -> dict[str, Path]:
