@@ -376,14 +376,8 @@ class Cascade:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PixcadeError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
         check_generation(prompts, n, batch_size)
-        starts: list[StartImage] | None = None
-        if start_image is not None:
-            if isinstance(start_image, (Image.Image, str, os.PathLike)):
-                starts = [start_image] * len(prompts)
-            else:
-                starts = list(start_image)
-                if len(starts) != len(prompts):
-                    raise PixcadeError(f"{len(starts)} start images for {len(prompts)} prompts")
+        starts = per_prompt(start_image, prompts, "start images")
+        if starts is not None:
             starts = [open_image(s) if not isinstance(s, Image.Image) else s for s in starts]
         negatives = per_prompt(negative_prompt, prompts, "negative prompts")
         if negatives is not None and any(not isinstance(t, str) for t in negatives):
