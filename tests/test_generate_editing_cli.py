@@ -97,3 +97,17 @@ def test_bad_input_is_one_line_and_nothing_is_written(model, files, tmp_path, ca
     assert code == 2 and "\n" not in err
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def test_a_flag_replaces_a_saved_dtype_the_device_cannot_run(tmp_path, capsys):
+    """Only the settings that will run are checked: a model saved to sample in fp16 runs on
+    the CPU with --dtype fp32 (the same images as the API's), and is refused without it."""
+    cascade = Cascade.from_pretrained(save_tiny_cascade(tmp_path / "tiny"))
+    for stage in cascade.stages:
+        stage.config.sampling = stage.config.sampling.replace(dtype="fp16")
+    cascade.save_pretrained(tmp_path / "fp16")
+    assert generate(tmp_path / "fp16", tmp_path / "refused", PROMPTS[0]) == 2
+    assert "fp16 sampling needs an accelerator" in capsys.readouterr().err
+    assert generate(tmp_path / "fp16", tmp_path / "out", PROMPTS[0], "--dtype", "fp32") == 0
+    api = Cascade.from_pretrained(tmp_path / "fp16").generate(PROMPTS[0], dtype="fp32", progress=False)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "p0000_i00.png")), np.asarray(api[0]))

@@ -204,12 +204,23 @@ class Cascade:
         start_resolution: int | None = None,
         **overrides: PerStage,
     ) -> Plan:
-        """Choose the stages to run and resolve their settings (each stage's saved ones with
-        ``overrides``, see `pixcade.pipeline.options`), all checked before any work is done.
+        """Choose the stages to run (see `choose`) and resolve their settings (each stage's
+        saved ones with ``overrides``, see `pixcade.pipeline.options`), all checked before
+        any work is done."""
+        chosen = self.choose(stages, stop_after, start_resolution)
+        plan = Plan(chosen, resolve([s.config for s in chosen], **overrides))
+        self.check_precision(plan)
+        return plan
 
-        ``stages`` names consecutive stages; by default all of them, or, given the side of a
-        start image, from the SR stage that takes images of that size. ``stop_after`` cuts
-        the run after the named stage.
+    def choose(
+        self,
+        stages: Sequence[str] | None = None,
+        stop_after: str | None = None,
+        start_resolution: int | None = None,
+    ) -> list[Stage]:
+        """The stages to run, checked. ``stages`` names consecutive stages; by default all
+        of them, or, given the side of a start image, from the SR stage that takes images of
+        that size. ``stop_after`` cuts the run after the named stage.
         """
         names = self.names
         if stages is not None:
@@ -253,9 +264,7 @@ class Cascade:
             )
         if not first.is_super_resolution and start_resolution is not None:
             raise PixcadeError(f"a start image was given but the first stage run, {first.name!r}, takes none")
-        plan = Plan(chosen, resolve([s.config for s in chosen], **overrides))
-        self.check_precision(plan)
-        return plan
+        return chosen
 
     def check_precision(self, plan: Plan) -> None:
         """Each stage's dtype must be one this cascade's device samples in (fp16: not the CPU)."""

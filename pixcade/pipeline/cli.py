@@ -16,7 +16,7 @@ from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.limits import LIMITS, check_generation
-from pixcade.pipeline.cascade import Cascade
+from pixcade.pipeline.cascade import Cascade, Plan
 from pixcade.pipeline.edits import EditRequest, as_image, as_mask
 from pixcade.pipeline.folder import GRID_MAX, write_images
 from pixcade.pipeline.images import open_image
@@ -189,9 +189,12 @@ def main(argv: list[str]) -> int:
 
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
     start_side = min(start.size) if start else None
-    plan = cascade.plan(stage_list, args.stop_after, start_side)
-    plan.settings = settings_from_text([s.config for s in plan.stages], assignments(args, plan.names, [
-        s.config.name for s in plan.stages if s.config.is_super_resolution]))
+    # The flags name stages, so the stages are chosen before the settings are read, and
+    # only the settings that will run are checked (a saved dtype the flags replace is not).
+    chosen = cascade.choose(stage_list, args.stop_after, start_side)
+    configs = [s.config for s in chosen]
+    names, sr_names = [c.name for c in configs], [c.name for c in configs if c.is_super_resolution]
+    plan = Plan(chosen, settings_from_text(configs, assignments(args, names, sr_names)))
     cascade.check_precision(plan)
     if edit is not None:
         plan.check_editable()
