@@ -155,11 +155,12 @@ def sample_cascade(device: torch.device, fake: bool) -> dict[str, Any]:
             "seconds": time.perf_counter() - start, "steps": extra.get("steps", "stage defaults")}
 
 
-def _step(result: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
+def _step(fn: Callable[[], Any]) -> Any:
+    """``fn()``, or its error as a record: a failing step does not stop the others."""
     try:
-        result[key] = fn()
-    except Exception as err:  # recorded; the other steps still run
-        result[key] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
+        return fn()
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,12 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
     }
-    _step(result, "cuda_tests", lambda: run_cuda_tests(fake))
+    result["cuda_tests"] = _step(lambda: run_cuda_tests(fake))
     rows = []
     for label, preset, res, lowres, batch in FAKE if fake else PAPER:
-        _step(result, "_row", lambda: measure_training(label, preset, res, lowres, batch, device, steps=steps,
-                                                        sharded=False, fake=fake))
-        rows.append({"stage": label, **result.pop("_row")})
+        rows.append({"stage": label, **_step(lambda: measure_training(label, preset, res, lowres, batch, device,
+                                                                      steps=steps, sharded=False, fake=fake))})
     label, preset, res, lowres, batch = (FAKE if fake else PAPER)[0]
 
     def sharded() -> dict[str, Any]:
@@ -196,10 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             torch.distributed.destroy_process_group()
 
-    _step(result, "_row", sharded)
-    rows.append({"stage": label, **result.pop("_row")})
+    rows.append({"stage": label, **_step(sharded)})
     result["training"] = rows
-    _step(result, "sampling", lambda: sample_cascade(device, fake))
+    result["sampling"] = _step(lambda: sample_cascade(device, fake))
     result["seconds"] = time.perf_counter() - started
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
