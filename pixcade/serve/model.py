@@ -6,7 +6,6 @@ and HTTP logic can be tested with a fake model, and the real one is this thin ad
 
 from __future__ import annotations
 
-import io
 from typing import Any, Callable, Protocol
 
 from PIL import Image
@@ -104,14 +103,7 @@ class CascadeModel:
 
 def edit_batch(request: GenerationRequest) -> Any:
     """The request's image (and mask) as the pipeline's edit of its ``n`` images."""
-    from pixcade.pipeline.edits import EditBatch, EditRequest, as_mask
+    from pixcade.pipeline.edits import EditBatch, EditRequest
 
-    def picture(data: bytes) -> Image.Image:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.copy()
-
-    image = picture(request.image).convert("RGB")
-    mask = as_mask(picture(request.mask), image) if request.mask is not None else None
-    return EditBatch(EditRequest(strength=request.strength), [image] * request.n,
-                     [mask] * request.n if mask is not None else None)
+    masks = [request.mask] * request.n if request.mask is not None else None
+    return EditBatch(EditRequest(strength=request.strength), [request.image] * request.n, masks)

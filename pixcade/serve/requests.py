@@ -69,10 +69,10 @@ class GenerationRequest:
     stages: tuple[str, ...] = field(default_factory=tuple)
     sampling: dict[str, Any] = field(default_factory=dict)
     # Editing: what guidance steers away from, and an image (with a mask: inpainting) to
-    # edit from the SDEdit ``strength`` (PNG bytes, checked readable and of equal sizes).
+    # edit from the SDEdit ``strength`` (decoded: RGB, and the mask as `as_mask` makes it).
     negative_prompt: str | None = None
-    image: bytes | None = None
-    mask: bytes | None = None
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
     strength: float = 1.0
 
     def overrides(self) -> dict[str, Any]:
@@ -104,10 +104,10 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def _runnable(check: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+def _runnable(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one of the pipeline's option checks: what it refuses, the model could not run (422)."""
     try:
-        check(*args, **kwargs)
+        return check(*args, **kwargs)
     except PixcadeError as err:
         raise RequestError(422, str(err)) from None
 
@@ -227,8 +227,8 @@ def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> 
     )
 
 
-def _png(value: Any, name: str, limits: Limits) -> tuple[bytes, Image.Image]:
-    """A base64 PNG (a data: URL or the bare base64) as (bytes, image), checked readable."""
+def _png(value: Any, name: str, limits: Limits) -> Image.Image:
+    """A base64 PNG (a data: URL or the bare base64), decoded."""
     if not isinstance(value, str):
         raise _bad(f"{name} must be a base64 PNG (data:image/png;base64,...)")
     data = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
@@ -242,15 +242,15 @@ def _png(value: Any, name: str, limits: Limits) -> tuple[bytes, Image.Image]:
                 raise _over(f"{name} is {im.size[0]}x{im.size[1]}; this server's limit (max_image_side) "
                             f"is {limits.max_image_side} px", "max_image_side", limits.max_image_side)
             im.load()
-            return raw, im.copy()
+            return im.copy()
     except RequestError:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise RequestError(422, f"cannot read {name}: {err}") from None
 
 
-def _edit_fields(payload: Mapping[str, Any], limits: Limits) -> tuple[bytes | None, bytes | None, float]:
-    """(image PNG, mask PNG, strength) of a request, checked as `Cascade.generate` would."""
+def _edit_fields(payload: Mapping[str, Any], limits: Limits) -> tuple[Image.Image | None, Image.Image | None, float]:
+    """(image, mask, strength) of a request, checked as `Cascade.generate` would."""
     strength = payload.get("strength", 1.0)
     if not _is_number(strength):
         raise _bad("strength must be a finite number")
@@ -260,13 +260,12 @@ def _edit_fields(payload: Mapping[str, Any], limits: Limits) -> tuple[bytes | No
         if payload.get("mask") is not None or "strength" in payload:
             raise RequestError(422, "mask and strength need an image to edit")
         return None, None, float(strength)
-    image, picture = _png(payload["image"], "image", limits)
+    image = _png(payload["image"], "image", limits).convert("RGB")
     mask = None
     if payload.get("mask") is not None:
-        mask, mask_picture = _png(payload["mask"], "mask", limits)
-        if mask_picture.size != picture.size:
-            raise RequestError(422, f"the mask is {mask_picture.size[0]}x{mask_picture.size[1]} but the image is "
-                                    f"{picture.size[0]}x{picture.size[1]}: they must be the same size")
+        from pixcade.pipeline.edits import as_mask  # the pipeline loads torch (see `_per_stage`)
+
+        mask = _runnable(as_mask, _png(payload["mask"], "mask", limits), image)
     return image, mask, float(strength)
 
 
