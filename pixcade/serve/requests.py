@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image
 
+from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.web.errors import RequestError
 
@@ -245,7 +246,7 @@ def _png(value: Any, name: str, limits: Limits) -> Image.Image:
             return im.copy()
     except RequestError:
         raise
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         raise RequestError(422, f"cannot read {name}: {err}") from None
 
 
