@@ -24,7 +24,6 @@ import sqlite3
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -125,27 +124,27 @@ class RatingSession:
             return None
         return self.image_path(comp.model_a if side == "A" else comp.model_b, comp.prompt_index, k)
 
-    def vote(self, body: object) -> tuple[HTTPStatus, dict]:
+    def vote(self, body: object) -> dict:
         if not isinstance(body, dict) or set(body) != {"token", *QUESTIONS}:
-            return HTTPStatus.BAD_REQUEST, {"error": f"expected exactly the fields token, {', '.join(QUESTIONS)}"}
+            raise RequestError(400, f"expected exactly the fields token, {', '.join(QUESTIONS)}")
         if not isinstance(body["token"], str) or any(body[q] not in CHOICES for q in QUESTIONS):
-            return HTTPStatus.BAD_REQUEST, {"error": f"answers must be one of {', '.join(CHOICES)}"}
+            raise RequestError(400, f"answers must be one of {', '.join(CHOICES)}")
         token = body["token"]
         with self._lock:
             if token in self._voted:
-                return HTTPStatus.CONFLICT, {"error": "this comparison was already rated"}
+                raise RequestError(409, "this comparison was already rated")
             comp = self._open.get(token)
             if comp is None:
-                return HTTPStatus.NOT_FOUND, {"error": "unknown comparison"}
+                raise RequestError(404, "unknown comparison")
             prompt = self.prompts[comp.prompt_index]
             try:
                 self.store.add(token, comp.prompt_index, prompt["prompt"], prompt["category"],
                                comp.model_a, comp.model_b, body["fidelity"], body["quality"])
             except sqlite3.IntegrityError:
-                return HTTPStatus.CONFLICT, {"error": "this comparison was already rated"}
+                raise RequestError(409, "this comparison was already rated") from None
             self._close(token)
             self._voted.add(token)
-        return HTTPStatus.OK, {"ok": True, "rated": self.store.count()}
+        return {"ok": True, "rated": self.store.count()}
 
 
 class RatingApi:
@@ -176,8 +175,8 @@ class RatingApi:
 
     async def vote(self, request: Request) -> Response:
         body = await read_json(request, MAX_BODY, self.web)
-        status, reply = await run_in_threadpool(self.session.vote, body)
-        return JSONResponse(reply, status, headers={"Cache-Control": "no-store"})
+        reply = await run_in_threadpool(self.session.vote, body)
+        return JSONResponse(reply, headers={"Cache-Control": "no-store"})
 
 
 class RatingServer(WebServer):
