@@ -30,13 +30,13 @@ from typing import Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from pixcade.eval.drawbench_votes import CHOICES, QUESTIONS, VoteStore
 from pixcade.web.body import read_json
 from pixcade.web.errors import RequestError
-from pixcade.web.guard import guarded_app
+from pixcade.web.guard import guarded_app, json_response
 from pixcade.web.limits import WebLimits, allowed_hosts
 from pixcade.web.pages import page_routes
 from pixcade.web.server import WebServer
@@ -164,7 +164,7 @@ class RatingApi:
     async def next(self, request: Request) -> Response:
         client = request.client.host if request.client else ""
         comparison = await run_in_threadpool(self.session.next_comparison, client)
-        return JSONResponse(comparison, headers={"Cache-Control": "no-store"})
+        return json_response(comparison)
 
     async def image(self, request: Request) -> Response:
         p = request.path_params
@@ -176,7 +176,7 @@ class RatingApi:
     async def vote(self, request: Request) -> Response:
         body = await read_json(request, MAX_BODY, self.web)
         reply = await run_in_threadpool(self.session.vote, body)
-        return JSONResponse(reply, headers={"Cache-Control": "no-store"})
+        return json_response(reply)
 
 
 class RatingServer(WebServer):

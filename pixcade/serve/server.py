@@ -33,24 +33,20 @@ from typing import Any, AsyncIterator, Sequence
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import TERMINAL, Job, JobManager, QueueFull
 from pixcade.serve.requests import Limits, RequestError, check_resolved_steps, parse_request
 from pixcade.web.body import read_json
-from pixcade.web.guard import error_response, guarded_app
+from pixcade.web.guard import error_response, guarded_app, json_response
 from pixcade.web.limits import WebLimits, allowed_hosts, is_loopback
 from pixcade.web.pages import page_routes
 from pixcade.web.server import WebServer
 
 SSE_KEEPALIVE_S = 15.0
 STATIC = resources.files("pixcade.serve") / "static"
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(data, status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 class ServeApi:
@@ -94,10 +90,10 @@ class ServeApi:
         return job
 
     async def config(self, request: Request) -> Response:
-        return _json(self.config_json())
+        return json_response(self.config_json())
 
     async def queue(self, request: Request) -> Response:
-        return _json(self.manager.stats())
+        return json_response(self.manager.stats())
 
     def _check_and_queue(self, payload: Any) -> Job:
         request = parse_request(payload, self.limits, self.stage_names)
@@ -116,10 +112,10 @@ class ServeApi:
         except QueueFull as err:
             return error_response(503, str(err), {"Retry-After": "5"}, limit="max_queue", max=self.manager.max_queue)
         urls = {"status_url": f"/api/jobs/{job.id}", "events_url": f"/api/jobs/{job.id}/events"}
-        return _json({**self.manager.snapshot(job), **urls}, 202, {"Location": urls["status_url"]})
+        return json_response({**self.manager.snapshot(job), **urls}, 202, {"Location": urls["status_url"]})
 
     async def status(self, request: Request) -> Response:
-        return _json(self.manager.snapshot(self._job(request)))
+        return json_response(self.manager.snapshot(self._job(request)))
 
     async def image(self, request: Request) -> Response:
         job = self._job(request)

@@ -50,8 +50,13 @@ SECURITY_HEADERS = [
 ]
 
 
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An API answer: JSON that no cache keeps (it is this moment's state, or a refusal)."""
+    return JSONResponse(data, status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status, headers={"Cache-Control": "no-store", **(headers or {})})
+    return json_response({"error": message, **extra}, status, headers)
 
 
 def cross_site_refusal(scope: Scope) -> str | None:
@@ -142,7 +147,7 @@ async def _refused(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     # A body that did not arrive in time: answer, then drop the connection.
     headers = {"Connection": "close"} if exc.status == 408 else {}
-    return JSONResponse(exc.to_json(), exc.status, headers={"Cache-Control": "no-store", **headers})
+    return json_response(exc.to_json(), exc.status, headers)
 
 
 def guarded_app(routes: Sequence[BaseRoute], hosts: Sequence[str], limits: WebLimits) -> Starlette:
