@@ -17,24 +17,25 @@ def main(argv: list[str] | None = None) -> int:
     if argv == ["--version"]:
         print(__version__)
         return 0
+    name = verb_path(COMMANDS, argv)  # what an error line is prefixed with
     try:
         return run(COMMANDS, argv)
     except PixcadeError as err:
-        print(f"{verb_path(COMMANDS, argv)}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     # What a verb does not name itself is still one line: the file and the cause.
     except OSError as err:
-        print(f"{verb_path(COMMANDS, argv)}: error: {os_error_line(err)}", file=sys.stderr)
+        print(f"{name}: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except UnicodeDecodeError as err:
-        print(f"{verb_path(COMMANDS, argv)}: error: a text file is not UTF-8 ({err})", file=sys.stderr)
+        print(f"{name}: error: a text file is not UTF-8 ({err})", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{verb_path(COMMANDS, argv)}: error: out of memory (ask for fewer or smaller images, "
+        print(f"{name}: error: out of memory (ask for fewer or smaller images, "
               "or a smaller --batch-size)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{verb_path(COMMANDS, argv)}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
 
 
