@@ -83,8 +83,12 @@ def flatten_optimizer_state(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor]
                 tensors[f"{idx}/{key}"] = value.detach().contiguous().clone()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    return tensors, {"param_groups": json_param_groups(sd["param_groups"]), "scalars": scalars}
+
+
+def json_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An optimizer's param groups as JSON values (tuples such as Adam's betas as lists)."""
+    return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]
 
 
 def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +110,22 @@ def _fsync_dir(path: Path) -> None:
         fsync_file(path)
     except OSError:
         pass
+
+
+def remove_partial(directory: Path) -> None:
+    """Remove the temporary directories of checkpoint writes a crash interrupted."""
+    for stale in directory.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def publish(tmp: Path, final: Path, keep: int) -> None:
+    """Make the fully written (files fsynced) ``tmp`` the checkpoint ``final``: fsync it,
+    rename it into place, fsync the parent; then delete all but the newest ``keep``."""
+    _fsync_dir(tmp)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    for old in list_checkpoints(final.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def test_write_pause(tmp: Path) -> None:
@@ -133,8 +153,7 @@ def save_checkpoint(
     final = directory / checkpoint_name(step)
     if final.exists():  # saved at this very step already (e.g. a signal right after a save)
         return final
-    for stale in directory.glob(TMP_PREFIX + "*"):  # left by a crash mid-write
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_partial(directory)
     tmp = directory / f"{TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
     tmp.mkdir()
     opt_tensors, opt_meta = flatten_optimizer_state(optimizer)
@@ -145,11 +164,7 @@ def save_checkpoint(
     state_path = tmp / "state.json"
     state_path.write_text(json.dumps({**state, "step": step, "optimizer": opt_meta}, indent=1))
     fsync_file(state_path)
-    _fsync_dir(tmp)
-    os.rename(tmp, final)
-    _fsync_dir(directory)
-    for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    publish(tmp, final, keep)
     return final
 
 

@@ -20,8 +20,6 @@ checkpoints your own runs wrote.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,20 +54,6 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
     return (Path(path) / _METADATA).is_file()
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in path.iterdir():
-        if p.is_file():
-            fsync_file(p)
-    try:
-        fsync_file(path)
-    except OSError:  # directory fsync is not allowed everywhere
-        pass
-
-
-def _json_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in groups]
-
-
 def save_sharded(
     info: DistInfo,
     directory: str | Path,
@@ -92,8 +76,7 @@ def save_sharded(
         return final
     if info.is_main:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(ckpt.TMP_PREFIX + "*"):  # left by a crash mid-write
-            shutil.rmtree(stale, ignore_errors=True)
+        ckpt.remove_partial(directory)
         tmp.mkdir()
     dist.barrier(info)
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -104,15 +87,11 @@ def save_sharded(
         ckpt.test_write_pause(tmp)
         state_path = tmp / "state.json"
         state_path.write_text(json.dumps({**state, "format": FORMAT, "step": step,
-                                          "param_groups": _json_groups(optim_sd["param_groups"])}, indent=1))
-        _fsync_tree(tmp)
-        os.rename(tmp, final)
-        try:
-            fsync_file(directory)
-        except OSError:
-            pass
-        for old in ckpt.list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+                                          "param_groups": ckpt.json_param_groups(optim_sd["param_groups"])}, indent=1))
+        for p in tmp.iterdir():
+            if p.is_file():
+                fsync_file(p)
+        ckpt.publish(tmp, final, keep)
     dist.barrier(info)
     return final
 
