@@ -66,10 +66,6 @@ def checkpoint_res_blocks_of(net: nn.Module) -> None:
             checkpoint_module(m)
 
 
-def is_sharded(net: nn.Module) -> bool:
-    return isinstance(net, FSDPModule)
-
-
 def set_gradient_sync(net: nn.Module, enabled: bool) -> None:
     """Gradient accumulation: skip the reduce-scatter on all micro-batches but the last."""
     if isinstance(net, FSDPModule):
