@@ -10,7 +10,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from pixcade.diffusion.editing import DEFAULT_JUMP
 from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
@@ -89,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", metavar="PNG", help="an image to edit instead of drawing a new one")
     p.add_argument("--mask", metavar="PNG", help="inpainting mask for --image: white = redraw")
     p.add_argument("--strength", type=float, metavar="S",
-                   help="image-to-image strength in [0, 1] (default 1: from pure noise)")
-    p.add_argument("--resample", type=int, default=0, metavar="R",
-                   help="RePaint resampling round trips per step when inpainting (default 0)")
-    p.add_argument("--jump", type=float, default=DEFAULT_JUMP, metavar="T",
-                   help=f"the resampling jump in t (default {DEFAULT_JUMP})")
-    p.add_argument("--soft-edge", type=int, default=0, metavar="P",
-                   help="blend the last P pixels inside the mask into the image (default 0)")
+                   help=f"image-to-image strength in [0, 1] (default {EditRequest.strength:g}: from pure noise)")
+    p.add_argument("--resample", type=int, metavar="R",
+                   help=f"RePaint resampling round trips per step when inpainting (default {EditRequest.resample})")
+    p.add_argument("--jump", type=float, metavar="T",
+                   help=f"the resampling jump in t (default {EditRequest.jump:g})")
+    p.add_argument("--soft-edge", type=int, metavar="P",
+                   help=f"blend the last P pixels inside the mask into the image (default {EditRequest.soft_edge})")
     p.add_argument("--dtype", metavar="SPEC", help="fp32 | bf16 | fp16 (default: the stage's saved one)")
     p.add_argument("--device", choices=("cpu", "cuda", "mps"),
                    help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
@@ -164,10 +163,9 @@ def read_edit(args: argparse.Namespace) -> tuple[EditRequest, Image.Image, Image
         return None
     if args.start_image:
         raise PixcadeError("give --image (edit) or --start-image (super-resolve), not both")
-    request = EditRequest(
-        strength=1.0 if args.strength is None else args.strength,
-        resample=args.resample, jump=args.jump, soft_edge=args.soft_edge,
-    )
+    # The flags left out take EditRequest's defaults.
+    given = {name: getattr(args, name) for name in ("strength", "resample", "jump", "soft_edge")}
+    request = EditRequest(**{name: value for name, value in given.items() if value is not None})
     image = as_image(args.image)
     return request, image, as_mask(args.mask, image) if args.mask else None
 
