@@ -175,3 +175,14 @@ def test_to_unit_matches_the_trainers_scale():
     image = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
     pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
     assert torch.allclose(to_unit(pixels)[0], to_tensor(image), atol=1e-6)
+
+
+@pytest.mark.parametrize("line", ['{"image": "a.png"', '{"image": "a.png", "caption": "x"}', '[1, 2]'],
+                         ids=["truncated", "no-split", "not-object"])
+def test_sr_eval_names_a_bad_manifest_row_in_one_line(tmp_path, capsys, line):
+    manifest = tmp_path / "sr-256" / "heldout.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text(line + "\n")
+    assert pixcade_main(["eval", "emoji", "sr", "--data", str(tmp_path), "--model", str(tmp_path / "none")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{manifest}:1: not an emoji manifest row" in err, err

@@ -55,23 +55,37 @@ class LabelledImages:
     extra: list[dict[str, Any]]  # the first manifest row of each image
 
 
-def read_manifest(manifest: str | Path, resolution: int = 64) -> LabelledImages:
-    """The unique images of an emoji manifest (`pixcade data emoji`), resized if needed."""
+ROW_FIELDS = ("image", "caption", "style", "family", "key")
+
+
+def manifest_rows(manifest: str | Path, fields: tuple[str, ...] = ROW_FIELDS) -> list[dict[str, Any]]:
+    """The rows of an emoji manifest (`pixcade data emoji`), each checked to have ``fields``;
+    an unreadable file or a bad row is one line naming it."""
     manifest = Path(manifest)
     try:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise PixcadeError(f"cannot read emoji manifest {manifest}: {err}") from None
-    first: dict[str, dict[str, Any]] = {}
+    rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            first.setdefault(row["image"], row)
-            row["style"], row["family"], row["key"]  # noqa: B018 - presence check
+            if not all(isinstance(row[f], str) for f in fields):
+                raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise PixcadeError(f"{manifest}:{n}: not an emoji manifest row (image, caption, style, family, key)") from None
+            raise PixcadeError(f"{manifest}:{n}: not an emoji manifest row ({', '.join(fields)})") from None
+        rows.append(row)
+    return rows
+
+
+def read_manifest(manifest: str | Path, resolution: int = 64) -> LabelledImages:
+    """The unique images of an emoji manifest (`pixcade data emoji`), resized if needed."""
+    manifest = Path(manifest)
+    first: dict[str, dict[str, Any]] = {}
+    for row in manifest_rows(manifest):
+        first.setdefault(row["image"], row)
     if not first:
         raise PixcadeError(f"{manifest} lists no images")
     pixels = []

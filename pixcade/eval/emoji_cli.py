@@ -9,7 +9,6 @@ Every subcommand prints JSON (and with --out writes it), including the command l
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -18,7 +17,9 @@ import torch
 from pixcade.commands import ArgumentParser, emit_json
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
-from pixcade.eval.emoji_classifier import load_classifier, read_manifest, save_classifier, train_classifier
+from pixcade.eval.emoji_classifier import (
+    ROW_FIELDS, load_classifier, manifest_rows, read_manifest, save_classifier, train_classifier,
+)
 from pixcade.eval.fid import image_index
 from pixcade.eval.sr_psnr import sr_stage_name
 from pixcade.pipeline.cascade import Cascade
@@ -84,7 +85,7 @@ def sr_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     manifest = args.data / SR / "heldout.jsonl"
-    rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = manifest_rows(manifest, (*ROW_FIELDS, "split"))
     rows = rows[: args.limit] if args.limit else rows
     truths = [open_image(manifest.parent / r["image"]) for r in rows]
     cascade = Cascade.from_pretrained(args.model, device=args.device)
