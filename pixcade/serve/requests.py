@@ -113,6 +113,12 @@ def _runnable(check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise RequestError(422, str(err)) from None
 
 
+def _check_length(text: str, name: str, limits: Limits) -> None:
+    if len(text) > limits.max_prompt_chars:
+        raise _over(f"{name} is {len(text)} characters; this server's limit (max_prompt_chars) is "
+                    f"{limits.max_prompt_chars}", "max_prompt_chars", limits.max_prompt_chars)
+
+
 def _per_stage(value: Any, name: str, stages: Sequence[str], check: Callable[[Any], Any]) -> Any:
     """One value for every stage run, or ``{stage: value}`` naming only stages that run."""
     # Imported when used: the pipeline loads torch, which importing the server must not.
@@ -139,11 +145,7 @@ def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> 
         raise _bad("prompt must be a string")
     if not prompt.strip():
         raise RequestError(422, "prompt is empty")
-    if len(prompt) > limits.max_prompt_chars:
-        raise _over(
-            f"prompt is {len(prompt)} characters; this server's limit (max_prompt_chars) is "
-            f"{limits.max_prompt_chars}", "max_prompt_chars", limits.max_prompt_chars,
-        )
+    _check_length(prompt, "prompt", limits)
 
     n = payload.get("n", 1)
     if not _is_int(n):
@@ -213,10 +215,7 @@ def parse_request(payload: Any, limits: Limits, model_stages: Sequence[str]) -> 
     if negative is not None:
         if not isinstance(negative, str):
             raise _bad("negative_prompt must be a string")
-        if len(negative) > limits.max_prompt_chars:
-            raise _over(f"negative_prompt is {len(negative)} characters; this server's limit "
-                        f"(max_prompt_chars) is {limits.max_prompt_chars}", "max_prompt_chars",
-                        limits.max_prompt_chars)
+        _check_length(negative, "negative_prompt", limits)
     image, mask, strength = _edit_fields(payload, limits)
 
     return GenerationRequest(
