@@ -251,22 +251,23 @@ def _png(value: Any, name: str, limits: Limits) -> Image.Image:
 
 def _edit_fields(payload: Mapping[str, Any], limits: Limits) -> tuple[Image.Image | None, Image.Image | None, float]:
     """(image, mask, strength) of a request, checked as `Cascade.generate` would."""
+    # The pipeline's own checks; imported here as it loads torch (see `_per_stage`).
+    from pixcade.diffusion.editing import check_strength
+    from pixcade.pipeline.edits import as_mask
+
     strength = payload.get("strength", 1.0)
     if not _is_number(strength):
         raise _bad("strength must be a finite number")
-    if not 0.0 <= strength <= 1.0:
-        raise RequestError(422, f"strength must be a number in [0, 1], got {strength}")
+    strength = _runnable(check_strength, strength)
     if payload.get("image") is None:
         if payload.get("mask") is not None or "strength" in payload:
             raise RequestError(422, "mask and strength need an image to edit")
-        return None, None, float(strength)
+        return None, None, strength
     image = _png(payload["image"], "image", limits).convert("RGB")
     mask = None
     if payload.get("mask") is not None:
-        from pixcade.pipeline.edits import as_mask  # the pipeline loads torch (see `_per_stage`)
-
         mask = _runnable(as_mask, _png(payload["mask"], "mask", limits), image)
-    return image, mask, float(strength)
+    return image, mask, strength
 
 
 def check_resolved_steps(steps_by_stage: Mapping[str, int], limits: Limits) -> None:
