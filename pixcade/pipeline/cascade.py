@@ -18,16 +18,15 @@ from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_generation
 from pixcade.pipeline import saving
-from pixcade.pipeline.edits import EditBatch, EditRequest, ImageSource, as_image, as_mask, per_prompt
-from pixcade.pipeline.images import open_image, to_pil
+from pixcade.pipeline.edits import EditRequest, ImageSource
+from pixcade.pipeline.images import to_pil
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
 from pixcade.pipeline.options import PerStage, parse_assignment, resolve, settings_from_text
 from pixcade.pipeline.placement import check_device, placed
+from pixcade.pipeline.request import Request
 from pixcade.pipeline.shipped import resolve_model
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER, load_text_encoder
-
-StartImage = Image.Image | str | os.PathLike
 
 
 @dataclass
@@ -276,50 +275,50 @@ class Cascade:
 
     # -- sampling -------------------------------------------------------------------------
 
-    def start_tensor(self, plan: Plan, images: Sequence[StartImage]) -> torch.Tensor:
+    def start_tensor(self, plan: Plan, images: Sequence[Image.Image]) -> torch.Tensor:
         """Start images as the first stage's low-res input ``[B, 3, r, r]`` on the device."""
         r = plan.stages[0].config.lowres_resolution
-        pil = [open_image(im) if not isinstance(im, Image.Image) else im for im in images]
-        return torch.stack([square_tensor(im, r) for im in pil]).to(self.device)
+        return torch.stack([square_tensor(im, r) for im in images]).to(self.device)
 
     @torch.no_grad()
     def sample_batch(
         self,
         plan: Plan,
-        texts: Sequence[str],
+        request: Request,
         jobs: Sequence[Job],
         seed: int,
-        start: torch.Tensor | None = None,
         bars: StageBars | None = None,
-        negatives: Sequence[str] | None = None,
-        edit: EditBatch | None = None,
+        on_stage: Callable[[str, torch.Tensor], None] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run one batch (one image per job) through the plan; each stage's output, in order.
+        """Run one batch (one image per job, from ``request``'s entry for its prompt) through
+        the plan; each stage's output, in order, each also passed to ``on_stage`` the moment
+        it is final.
 
         Each image's starting noise, an SR stage's noise for augmenting its low-res input
         and an ancestral sampler's fresh noise at each step come from (seed, stage, what the
         noise is for, prompt index, image index), drawn on the CPU, so an image is the same
-        whatever its batch or device (up to float rounding), with every sampler.
-        ``negatives`` (one per job) replace the empty prompt in guidance's unconditional
-        pass; ``edit`` edits the batch's images instead of drawing new ones.
+        whatever its batch or device (up to float rounding), with every sampler. Negative
+        prompts replace the empty prompt in guidance's unconditional pass; images to edit
+        are edited instead of new ones drawn.
         """
-        if len(texts) != len(jobs) or (negatives is not None and len(negatives) != len(jobs)):
-            raise PixcadeError("one text (and negative prompt) per job is needed")
-        if plan.needs_start != (start is not None):
+        rows = request.select(jobs)
+        if plan.needs_start != (rows.starts is not None):
             raise PixcadeError("a start image is needed exactly when the first stage is SR")
+        edit = rows.edit_batch()
         if edit is not None:
             plan.check_editable()
         device = self.device
+        texts, negatives = rows.prompts, rows.negatives
         # Negative prompts are encoded with the prompts so both are padded to one length.
         unique = list(dict.fromkeys([*texts, *(negatives or [])]))
         all_emb, all_mask = self.encode(unique)
-        rows = torch.tensor([unique.index(t) for t in texts], device=device)
-        emb, mask = all_emb[rows], all_mask[rows]
+        indices = torch.tensor([unique.index(t) for t in texts], device=device)
+        emb, mask = all_emb[indices], all_mask[indices]
         uncond_text = None
         if negatives is not None:
-            neg_rows = torch.tensor([unique.index(t) for t in negatives], device=device)
-            uncond_text = (all_emb[neg_rows], all_mask[neg_rows])
-        x = start
+            neg_indices = torch.tensor([unique.index(t) for t in negatives], device=device)
+            uncond_text = (all_emb[neg_indices], all_mask[neg_indices])
+        x = self.start_tensor(plan, rows.starts) if rows.starts is not None else None
         out: dict[str, torch.Tensor] = {}
         for stage in plan.stages:
             c = stage.config
@@ -339,10 +338,11 @@ class Cascade:
                     callback=bars.callback(c.name) if bars else None,
                     settings=plan.settings[c.name], uncond_text=uncond_text, edit=stage_edit,
                 )
+            if edit is not None and stage is plan.stages[-1]:
+                x = edit.finish(x, c)
             out[c.name] = x
-        if edit is not None:
-            last = plan.stages[-1].config
-            out[last.name] = edit.finish(out[last.name], last)
+            if on_stage is not None:
+                on_stage(c.name, x)
         return out
 
     def generate(
@@ -352,7 +352,7 @@ class Cascade:
         seed: int = 0,
         *,
         stages: Sequence[str] | None = None,
-        start_image: StartImage | Sequence[StartImage] | None = None,
+        start_image: ImageSource | Sequence[ImageSource] | None = None,
         stop_after: str | None = None,
         batch_size: int | None = None,
         return_stages: bool = False,
@@ -377,46 +377,18 @@ class Cascade:
         image: from the image noised to ``edit.strength`` (image-to-image), and with a
         ``mask`` of the image's size (white = redraw) only the masked region is redrawn.
         """
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise PixcadeError("no prompts given")
-        if any(not isinstance(p, str) for p in prompts):
-            raise PixcadeError("prompts must be strings")
+        request = Request.build(prompts, negative_prompt=negative_prompt, start_image=start_image,
+                                image=image, mask=mask, edit=edit)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PixcadeError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
-        check_generation(prompts, n, batch_size)
-        starts = per_prompt(start_image, prompts, "start images")
-        if starts is not None:
-            starts = [open_image(s) if not isinstance(s, Image.Image) else s for s in starts]
-        negatives = per_prompt(negative_prompt, prompts, "negative prompts")
-        if negatives is not None and any(not isinstance(t, str) for t in negatives):
-            raise PixcadeError("negative prompts must be strings")
-        images = per_prompt(image, prompts, "images to edit")
-        masks = per_prompt(mask, prompts, "masks")
-        if images is None and (masks is not None or edit is not None):
-            raise PixcadeError("a mask or edit settings were given without an image to edit")
-        edit_images = [as_image(im) for im in images] if images else None
-        edit_masks = [as_mask(m, im) for m, im in zip(masks, edit_images)] if masks else None
-        start_side = min(starts[0].size) if starts else None
-        plan = self.plan(stages, stop_after, start_side, **overrides)
-        jobs = all_jobs(len(prompts), n)
+        check_generation(request.prompts, n, batch_size)
+        plan = self.plan(stages, stop_after, request.start_side, **overrides)
+        jobs = all_jobs(len(request.prompts), n)
         chunks = batches(jobs, batch_size or len(jobs))
         results: dict[str, list[Image.Image]] = {name: [] for name in plan.names}
         with StageBars(plan, len(chunks), enabled=progress) as bars:
             for chunk in chunks:
-                start = self.start_tensor(plan, [starts[j.prompt] for j in chunk]) if starts else None
-                batch_edit = None
-                if edit_images is not None:
-                    batch_edit = EditBatch(
-                        edit or EditRequest(),
-                        [edit_images[j.prompt] for j in chunk],
-                        [edit_masks[j.prompt] for j in chunk] if edit_masks else None,
-                    )
-                out = self.sample_batch(
-                    plan, [prompts[j.prompt] for j in chunk], chunk, seed, start, bars,
-                    negatives=[negatives[j.prompt] for j in chunk] if negatives else None, edit=batch_edit,
-                )
-                for name, x in out.items():
+                for name, x in self.sample_batch(plan, request, chunk, seed, bars).items():
                     results[name].extend(to_pil(x))
         return results if return_stages else results[plan.names[-1]]
 

@@ -8,19 +8,17 @@ import hashlib
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.limits import LIMITS, check_generation
 from pixcade.pipeline.cascade import Cascade, Plan
-from pixcade.pipeline.edits import EditRequest, as_image, as_mask
+from pixcade.pipeline.edits import EditRequest
 from pixcade.pipeline.folder import GRID_MAX, write_images
-from pixcade.pipeline.images import open_image
 from pixcade.pipeline.jobs import pick_device, shard_from_env
 from pixcade.pipeline.options import parse_assignment, parse_per_stage, settings_from_text
+from pixcade.pipeline.request import Request
 from pixcade.pipeline.shipped import resolve_model
 
 EPILOG = f"""\
@@ -155,8 +153,8 @@ def read_negatives(args: argparse.Namespace, prompts: list[str]) -> list[str] | 
     return [line.strip() for line in lines]
 
 
-def read_edit(args: argparse.Namespace) -> tuple[EditRequest, Image.Image, Image.Image | None] | None:
-    """The edit asked for (request, image, mask), checked before anything is written."""
+def read_edit(args: argparse.Namespace) -> EditRequest | None:
+    """How --image is to be edited (None: no --image), checked before anything is written."""
     if args.image is None:
         if args.mask or args.strength is not None:
             raise PixcadeError("--mask and --strength need --image")
@@ -165,9 +163,7 @@ def read_edit(args: argparse.Namespace) -> tuple[EditRequest, Image.Image, Image
         raise PixcadeError("give --image (edit) or --start-image (super-resolve), not both")
     # The flags left out take EditRequest's defaults.
     given = {name: getattr(args, name) for name in ("strength", "resample", "jump", "soft_edge")}
-    request = EditRequest(**{name: value for name, value in given.items() if value is not None})
-    image = as_image(args.image)
-    return request, image, as_mask(args.mask, image) if args.mask else None
+    return EditRequest(**{name: value for name, value in given.items() if value is not None})
 
 
 def main(argv: list[str]) -> int:
@@ -179,22 +175,21 @@ def main(argv: list[str]) -> int:
         raise PixcadeError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_generation(prompts, args.n, args.batch_size)
     rank, world = shard_from_env()
-    start = open_image(args.start_image) if args.start_image else None
     negatives = read_negatives(args, prompts)
-    edit = read_edit(args)
+    request = Request.build(prompts, negative_prompt=negatives, start_image=args.start_image,
+                            image=args.image, mask=args.mask, edit=read_edit(args))
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=pick_device(args.device), offload=args.offload)
 
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    start_side = min(start.size) if start else None
     # The flags name stages, so the stages are chosen before the settings are read, and
     # only the settings that will run are checked (a saved dtype the flags replace is not).
-    chosen = cascade.choose(stage_list, args.stop_after, start_side)
+    chosen = cascade.choose(stage_list, args.stop_after, request.start_side)
     configs = [s.config for s in chosen]
     names, sr_names = [c.name for c in configs], [c.name for c in configs if c.is_super_resolution]
     plan = Plan(chosen, settings_from_text(configs, assignments(args, names, sr_names)))
     cascade.check_precision(plan)
-    if edit is not None:
+    if request.images is not None:
         plan.check_editable()
 
     record = {
@@ -204,14 +199,14 @@ def main(argv: list[str]) -> int:
     }
     if negatives is not None:
         record["negative_prompts_sha256"] = hashlib.sha256(json.dumps(negatives).encode()).hexdigest()
-    if edit is not None:
+    if request.edit is not None:
         record["edit"] = {
-            **dataclasses.asdict(edit[0]), "image": str(Path(args.image).resolve()),
+            **dataclasses.asdict(request.edit), "image": str(Path(args.image).resolve()),
             "mask": str(Path(args.mask).resolve()) if args.mask else None,
         }
-    written, done, total = write_images(cascade, plan, prompts, args.out, n=args.n, seed=args.seed,
-                                        batch_size=args.batch_size, start=start, save_stages=args.save_stages,
-                                        rank=rank, world=world, record=record, negatives=negatives, edit=edit)
+    written, done, total = write_images(cascade, plan, request, args.out, n=args.n, seed=args.seed,
+                                        batch_size=args.batch_size, save_stages=args.save_stages,
+                                        rank=rank, world=world, record=record)
     suffix = f" (rank {rank} of {world})" if world > 1 else ""
     print(f"wrote {written} images to {args.out}{suffix}; {done}/{total} done")
     return 0

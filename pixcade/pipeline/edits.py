@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,18 +46,6 @@ class EditRequest:
         check_resampling(self.resample, self.jump)
         if isinstance(self.soft_edge, bool) or not isinstance(self.soft_edge, int) or self.soft_edge < 0:
             raise PixcadeError(f"soft edge must be an integer number of pixels >= 0, got {self.soft_edge!r}")
-
-
-def per_prompt(value: Any, prompts: Sequence[str], what: str) -> list[Any] | None:
-    """One value for every prompt, or a list of one per prompt (another length: an error)."""
-    if value is None:
-        return None
-    if isinstance(value, (str, os.PathLike, Image.Image)):
-        return [value] * len(prompts)
-    values = list(value)
-    if len(values) != len(prompts):
-        raise PixcadeError(f"{len(values)} {what} for {len(prompts)} prompts")
-    return values
 
 
 def as_image(source: ImageSource) -> Image.Image:

@@ -5,14 +5,12 @@ resuming what an earlier run left, and the grid once every image exists (see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
-
-from PIL import Image
+from typing import Any
 
 from pixcade.pipeline.cascade import Cascade, Plan, StageBars
-from pixcade.pipeline.edits import EditBatch, EditRequest
 from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
 from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches
+from pixcade.pipeline.request import Request
 
 GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (columns)
 
@@ -20,43 +18,32 @@ GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (col
 def write_images(
     cascade: Cascade,
     plan: Plan,
-    prompts: Sequence[str],
+    request: Request,
     out: str | Path,
     *,
     n: int,
     seed: int,
     batch_size: int,
-    start: Image.Image | None,
     save_stages: bool,
     rank: int,
     world: int,
     record: dict[str, Any],
-    negatives: Sequence[str] | None = None,
-    edit: tuple[EditRequest, Image.Image, Image.Image | None] | None = None,
 ) -> tuple[int, int, int]:
-    """Render this rank's batches of the ``n`` images per prompt into ``out`` (``record``:
-    the settings OUT/run.json keeps, checked against an earlier run's); (images written
-    now, images done in all, images in all). Whichever rank finishes last writes the grid.
-    ``negatives``: one negative prompt per prompt; ``edit``: (request, image, mask or
-    None) to edit that image instead of drawing new ones."""
+    """Render this rank's batches of the ``n`` images per prompt of ``request`` into
+    ``out`` (``record``: the settings OUT/run.json keeps, checked against an earlier run's);
+    (images written now, images done in all, images in all). Whichever rank finishes last
+    writes the grid."""
+    prompts = request.prompts
     layout = Layout(out, len(prompts), n)
     saved_stages = plan.names[:-1] if save_stages else []
-    layout.prepare(list(prompts), record, saved_stages)
+    layout.prepare(prompts, record, saved_stages)
     jobs = all_jobs(len(prompts), n)
     mine = my_batches(batches(jobs, batch_size), rank, world)
     todo = [b for b in mine if not all(layout.is_done(j) for j in b)]
     written = 0
     with StageBars(plan, len(todo), enabled=rank == 0) as bars:
         for batch in todo:
-            start_t = cascade.start_tensor(plan, [start] * len(batch)) if start else None
-            batch_edit = None
-            if edit is not None:
-                request, image, mask = edit
-                batch_edit = EditBatch(request, [image] * len(batch), [mask] * len(batch) if mask else None)
-            images = {name: to_pil(x) for name, x in cascade.sample_batch(
-                plan, [prompts[j.prompt] for j in batch], batch, seed, start_t, bars,
-                negatives=[negatives[j.prompt] for j in batch] if negatives else None, edit=batch_edit,
-            ).items()}
+            images = {name: to_pil(x) for name, x in cascade.sample_batch(plan, request, batch, seed, bars).items()}
             for k, job in enumerate(batch):
                 if layout.is_done(job):
                     continue

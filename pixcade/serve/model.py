@@ -6,11 +6,14 @@ and HTTP logic can be tested with a fake model, and the real one is this thin ad
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from PIL import Image
 
 from pixcade.serve.requests import GenerationRequest
+
+if TYPE_CHECKING:
+    from pixcade.pipeline.cascade import Cascade, Plan
 
 # (stage, step, total): called after each sampling step of a stage.
 ProgressFn = Callable[[str, int, int], None]
@@ -47,12 +50,10 @@ class CascadeModel:
     A job is one prompt with ``n`` images, sampled as one batch of jobs (0, 0..n-1) with the
     request's seed: exactly what `pixcade generate PROMPT --n n --seed s` samples (its batch
     of up to 16 holds the same jobs), so a served image can be reproduced from the CLI.
-    Stages run one at a time (each its own one-stage plan, fed the previous stage's output)
-    so each stage's images can be shown the moment they are done; seeding depends only on
-    (seed, stage, jobs), so this gives the same images as running the whole plan at once.
+    Each stage's images are shown the moment they are final.
     """
 
-    def __init__(self, cascade: Any):
+    def __init__(self, cascade: Cascade):
         self.cascade = cascade
 
     def describe(self) -> list[dict[str, Any]]:
@@ -65,7 +66,7 @@ class CascadeModel:
             for s in self.cascade.stages
         ]
 
-    def _plan(self, request: GenerationRequest) -> Any:
+    def _plan(self, request: GenerationRequest) -> Plan:
         return self.cascade.plan(list(request.stages), **request.overrides())
 
     def check(self, request: GenerationRequest) -> dict[str, int]:
@@ -75,35 +76,17 @@ class CascadeModel:
         return {name: settings.steps for name, settings in plan.settings.items()}
 
     def generate(self, request: GenerationRequest, on_progress: ProgressFn, on_stage_done: StageDoneFn) -> None:
-        from pixcade.pipeline.cascade import Plan
+        # Imported here: the pipeline loads torch, and `Model` (this module) is imported by
+        # the server, whose --help and argument errors answer without it.
+        from pixcade.pipeline.edits import EditRequest
         from pixcade.pipeline.images import to_pil
         from pixcade.pipeline.jobs import all_jobs
+        from pixcade.pipeline.request import Request
 
-        plan = self._plan(request)
-        jobs = all_jobs(1, request.n)
-        texts = [request.prompt] * request.n
-        negatives = [request.negative_prompt] * request.n if request.negative_prompt is not None else None
-        reporter = _StepReporter(on_progress)
-        if request.image is not None:
-            # An edit spans the stages (the strength is the first's, the mask every stage's):
-            # one run of the whole plan, each stage's images shown when it is done.
-            out = self.cascade.sample_batch(plan, texts, jobs, request.seed, bars=reporter, negatives=negatives,
-                                            edit=edit_batch(request))
-            for name, x in out.items():
-                on_stage_done(name, to_pil(x))
-            return
-        x = None
-        for stage in plan.stages:
-            name = stage.config.name
-            one = Plan([stage], {name: plan.settings[name]})
-            x = self.cascade.sample_batch(one, texts, jobs, request.seed, start=x, bars=reporter,
-                                          negatives=negatives)[name]
-            on_stage_done(name, to_pil(x))
-
-
-def edit_batch(request: GenerationRequest) -> Any:
-    """The request's image (and mask) as the pipeline's edit of its ``n`` images."""
-    from pixcade.pipeline.edits import EditBatch, EditRequest
-
-    masks = [request.mask] * request.n if request.mask is not None else None
-    return EditBatch(EditRequest(strength=request.strength), [request.image] * request.n, masks)
+        asked = Request.build(
+            request.prompt, negative_prompt=request.negative_prompt, image=request.image, mask=request.mask,
+            edit=EditRequest(strength=request.strength) if request.image is not None else None,
+        )
+        self.cascade.sample_batch(self._plan(request), asked, all_jobs(1, request.n), request.seed,
+                                  bars=_StepReporter(on_progress),
+                                  on_stage=lambda name, x: on_stage_done(name, to_pil(x)))
