@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from pixcade.data.transforms import square_tensor
 from pixcade.diffusion.precision import check_dtype
-from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.limits import check_generation
 from pixcade.pipeline import saving
@@ -23,53 +20,11 @@ from pixcade.pipeline.images import to_pil
 from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_image_step_noise
 from pixcade.pipeline.options import PerStage, parse_assignment, resolve, settings_from_text
 from pixcade.pipeline.placement import check_device, placed
+from pixcade.pipeline.plan import Plan, StageBars, choose, stage_index
 from pixcade.pipeline.request import Request
 from pixcade.pipeline.shipped import resolve_model
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER, load_text_encoder
-
-
-@dataclass
-class Plan:
-    """The stages one call runs (consecutive, in cascade order) and each one's settings."""
-
-    stages: list[Stage]
-    settings: dict[str, SamplingSettings]
-
-    @property
-    def names(self) -> list[str]:
-        return [s.config.name for s in self.stages]
-
-    @property
-    def needs_start(self) -> bool:
-        return self.stages[0].config.is_super_resolution
-
-    def check_editable(self) -> None:
-        """An image is edited from the base stage on (SDEdit starts a base-stage run)."""
-        if self.needs_start:
-            raise PixcadeError(f"editing an image starts at the base stage, but this run starts at {self.names[0]!r}")
-
-
-class StageBars:
-    """One tqdm bar per stage, advanced by the sampler's per-step callback."""
-
-    def __init__(self, plan: Plan, num_batches: int, enabled: bool = True):
-        self.bars = {
-            name: tqdm(total=plan.settings[name].steps * num_batches, desc=name, unit="step",
-                       position=k, leave=True, disable=not enabled, dynamic_ncols=True)
-            for k, name in enumerate(plan.names)
-        }
-
-    def callback(self, stage: str) -> Callable[[int, int, torch.Tensor], None]:
-        bar = self.bars[stage]
-        return lambda step, total, x0: bar.update(1)
-
-    def __enter__(self) -> "StageBars":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for bar in self.bars.values():
-            bar.close()
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,9 +62,7 @@ class Cascade:
         return self._run_device or next(self.stages[0].net.parameters()).device
 
     def stage(self, name: str) -> Stage:
-        if name not in self.names:
-            raise PixcadeError(f"unknown stage {name!r} (stages: {', '.join(self.names)})")
-        return self.stages[self.names.index(name)]
+        return self.stages[stage_index(self.stages, name)]
 
     def to(self, device: str | torch.device, offload: bool = False) -> "Cascade":
         """Run on ``device``. With ``offload`` the weights stay on the CPU and only the stage
@@ -203,67 +156,13 @@ class Cascade:
         start_resolution: int | None = None,
         **overrides: PerStage,
     ) -> Plan:
-        """Choose the stages to run (see `choose`) and resolve their settings (each stage's
-        saved ones with ``overrides``, see `pixcade.pipeline.options`), all checked before
-        any work is done."""
-        chosen = self.choose(stages, stop_after, start_resolution)
+        """Choose the stages to run (see `pixcade.pipeline.plan.choose`) and resolve their
+        settings (each stage's saved ones with ``overrides``, see `pixcade.pipeline.options`),
+        all checked before any work is done."""
+        chosen = choose(self.stages, stages, stop_after, start_resolution)
         plan = Plan(chosen, resolve([s.config for s in chosen], **overrides))
         self.check_precision(plan)
         return plan
-
-    def choose(
-        self,
-        stages: Sequence[str] | None = None,
-        stop_after: str | None = None,
-        start_resolution: int | None = None,
-    ) -> list[Stage]:
-        """The stages to run, checked. ``stages`` names consecutive stages; by default all
-        of them, or, given the side of a start image, from the SR stage that takes images of
-        that size. ``stop_after`` cuts the run after the named stage.
-        """
-        names = self.names
-        if stages is not None:
-            stages = list(stages)
-            if not stages:
-                raise PixcadeError("no stages selected")
-            for s in stages:
-                self.stage(s)
-            idx = [names.index(s) for s in stages]
-            if idx != list(range(idx[0], idx[0] + len(idx))):
-                raise PixcadeError(
-                    f"stages must be consecutive and in cascade order ({', '.join(names)}), "
-                    f"got {', '.join(stages)}"
-                )
-        else:
-            start = 0
-            if start_resolution is not None:
-                takes = [k for k, s in enumerate(self.stages) if s.config.lowres_resolution == start_resolution]
-                if not takes:
-                    sizes = ", ".join(
-                        f"{s.config.name} takes {s.config.lowres_resolution}px"
-                        for s in self.stages if s.config.is_super_resolution
-                    ) or "no stage takes an image"
-                    raise PixcadeError(
-                        f"no stage takes a {start_resolution}px start image ({sizes}); "
-                        "choose the stages to run and it will be resized"
-                    )
-                start = takes[0]
-            idx = list(range(start, len(names)))
-        if stop_after is not None:
-            k = names.index(self.stage(stop_after).config.name)
-            if k < idx[0]:
-                raise PixcadeError(f"stop after {stop_after!r}: that stage comes before {names[idx[0]]!r}")
-            idx = [j for j in idx if j <= k]
-        chosen = [self.stages[j] for j in idx]
-        first = chosen[0].config
-        if first.is_super_resolution and start_resolution is None:
-            raise PixcadeError(
-                f"stage {first.name!r} is a super-resolution stage: it needs a start image "
-                f"({first.lowres_resolution}px)"
-            )
-        if not first.is_super_resolution and start_resolution is not None:
-            raise PixcadeError(f"a start image was given but the first stage run, {first.name!r}, takes none")
-        return chosen
 
     def check_precision(self, plan: Plan) -> None:
         """Each stage's dtype must be one this cascade's device samples in (fp16: not the CPU)."""

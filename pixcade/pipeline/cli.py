@@ -13,11 +13,12 @@ from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
 from pixcade.errors import PixcadeError
 from pixcade.limits import LIMITS, check_generation
-from pixcade.pipeline.cascade import Cascade, Plan
+from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.edits import EditRequest
 from pixcade.pipeline.folder import GRID_MAX, write_images
 from pixcade.pipeline.jobs import pick_device, shard_from_env
 from pixcade.pipeline.options import parse_assignment, parse_per_stage, settings_from_text
+from pixcade.pipeline.plan import Plan, choose
 from pixcade.pipeline.request import Request
 from pixcade.pipeline.shipped import resolve_model
 
@@ -184,7 +185,7 @@ def main(argv: list[str]) -> int:
     stage_list = [s.strip() for s in args.stages.split(",")] if args.stages else None
     # The flags name stages, so the stages are chosen before the settings are read, and
     # only the settings that will run are checked (a saved dtype the flags replace is not).
-    chosen = cascade.choose(stage_list, args.stop_after, request.start_side)
+    chosen = choose(cascade.stages, stage_list, args.stop_after, request.start_side)
     configs = [s.config for s in chosen]
     names, sr_names = [c.name for c in configs], [c.name for c in configs if c.is_super_resolution]
     plan = Plan(chosen, settings_from_text(configs, assignments(args, names, sr_names)))

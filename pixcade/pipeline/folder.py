@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pixcade.pipeline.cascade import Cascade, Plan, StageBars
+from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import make_grid, open_image, save_png_atomic, to_pil
 from pixcade.pipeline.jobs import Job, Layout, all_jobs, batches, my_batches
+from pixcade.pipeline.plan import Plan, StageBars
 from pixcade.pipeline.request import Request
 
 GRID_MAX = 16  # the grid shows at most this many prompts (rows) and images (columns)

@@ -13,7 +13,8 @@ from PIL import Image
 from pixcade.serve.requests import GenerationRequest
 
 if TYPE_CHECKING:
-    from pixcade.pipeline.cascade import Cascade, Plan
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.pipeline.plan import Plan
 
 # (stage, step, total): called after each sampling step of a stage.
 ProgressFn = Callable[[str, int, int], None]
