@@ -4,6 +4,8 @@ images as `Cascade.generate`, and bad input as one-line errors with nothing writ
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,14 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_cascade(tmp_path_factory.mktemp("model"))
 
 
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header (8-bit greyscale) of that size, with no pixel data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("inputs")
@@ -32,6 +42,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     mask[:, : SR_RES // 2] = 255
     Image.fromarray(mask).save(d / "mask.png")
     Image.fromarray(mask[:, :20]).save(d / "narrow_mask.png")
+    png = (d / "mask.png").read_bytes()
+    (d / "truncated_mask.png").write_bytes(png[: len(png) // 2])
+    # A PNG whose header claims 20000x20000 px: Pillow refuses it with DecompressionBombError,
+    # which is not an OSError.
+    (d / "huge_mask.png").write_bytes(_png_claiming(20000, 20000))
     (d / "broken.png").write_bytes(b"not a png")
     (d / "negatives.txt").write_text("a green star\n\n")
     (d / "one_negative.txt").write_text("a green star\n")
@@ -79,6 +94,8 @@ def test_img2img_bf16_and_offload_from_the_cli(model, files, tmp_path):
     (["--image", "{broken}"], "cannot read image"),
     (["--image", "{missing}"], "cannot read image"),
     (["--image", "{image}", "--mask", "{narrow_mask}"], "the mask is 20x32 but the image is 32x32"),
+    (["--image", "{image}", "--mask", "{truncated_mask}"], "cannot read mask .*truncated_mask.png: .*truncated"),
+    (["--image", "{image}", "--mask", "{huge_mask}"], "cannot read mask .*huge_mask.png: Image size .* exceeds"),
     (["--image", "{image}", "--strength", "1.5"], r"strength must be a number in \[0, 1\], got 1.5"),
     (["--image", "{image}", "--strength", "-0.1"], r"strength must be a number in \[0, 1\]"),
     (["--strength", "0.5"], "need --image"),

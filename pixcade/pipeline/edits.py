@@ -22,7 +22,7 @@ from PIL import Image
 from pixcade.diffusion.editing import DEFAULT_JUMP, ImageEdit, check_resampling, check_strength, feather
 from pixcade.errors import PixcadeError
 from pixcade.data.transforms import square_tensor
-from pixcade.pipeline.images import open_image
+from pixcade.pipeline.images import open_image, read_image
 from pixcade.pipeline.jobs import Job, per_image_noise, per_image_step_noise
 from pixcade.stage import StageConfig
 
@@ -54,15 +54,7 @@ def as_image(source: ImageSource) -> Image.Image:
 
 def as_mask(source: ImageSource, image: Image.Image) -> Image.Image:
     """The mask as a greyscale image (white = redraw) of exactly the image's size."""
-    if isinstance(source, Image.Image):
-        mask = source
-    else:
-        try:
-            with Image.open(source) as im:
-                im.load()
-                mask = im.copy()
-        except (OSError, ValueError) as err:
-            raise PixcadeError(f"cannot read mask {source}: {err}") from None
+    mask = source if isinstance(source, Image.Image) else read_image(source, "mask")
     if mask.size != image.size:
         raise PixcadeError(
             f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}: "

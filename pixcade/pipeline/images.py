@@ -22,14 +22,20 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [transforms.to_pil(x) for x in images]
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """An RGB image; any unreadable file (Pillow's decompression-bomb limit included) is a
-    one-line error."""
+def read_image(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """The file's image, decoded, in its own mode; any unreadable file (Pillow's
+    decompression-bomb limit included) is a one-line error naming it as ``what``."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            im.load()
+            return im.copy()
     except DECODE_ERRORS as err:
-        raise PixcadeError(f"cannot read image {path}: {err}") from None
+        raise PixcadeError(f"cannot read {what} {path}: {err}") from None
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB image (see `read_image`)."""
+    return read_image(path).convert("RGB")
 
 
 def make_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
