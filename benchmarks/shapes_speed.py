@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from pixcade.eval.paired import paired_difference
+
 ANCESTRAL_STEPS = 1000
 
 
@@ -54,19 +56,3 @@ def compare(model_dir: str, n: int = 30, steps: list[int] | None = None, device:
             f"ancestral DDPM {ANCESTRAL_STEPS}, accuracy difference {a_fast - a_slow:+.3f} (prompts only "
             f"DPM-Solver++ passed: {only_fast}, only DDPM: {only_slow}; exact McNemar p = {p:.2f}).")
     return lines
-
-
-def paired_difference(a: list[bool], b: list[bool]) -> tuple[int, int, float]:
-    """(passed only by a, passed only by b, two-sided exact McNemar p-value) over the same prompts.
-
-    Both samplers see the same prompts, so the prompts they agree on say nothing about which is
-    better; only the discordant ones do, and under "equally accurate" each is a fair coin.
-    """
-    from scipy.stats import binomtest
-
-    if len(a) != len(b):
-        raise ValueError(f"paired results differ in length: {len(a)} vs {len(b)}")
-    only_a = sum(x and not y for x, y in zip(a, b))
-    only_b = sum(y and not x for x, y in zip(a, b))
-    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
-    return only_a, only_b, p

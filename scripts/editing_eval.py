@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import replace
@@ -29,6 +28,7 @@ from PIL import Image
 from pixcade.data.captions import caption
 from pixcade.data.render import render
 from pixcade.data.shapes import ALL_PAIRS, COLOURS, KINDS, MARGIN, SIZE_RANGES, Scene, Shape, evaluation_prompts
+from pixcade.eval.paired import mcnemar_p
 from pixcade.eval.shapes import judge
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
@@ -127,15 +127,6 @@ def run_recolour(cascade: Cascade, n: int, resolution: int, batch: int, strength
                   "seconds": time.perf_counter() - t0, "results": results}
         save(report)
     return report
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Exact two-sided McNemar p for b and c discordant pairs."""
-    m = b + c
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m
-    return min(1.0, 2 * tail)
 
 
 def run_precision(cascade: Cascade, n: int, batch: int) -> dict:

@@ -51,21 +51,6 @@ def test_matched_specs_translate_to_valid_pixcade_configs(run_module):
             assert cfg.lowres_cond == spec.is_sr
 
 
-def test_paired_difference_counts_only_discordant_prompts(run_module):
-    from shapes_speed import paired_difference
-
-    # 10 agreeing prompts carry no information; 1 vs 5 discordant: p = 2 * P(X <= 1), X ~ Bin(6, 1/2)
-    a = [True] * 5 + [False] * 5 + [True] + [False] * 5
-    b = [True] * 5 + [False] * 5 + [False] + [True] * 5
-    only_a, only_b, p = paired_difference(a, b)
-    assert (only_a, only_b) == (1, 5)
-    assert p == pytest.approx(2 * (1 + 6) / 2**6)
-    assert paired_difference([True, False], [True, False]) == (0, 0, 1.0)
-    assert paired_difference([True] * 8, [False] * 8)[2] == pytest.approx(2 / 2**8)
-    with pytest.raises(ValueError, match="differ in length"):
-        paired_difference([True], [True, False])
-
-
 def test_batch_override_sets_every_batch_and_rejects_nonpositive(run_module, tmp_path, capsys):
     from specs import SUITES
 
