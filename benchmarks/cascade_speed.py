@@ -12,7 +12,7 @@ seed 0, so the images are the benchmark's own) through the whole cascade, text e
 included, once per cascade in turn (the order reversed every other repeat, so a burst of load
 from elsewhere hits all alike). Reported: wall seconds per image, best of the repeats and
 median, process CPU seconds per image (on a shared core the CPU time moves less than the
-wall time), each stage's share, and network evaluations per image. Accuracy comes from
+wall time), each stage's share (of the best repeat), and network evaluations per image. Accuracy comes from
 result files (`pixcade eval shapes`: overall accuracy; `pixcade eval sr-psnr`: SR PSNR), and
 with ``--score`` also from scoring the timed images themselves.
 """
@@ -53,7 +53,7 @@ class Entry:
     cascade: Cascade
     wall: list[float] = field(default_factory=list)  # seconds per image, one per repeat
     cpu: list[float] = field(default_factory=list)
-    stage_wall: dict[str, list[float]] = field(default_factory=dict)
+    stage_wall: list[dict[str, float]] = field(default_factory=list)  # per repeat: stage -> s/image
     accuracy: dict[str, Any] | None = None  # from a result file
     scored: dict[str, Any] | None = None  # from the timed images (--score)
 
@@ -111,8 +111,7 @@ def measure(entry: Entry, captions: list[str], batch_size: int, overrides: dict[
     entry.wall.append(wall / n)
     entry.cpu.append(cpu / n)
     per_stage["text and rest"] = wall - sum(per_stage.values())
-    for name, seconds in per_stage.items():
-        entry.stage_wall.setdefault(name, []).append(seconds / n)
+    entry.stage_wall.append({name: seconds / n for name, seconds in per_stage.items()})
     return images
 
 
@@ -121,13 +120,14 @@ def run(cascades: list[tuple[str, str]], prompts: int, batch_size: int, repeats:
     scenes = evaluation_prompts(300)[:prompts]
     captions = [s.caption for s in scenes]
     overrides = {"dtype": dtype} if dtype else {}
-    entries = [Entry(label, path, Cascade.from_pretrained(path)) for label, path in cascades]
-    unknown = set(accuracy) - {e.label for e in entries}
+    unknown = set(accuracy) - {label for label, _ in cascades}
     if unknown:
         raise PixcadeError(f"--accuracy for unknown cascade label(s) {sorted(unknown)}")
+    heads = {label: read_headline(path) for label, path in accuracy.items()}  # bad files fail before any work
+    entries = [Entry(label, path, Cascade.from_pretrained(path)) for label, path in cascades]
     for e in entries:
-        if e.label in accuracy:
-            h = read_headline(accuracy[e.label])
+        if e.label in heads:
+            h = heads[e.label]
             e.accuracy = {"metric": h.metric, "value": h.value, "n": h.n, "file": accuracy[e.label]}
         # Load the text encoder and warm the kernels outside the timed runs.
         e.cascade.generate(captions[:1], seed=0, steps=1, progress=False, **overrides)
@@ -153,7 +153,7 @@ def run(cascades: list[tuple[str, str]], prompts: int, batch_size: int, repeats:
             "network_evaluations": sum(nfe.values()),
             "s_per_image": min(e.wall), "s_per_image_median": statistics.median(e.wall),
             "s_per_image_all": e.wall, "cpu_s_per_image": min(e.cpu),
-            "stage_s_per_image": {k: min(v) for k, v in e.stage_wall.items()},
+            "stage_s_per_image": e.stage_wall[e.wall.index(min(e.wall))],  # of the best repeat
             "speedup": min(ref.wall) / min(e.wall), "speedup_median": statistics.median(ref.wall) / statistics.median(e.wall),
             "speedup_cpu": min(ref.cpu) / min(e.cpu),
             "accuracy": e.accuracy, "scored": e.scored,

@@ -139,3 +139,40 @@ def test_distill_cost_times_every_phase_of_a_saved_stage(tmp_path):
     assert set(base["seconds_per_step"]) == {"train", "guided", "halve"} and set(sr["seconds_per_step"]) == {
         "train", "halve"}
     assert base["ratio_to_training"]["train"] == 1.0 and all(v > 0 for v in base["seconds_per_step"].values())
+
+
+def test_cascade_speed_times_each_cascade_with_accuracy_beside(run_module, tmp_path, capsys):
+    import cascade_speed
+    from tiny_cascade import save_tiny_cascade
+
+    ref, other = save_tiny_cascade(tmp_path / "ref"), save_tiny_cascade(tmp_path / "other", seed=1)
+    report = {"overall": {"n": 300, "passed": 255, "accuracy": 0.85}, "results": []}
+    (tmp_path / "shapes.json").write_text(json.dumps(report))
+    out = tmp_path / "speed.json"
+    code = cascade_speed.main([str(ref), f"fast={other}", "--prompts", "3", "--batch-size", "2", "--repeats", "2",
+                               "--score", "--accuracy", f"fast={tmp_path / 'shapes.json'}", "--json", str(out)])
+    assert code == 0
+    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["ref", "fast"]
+    for r in rows.values():
+        assert len(r["s_per_image_all"]) == 2 and r["s_per_image"] == min(r["s_per_image_all"])
+        # The stages' own seconds and the rest add up to the whole run.
+        assert sum(r["stage_s_per_image"].values()) == pytest.approx(r["s_per_image"], rel=1e-6)
+        # Tiny cascade: base guided (weight 3), SR guided (weight 2), 2 steps each.
+        assert r["stages"]["base"]["network_evaluations"] == 4 and r["network_evaluations"] == 8
+        assert r["scored"]["n"] == 3
+    assert rows["ref"]["speedup"] == 1.0 and rows["ref"]["accuracy"] is None
+    assert rows["fast"]["accuracy"] == {"metric": "shapes accuracy", "value": 0.85, "n": 300,
+                                        "file": str(tmp_path / "shapes.json")}
+    assert "| fast | ddim 2, 4 | dpm++ 2, 4 | 8 |" in capsys.readouterr().out
+
+
+def test_cascade_speed_rejects_bad_arguments_in_one_line(run_module, tmp_path, capsys):
+    import cascade_speed
+
+    assert cascade_speed.main(["a=x", "a=y"]) == 2
+    assert "labels must differ" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    assert cascade_speed.main(["shapes", "--accuracy", f"shapes={tmp_path / 'bad.json'}", "--repeats", "1",
+                               "--prompts", "1"]) == 2
+    assert "neither a shapes benchmark report" in capsys.readouterr().err

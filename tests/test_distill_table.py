@@ -1,0 +1,124 @@
+"""scripts/distill_table.py: the issue-24 table assembled from result files (nothing sampled)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pixcade.errors import PixcadeError
+from pixcade.eval.paired import paired_difference
+from tiny_cascade import save_tiny_cascade
+from train_support import REPO
+
+spec = importlib.util.spec_from_file_location("distill_table", REPO / "scripts" / "distill_table.py")
+dt = importlib.util.module_from_spec(spec)
+sys.modules["distill_table"] = dt  # dataclasses look their module up there
+spec.loader.exec_module(dt)
+
+
+def shapes_report(passed: list[bool], held_out_every: int = 3) -> dict:
+    results = [{"index": i, "passed": p, "held_out": i % held_out_every == 0} for i, p in enumerate(passed)]
+    held = [r for r in results if r["held_out"]]
+    return {"prompts": len(passed), "overall": {"n": len(passed), "passed": sum(passed),
+                                                "accuracy": sum(passed) / len(passed)},
+            "held_out": {"n": len(held), "accuracy": sum(r["passed"] for r in held) / len(held)},
+            "results": results}
+
+
+def sr_report(psnr: float) -> dict:
+    return {"stage": "sr", "resolution": 32, "lowres_resolution": 16, "n": 50, "psnr_sr": psnr, "psnr_bicubic": 30.0}
+
+
+def put(out: Path, row: str, report: dict) -> None:
+    name = "sr_psnr.json" if "psnr_sr" in report else "shapes.json"
+    (out / "results" / row).mkdir(parents=True, exist_ok=True)
+    (out / "results" / row / name).write_text(json.dumps(report))
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return save_tiny_cascade(tmp_path_factory.mktemp("teacher"))
+
+
+def test_rows_cover_the_issue_and_sample_in_fp32(teacher):
+    rows = dt.plan_rows(str(teacher), "RUNS")
+    names = [r.name for r in rows]
+    assert names[:6] == [f"teacher-{k}" for k in (5, 8, 10, 15, 20, 25)]
+    assert [n for n in names if n.startswith("student-")] == ["student-1", "student-2", "student-4", "student-8"]
+    for r in rows:
+        assert {"base.dtype=fp32", "sr.dtype=fp32"} <= set(r.settings)
+    t8 = rows[names.index("teacher-8")]
+    assert t8.sources == (f"{teacher}:base", f"{teacher}:sr") and "base.steps=8" in t8.settings
+    s4 = rows[names.index("student-4")]
+    assert s4.sources == ("RUNS/base-4", f"{teacher}:sr") and s4.metric == "shapes"
+    sr2 = rows[names.index("sr-student-2")]
+    assert sr2.sources == (f"{teacher}:base", "RUNS/sr-2") and sr2.metric == "sr-psnr"
+    with pytest.raises(PixcadeError, match="unknown row group"):
+        dt.plan_rows(str(teacher), "RUNS", ["teachers"])
+
+
+def test_table_from_result_files(teacher, tmp_path):
+    out = tmp_path / "out"
+    runs = tmp_path / "runs"
+    rows = dt.plan_rows(str(teacher), str(runs))
+    ref = [True] * 20 + [False] * 10
+    fewer = [True] * 14 + [False] * 6 + [True] * 2 + [False] * 8  # 6 lost, 2 gained
+    put(out, "teacher-25", shapes_report(ref))
+    put(out, "teacher-5", shapes_report(fewer))
+    put(out, "student-4", shapes_report(ref[:-1] + [True]))  # one gained: within 0.03
+    put(out, "student-8", shapes_report([True] * 19 + [False] * 11))  # one lost: 0.033 > 0.01
+    put(out, "sr-teacher-10", sr_report(34.0))
+    put(out, "sr-student-2", sr_report(33.6))
+    put(out, "sr-student-4", sr_report(33.8))
+    # The assembled cascade decides the network evaluations (the tiny stages are both guided).
+    dt.assemble([f"{teacher}:base", f"{teacher}:sr"], out / "models" / "teacher-5", ["base.steps=5"])
+
+    table = dt.collect(out, rows)
+    e = {x["name"]: x for x in table}
+    assert e["teacher-5"]["evaluations"] == {"base": 10, "sr": 4}  # tiny SR: guided (weight 2), 2 steps
+    assert e["teacher-5"]["value"] == pytest.approx(16 / 30)
+    assert e["teacher-5"]["delta"] == pytest.approx(16 / 30 - 20 / 30)
+    only_row, only_ref, p = paired_difference(fewer, ref)
+    assert (e["teacher-5"]["only_this"], e["teacher-5"]["only_reference"]) == (only_row, only_ref) == (2, 6)
+    assert e["teacher-5"]["mcnemar_p"] == pytest.approx(p)
+    assert e["teacher-25"]["delta"] == 0 and "only_this" not in e["teacher-25"]
+    assert e["teacher-8"]["status"] == "not run"  # its sources exist
+    assert e["student-1"]["status"] == "pending" and "base-1" in e["student-1"]["reason"]
+    assert e["sr-student-2"]["delta"] == pytest.approx(-0.4)
+
+    verdict = {v["row"]: v["status"] for v in dt.verdicts(table)}
+    assert verdict == {"student-4": "met", "student-8": "missed", "sr-student-2": "missed", "sr-student-4": "met"}
+
+    text = dt.markdown(table)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| teacher, DPM-Solver++ 5 |"))
+    assert line.split(" | ")[1:4] == ["10", "14", "0.533"]
+    assert "| student, 1 step | - | - | pending |" in text
+    assert "| SR student, 2 steps | - | 33.60 | -0.40 |" in text
+
+
+def test_verdicts_pending_without_the_reference(teacher, tmp_path):
+    rows = dt.plan_rows(str(teacher), str(tmp_path / "runs"))
+    put(tmp_path, "student-4", shapes_report([True, False]))
+    verdict = {v["row"]: v["status"] for v in dt.verdicts(dt.collect(tmp_path, rows))}
+    assert set(verdict.values()) == {"pending"}
+
+
+def test_resume_skips_rows_with_results_and_students_without_exports(teacher, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    for k in dt.TEACHER_STEPS:
+        put(out, f"teacher-{k}", shapes_report([True, False, True]))
+    ran = []
+    monkeypatch.setattr(dt, "run_row", lambda out, row: ran.append(row.name))
+    code = dt.main(["--out", str(out), "--teacher", str(teacher), "--runs", str(tmp_path / "none"),
+                    "--groups", "teacher,student"])
+    assert code == 0 and ran == []
+    assert json.loads((out / "table.json").read_text())["rows"][0]["status"] == "done"
+    # A missing row runs, the references first.
+    (out / "results" / "teacher-8" / "shapes.json").unlink()
+    (out / "results" / "teacher-25" / "shapes.json").unlink()
+    assert dt.main(["--out", str(out), "--teacher", str(teacher), "--groups", "teacher"]) == 0
+    assert ran == ["teacher-25", "teacher-8"]
