@@ -276,10 +276,14 @@ def test_finished_jobs_expire_after_the_ttl() -> None:
     now = [0.0]
     manager = JobManager(FakeModel(), max_queue=4, keep=10, ttl=60.0, clock=lambda: now[0]).start()
     try:
+        changed = threading.Event()
+        manager.subscribe(changed.set)
         job = manager.submit(GenerationRequest("a", stages=("base",)), {"base": 1})
-        version = -1
-        while manager.snapshot(job)["state"] != DONE:
-            version = manager.wait(job, version, 5)
+        while True:
+            changed.clear()
+            if manager.snapshot(job)["state"] == DONE:
+                break
+            assert changed.wait(5), "the job stopped changing before it was done"
         now[0] = 59.0
         assert manager.get(job.id) is job
         now[0] = 61.0

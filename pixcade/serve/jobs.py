@@ -171,17 +171,6 @@ class JobManager:
                 return None
             return s.images[index]
 
-    def wait(self, job: Job, seen_version: int, timeout: float) -> int:
-        """Block until the job changes past ``seen_version``, the manager stops, or timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while job.version == seen_version and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            return job.version
-
     def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake()`` (from whichever thread made the change, under the manager's lock:
         it must only schedule work) after every change; returns the unsubscribe function."""
