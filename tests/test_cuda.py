@@ -66,8 +66,9 @@ def test_fsdp_over_nccl_and_a_sharded_checkpoint_round_trip(tmp_path):
         nets = []
         for seed in (0, 1):
             torch.manual_seed(seed)
-            net = fsdp.shard_unet(EfficientUNet(get_preset("tiny-base")).cuda(), fsdp.device_mesh(device, 1),
-                                  bf16=True, checkpoint_res_blocks=True)
+            net = EfficientUNet(get_preset("tiny-base")).cuda()
+            fsdp.checkpoint_res_blocks_of(net)
+            fsdp.shard_unet(net, fsdp.device_mesh(device, 1), bf16=True)
             nets.append(net)
         loss, opt = _step(nets[0], device, bf16=True)
         assert loss == loss  # finite, not NaN

@@ -122,7 +122,8 @@ def test_paper_base_sharded_over_8_fake_ranks_matches_the_memory_model():
         dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=8)
         try:
             net = memory.meta_unet(cfg)
-            fsdp.shard_unet(net, fsdp.device_mesh(torch.device("cpu"), 8), bf16=True, checkpoint_res_blocks=True)
+            fsdp.checkpoint_res_blocks_of(net)
+            fsdp.shard_unet(net, fsdp.device_mesh(torch.device("cpu"), 8), bf16=True)
             assert all(p.is_meta for p in net.parameters())  # nothing materialised
             per_rank.append(fsdp.local_bytes(net))
             assert per_rank[-1] == 4 * memory.shard_elements(shapes, 8, rank)

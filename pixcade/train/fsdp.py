@@ -39,8 +39,9 @@ def device_mesh(device: torch.device, world_size: int) -> DeviceMesh:
     return init_device_mesh(device.type, (world_size,))
 
 
-def shard_unet(net: nn.Module, mesh: DeviceMesh, *, bf16: bool, checkpoint_res_blocks: bool = False) -> nn.Module:
-    """Shard ``net`` in place over ``mesh`` (see module docstring); returns it.
+def shard_unet(net: nn.Module, mesh: DeviceMesh, *, bf16: bool) -> nn.Module:
+    """Shard ``net`` in place over ``mesh`` (see module docstring); returns it. Gradient
+    checkpointing, if wanted, is applied first, by `checkpoint_res_blocks_of`.
 
     ``net`` may live on the meta device (nothing materialised: for counting, or to
     initialise the shards afterwards with ``to_empty`` + init).
@@ -50,8 +51,6 @@ def shard_unet(net: nn.Module, mesh: DeviceMesh, *, bf16: bool, checkpoint_res_b
     gather_bf16 = bf16 and mesh.device_type == "cuda"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if gather_bf16 else None, reduce_dtype=torch.float32,
                                   cast_forward_inputs=False)
-    if checkpoint_res_blocks:
-        checkpoint_res_blocks_of(net)
     units = [m for m in net.modules() if isinstance(m, SHARD_UNITS)]
     for m in units:
         fully_shard(m, mesh=mesh, mp_policy=policy)
