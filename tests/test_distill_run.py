@@ -16,6 +16,7 @@ from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
 from pixcade.train import checkpoint as ckpt
 from pixcade.train.export import write_stage_export
+from random_weights import perturb
 from train_support import build_cache, launch, make_shapes, state_equal, tiny_config_dict, wait_all
 
 QUICK = dict(batch_size=4, max_steps=4, log_every=1, checkpoint_every=2, sample_every=1000, warmup_steps=1,
@@ -45,9 +46,7 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
     for name, config in configs.items():
         torch.manual_seed(0)
         stage = Stage(config)
-        with torch.no_grad():
-            for p in stage.net.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
+        perturb(stage.net)
         out[name] = write_stage_export(root / name, config.to_dict(), "minilm", 32, stage.net.state_dict(), 100)
     return out
 

@@ -20,17 +20,13 @@ from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import Stage, StageConfig
 from pixcade.train.config import DistillConfig
 from pixcade.train.distill import Distillation, init_student, student_config
+from random_weights import perturb
 
 F64 = torch.float64
 
 
 def _randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights everywhere, the zero-initialised layers too, so outputs depend on every input."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return net
+    return perturb(net, torch.Generator().manual_seed(seed))
 
 
 def _teacher(sr: bool = False, guidance_weight: float = 3.0, param: str = "v") -> Stage:

@@ -16,6 +16,7 @@ from pixcade.pipeline.cascade import Cascade, assemble
 from pixcade.stage import Stage
 from pixcade.train.config import DistillConfig
 from pixcade.train.distill import student_config
+from random_weights import perturb
 from tiny_cascade import build_tiny_cascade, tiny_configs
 
 PROMPTS = ["a red square", "two blue circles"]
@@ -28,9 +29,7 @@ def px(images) -> np.ndarray:
 def _random_stage(config, seed: int) -> Stage:
     torch.manual_seed(seed)
     stage = Stage(config)
-    with torch.no_grad():
-        for p in stage.net.parameters():  # the zero-initialised guidance projection too
-            p.add_(torch.randn_like(p) * 0.05)
+    perturb(stage.net)  # the zero-initialised guidance projection too
     return stage
 
 

@@ -9,16 +9,13 @@ from pixcade.errors import PixcadeError
 from pixcade.nn import EfficientUNet, get_preset
 from pixcade.nn.attention import attend
 from pixcade.nn.layers import ResBlock
+from random_weights import perturb
 
 
 def make_net(name="tiny-base", seed=0, **overrides):
     """A net whose zero-initialised output layers are perturbed, so every path matters."""
     torch.manual_seed(seed)
-    net = EfficientUNet(get_preset(name, **overrides))
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net.eval()
+    return perturb(EfficientUNet(get_preset(name, **overrides))).eval()
 
 
 def make_inputs(cfg, b=2, res=16, length=5, seed=1):

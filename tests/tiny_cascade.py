@@ -10,6 +10,7 @@ from pixcade.diffusion.settings import SamplingSettings
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
+from random_weights import perturb
 
 MINILM_DIM = 384
 BASE_RES, SR_RES = 16, 32
@@ -36,9 +37,7 @@ def build_tiny_cascade(seed: int = 0, steps: int = 2) -> Cascade:
     stages = []
     for config in tiny_configs(steps):
         stage = Stage(config)
-        with torch.no_grad():
-            for p in stage.net.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
+        perturb(stage.net)
         stages.append(stage)
     return Cascade(stages, text_encoder="minilm", max_length=32)
 
