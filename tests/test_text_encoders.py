@@ -228,3 +228,17 @@ def test_an_unwritable_digest_memo_only_costs_a_rehash(t5_dir, tmp_path, monkeyp
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # ~/.cache/pixcade cannot be made
     assert encoder_name(t5_dir) == encoder_name(shutil.copytree(t5_dir, tmp_path / "copy"))
+
+
+def test_a_directorys_weight_digests_are_remembered_in_one_memo_write(t5_dir, tmp_path, monkeypatch):
+    copy = shutil.copytree(t5_dir, tmp_path / "sharded")
+    for k in range(2):  # three weight files in all, like a sharded checkpoint
+        save_file({"w": torch.full((4,), float(k))}, str(copy / f"extra-{k}.safetensors"))
+    writes, hashed = [], []
+    real_write, real_hash = encoders.atomic_write_text, encoders.sha256_file
+    monkeypatch.setattr(encoders, "atomic_write_text", lambda path, text: writes.append(path) or real_write(path, text))
+    monkeypatch.setattr(encoders, "sha256_file", lambda path: hashed.append(path.name) or real_hash(path))
+    name = encoder_name(copy)
+    assert len(hashed) == 3 and len(writes) == 1  # each file hashed, the memo rewritten once
+    assert encoder_name(copy) == name
+    assert len(hashed) == 3 and len(writes) == 1  # all three remembered: no hash, no write

@@ -56,13 +56,11 @@ def minilm_directory() -> Path:
     return directory.resolve()
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of every byte of ``path``, remembered across runs by (path, size, mtime, ctime,
-    inode): a T5-XXL is tens of GB, hashed once, not on every load. Any write changes ctime
-    (which, unlike mtime, cannot be set back), so an edited file is always hashed again."""
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    key = str(path.resolve())
+def file_digests(paths: Sequence[Path]) -> list[str]:
+    """sha256 of every byte of each file, remembered across runs by (path, size, mtime,
+    ctime, inode): a T5-XXL is tens of GB, hashed once, not on every load. Any write changes
+    ctime (which, unlike mtime, cannot be set back), so an edited file is always hashed
+    again. The memo is read once and, if a file was hashed, rewritten once (atomically)."""
     memo_path = cache_dir() / "weight-digests.json"
     try:
         memo = json.loads(memo_path.read_text(encoding="utf-8"))
@@ -70,17 +68,25 @@ def file_digest(path: Path) -> str:
             memo = {}
     except (OSError, ValueError):
         memo = {}
-    known = memo.get(key)
-    if isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("sha256"), str):
-        return known["sha256"]
-    digest = sha256_file(path)
-    memo[key] = {"stamp": stamp, "sha256": digest}
-    try:  # a memo that cannot be written only costs the next load a re-hash
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(memo_path, json.dumps(memo))
-    except (OSError, PixcadeError):  # PixcadeError: the write's own one-line OS error
-        pass
-    return digest
+    digests, hashed = [], False
+    for path in paths:
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        key = str(path.resolve())
+        known = memo.get(key)
+        if isinstance(known, dict) and known.get("stamp") == stamp and isinstance(known.get("sha256"), str):
+            digests.append(known["sha256"])
+            continue
+        digests.append(sha256_file(path))
+        memo[key] = {"stamp": stamp, "sha256": digests[-1]}
+        hashed = True
+    if hashed:
+        try:  # a memo that cannot be written only costs the next load a re-hash
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(memo_path, json.dumps(memo))
+        except (OSError, PixcadeError):  # PixcadeError: the write's own one-line OS error
+            pass
+    return digests
 
 
 def directory_fingerprint(directory: Path) -> str:
@@ -89,7 +95,7 @@ def directory_fingerprint(directory: Path) -> str:
     Used as the encoder's ``name`` (and so in embedding-cache keys). A path would make a
     moved or copied model look new, and the config alone can't tell two checkpoints of the
     same architecture apart. Every byte counts: config and tokenizer files, and each weight
-    file through its full sha256 (`file_digest`), so a changed weight anywhere is a new
+    file through its full sha256 (`file_digests`), so a changed weight anywhere is a new
     encoder and never serves stale cached embeddings.
     """
     digest = hashlib.sha256()
@@ -97,8 +103,9 @@ def directory_fingerprint(directory: Path) -> str:
         path = directory / fname
         if path.is_file():
             digest.update(fname.encode() + b"\0" + path.read_bytes() + b"\0")
-    for path in sorted(directory.glob("*.safetensors")):
-        digest.update(f"{path.name}\0{file_digest(path)}\0".encode())
+    weights = sorted(directory.glob("*.safetensors"))
+    for path, file_sha in zip(weights, file_digests(weights)):
+        digest.update(f"{path.name}\0{file_sha}\0".encode())
     try:
         model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type", "model")
     except (OSError, ValueError, AttributeError):
