@@ -13,6 +13,11 @@ Steps, each recorded in the JSON (a failing step records its error and the rest 
    on out-of-memory. The 2B base also runs FSDP-wrapped (one rank, nccl): the sharded code
    path with its bf16 parameter gathering.
 3. The shipped cascade samples four prompts on the device (seconds, images made).
+4. Sampling memory: one guided call (2 rows, 128 text tokens) of each paper network at its
+   output size, fp32 and bf16 autocast (the T5-XXL encoder in fp32), built with
+   uninitialised weights: the peak allocated above what was before the call, beside the
+   fake-tensor trace of scripts/memory_table.py. And the shipped cascade's whole-run peak
+   with and without ``--offload``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ sys.path.insert(0, str(HERE))
 from common import REPO, autocast, gpu_peak_bf16, sync, timed  # noqa: E402
 
 from pixcade.nn.configs import get_preset  # noqa: E402
+from pixcade.pipeline import memory  # noqa: E402
 from pixcade.pipeline.cascade import Cascade  # noqa: E402
 from pixcade.stage import Stage, StageConfig  # noqa: E402
 from pixcade.train import fsdp  # noqa: E402
@@ -55,6 +61,10 @@ FAKE = (
     ("tiny-sr", "tiny-sr", 32, 16, 4),
 )
 TEXT_TOKENS = {False: 128, True: 8}  # T5-XXL max length; tiny in fake mode
+# Sampling memory in fake mode: (label, preset, output side) of one guided call; a T5 encoder.
+FAKE_SAMPLING = (("tiny-base", "tiny-base", 16), ("tiny-sr", "tiny-sr", 32))
+T5 = {False: memory.T5_XXL, True: {**memory.T5_XXL, "d_model": 64, "d_ff": 128, "num_layers": 1, "num_heads": 2,
+                                   "d_kv": 32, "vocab_size": 1000}}
 
 
 def run_cuda_tests(fake: bool) -> dict[str, Any]:
@@ -155,6 +165,63 @@ def sample_cascade(device: torch.device, fake: bool) -> dict[str, Any]:
             "seconds": time.perf_counter() - start, "steps": extra.get("steps", "stage defaults")}
 
 
+def _call_peak(build: memory.Build, inputs: memory.Inputs, dtype: torch.dtype, device: torch.device) -> int:
+    """Peak bytes allocated during one sampling call above what was allocated before it."""
+    if device.type != "cuda":
+        return memory.measure_call(build, inputs, dtype).peak_bytes
+    with torch.device("meta"):
+        net = build()
+    net = net.to_empty(device=device).eval()  # uninitialised: what it holds doesn't change the bytes
+    with device:
+        args, kwargs = inputs()
+    memory.sampling_call(net, dtype, args, kwargs)  # warm-up: kernels chosen
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    memory.sampling_call(net, dtype, args, kwargs)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del net, args, kwargs
+    torch.cuda.empty_cache()
+    return peak
+
+
+def _run_peak(device: torch.device, offload: bool, fake: bool) -> int:
+    """Peak bytes allocated on ``device`` by loading the shipped cascade (and, the first time
+    in this process, its text encoder) and sampling a prompt."""
+    extra = {"steps": 2} if fake else {}
+    if device.type != "cuda":
+        cascade = Cascade.from_pretrained(REPO / "pixcade" / "weights" / "shapes", device=device, offload=offload)
+        run = lambda: cascade.generate(["a red circle"], progress=False, **extra)  # noqa: E731
+        memory.measure_peak(run)  # the CPU check skips the loading: the encoder is cached already
+        return memory.measure_peak(run)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    cascade = Cascade.from_pretrained(REPO / "pixcade" / "weights" / "shapes", device=device, offload=offload)
+    cascade.generate(["a red circle"], progress=False, **extra)
+    peak = torch.cuda.max_memory_allocated() - before
+    del cascade
+    torch.cuda.empty_cache()
+    return peak
+
+
+def sampling_memory(device: torch.device, fake: bool) -> dict[str, Any]:
+    rows = []
+    calls = [(label, memory.unet_call(get_preset(preset), side, text_tokens=TEXT_TOKENS[fake]))
+             for label, preset, side in (FAKE_SAMPLING if fake else memory.PAPER_STAGES)]
+    calls.append(("t5 encoder", memory.t5_encoder_call(T5[fake], text_tokens=TEXT_TOKENS[fake])))
+    for label, call in calls:
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if label == "t5 encoder" and name == "bf16":
+                continue  # the cascade runs its text encoder in fp32
+            row = {"network": label, "dtype": name, "traced_peak_bytes": memory.trace_call(*call, dtype).peak_bytes}
+            row.update(_step(lambda: {"measured_peak_bytes": _call_peak(*call, dtype, device)}))
+            rows.append(row)
+    run = {f"offload={o}": _step(lambda: {"peak_bytes": _run_peak(device, o, fake)}) for o in (False, True)}
+    return {"calls": rows, "shapes_cascade": run}
+
+
 def _step(fn: Callable[[], Any]) -> Any:
     """``fn()``, or its error as a record: a failing step does not stop the others."""
     try:
@@ -198,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows.append({"stage": label, **_step(sharded)})
     result["training"] = rows
+    # Before sampling: the text encoder is cached per device once loaded, and the run without
+    # offloading must count loading it.
+    result["sampling_memory"] = _step(lambda: sampling_memory(device, fake))
     result["sampling"] = _step(lambda: sample_cascade(device, fake))
     result["seconds"] = time.perf_counter() - started
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -35,3 +35,11 @@ def test_gpu_check_fake_small_writes_every_section(tmp_path):
     # The sharded step does the same work as the plain one.
     assert rows[2]["flops_per_image"] == rows[0]["flops_per_image"]
     assert result["sampling"]["images"] == 4 and result["sampling"]["size"] == [128, 128]
+    mem = result["sampling_memory"]
+    assert [(r["network"], r["dtype"]) for r in mem["calls"]] == [
+        ("tiny-base", "fp32"), ("tiny-base", "bf16"), ("tiny-sr", "fp32"), ("tiny-sr", "bf16"), ("t5 encoder", "fp32")]
+    for row in mem["calls"]:  # on the CPU the trace only misses kernels' temporaries
+        assert 0.75 * row["measured_peak_bytes"] <= row["traced_peak_bytes"] <= 1.02 * row["measured_peak_bytes"], row
+    # On the CPU offloading moves nothing, so both runs hold the same bytes.
+    run = mem["shapes_cascade"]
+    assert run["offload=False"]["peak_bytes"] == run["offload=True"]["peak_bytes"] > 0
