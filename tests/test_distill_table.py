@@ -122,3 +122,37 @@ def test_resume_skips_rows_with_results_and_students_without_exports(teacher, tm
     (out / "results" / "teacher-25" / "shapes.json").unlink()
     assert dt.main(["--out", str(out), "--teacher", str(teacher), "--groups", "teacher"]) == 0
     assert ran == ["teacher-25", "teacher-8"]
+
+
+def test_a_student_export_is_assembled_beside_the_teachers_sr_in_fp32(teacher, tmp_path, monkeypatch):
+    import dataclasses
+
+    from pixcade.stage import Stage
+    from pixcade.train.config import DistillConfig
+    from pixcade.train.distill import student_config
+    from pixcade.train.export import write_stage_export
+    from tiny_cascade import tiny_configs
+
+    base = dataclasses.replace(tiny_configs()[0], parameterization="v")
+    guided = student_config(base, DistillConfig(teacher="-", phase="guided"))
+    four = student_config(guided, DistillConfig(teacher="-", phase="halve", steps=4))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_stage_export(runs / "base-4" / "final", four.to_dict(), "minilm", 32, Stage(four).net.state_dict(), 500)
+    rows = {r.name: r for r in dt.plan_rows(str(teacher), str(runs))}
+    assert dt.missing_sources(rows["student-4"]) is None
+    assert "base-2" in dt.missing_sources(rows["student-2"])
+
+    def fake_eval(argv):  # what `pixcade eval shapes` would write
+        assert argv[:2] == ["eval", "shapes"] and argv[argv.index("--prompts") + 1] == "300"
+        put(out, "student-4", shapes_report([True, True, False]))
+        return 0
+
+    monkeypatch.setattr(dt, "pixcade_main", fake_eval)
+    dt.run_row(out, rows["student-4"])
+    saved = json.loads((out / "models" / "student-4" / "cascade.json").read_text())["stages"]
+    assert [s["sampling"]["dtype"] for s in saved] == ["fp32", "fp32"]
+    assert saved[0]["distilled_steps"] == 4 and saved[0]["unet"]["guidance_conditioned"]
+    e = {x["name"]: x for x in dt.collect(out, list(rows.values()))}["student-4"]
+    # One pass per step for the student, the teacher's SR (guided, 2 steps) unchanged.
+    assert e["status"] == "done" and e["evaluations"] == {"base": 4, "sr": 4}
+    assert e["seconds"] is not None
