@@ -12,7 +12,8 @@ shapes` on the 300-prompt set (prompt seed 1234, sampling seed 0: the model card
 settings, so every row is paired with the card's 0.853) and `pixcade eval sr-psnr` on 50
 scenes (the card's 34.03 dB). Every stage samples in fp32, set explicitly, as the card's
 numbers were measured. A row whose result file exists is not run again (a killed run
-resumes at the row it was on); a row whose student has no export yet is listed as
+resumes at the row it was on) unless a source was exported again since (a student trained
+longer: the row is "stale" and runs again); a row whose student has no export yet is listed as
 pending. The table (table.md, table.json under OUT) is rewritten after every row.
 """
 
@@ -97,6 +98,20 @@ def missing_sources(row: Row) -> str | None:
     return None
 
 
+def source_steps(row: Row) -> list[int | None]:
+    """The training step of each source's export (None for a saved cascade's stage)."""
+    return [read_stage_export(source).step for source in row.sources]
+
+
+def is_stale(out: Path, row: Row) -> bool:
+    """Whether a source was exported again (e.g. a student trained longer) since the row ran."""
+    meta = out / "results" / row.name / "row.json"
+    if not meta.is_file() or missing_sources(row):
+        return False
+    recorded = json.loads(meta.read_text()).get("source_steps")
+    return recorded is not None and recorded != source_steps(row)  # None: not recorded
+
+
 def result_path(out: Path, row: Row) -> Path:
     return out / "results" / row.name / RESULT_FILE[row.metric]
 
@@ -109,6 +124,7 @@ def evaluations(model_dir: Path) -> dict[str, int]:
 def run_row(out: Path, row: Row) -> None:
     """Assemble the row's cascade and evaluate it (the result file is written last)."""
     model = out / "models" / row.name
+    steps = source_steps(row)
     assemble(list(row.sources), model, list(row.settings))
     result = result_path(out, row).parent
     if row.metric == "shapes":
@@ -121,7 +137,7 @@ def run_row(out: Path, row: Row) -> None:
     if code:
         raise PixcadeError(f"row {row.name}: `pixcade {' '.join(argv)}` exited with status {code}")
     atomic_write_text(result / "row.json", json.dumps(
-        {"row": asdict(row), "seconds": time.perf_counter() - start,
+        {"row": asdict(row), "source_steps": steps, "seconds": time.perf_counter() - start,
          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}, indent=1) + "\n")
 
 
@@ -137,7 +153,8 @@ def collect(out: Path, rows: Sequence[Row]) -> list[dict[str, Any]]:
             heads[row.name] = h = read_headline(path)
             meta = json.loads((path.parent / "row.json").read_text()) if (path.parent / "row.json").is_file() else {}
             model = out / "models" / row.name
-            entry.update(status="done", value=h.value, n=h.n, held_out=h.held_out, seconds=meta.get("seconds"),
+            entry.update(status="stale" if is_stale(out, row) else "done", value=h.value, n=h.n,
+                         held_out=h.held_out, seconds=meta.get("seconds"),
                          evaluations=evaluations(model) if (model / "cascade.json").is_file() else None)
         else:
             why = missing_sources(row)
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             # The references first: every other row is paired with them.
             chosen = [r for r in rows if r.group in groups]
             for row in sorted(chosen, key=lambda r: r.name not in (TEACHER_DEFAULT, SR_TEACHER_DEFAULT)):
-                if result_path(out, row).is_file() or missing_sources(row):
+                if (result_path(out, row).is_file() and not is_stale(out, row)) or missing_sources(row):
                     continue
                 print(f"== {row.name}: {row.label}", file=sys.stderr, flush=True)
                 run_row(out, row)

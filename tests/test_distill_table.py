@@ -156,3 +156,11 @@ def test_a_student_export_is_assembled_beside_the_teachers_sr_in_fp32(teacher, t
     # One pass per step for the student, the teacher's SR (guided, 2 steps) unchanged.
     assert e["status"] == "done" and e["evaluations"] == {"base": 4, "sr": 4}
     assert e["seconds"] is not None
+    # The student trained longer and exported again: its row is stale and runs again.
+    write_stage_export(runs / "base-4" / "final", four.to_dict(), "minilm", 32, Stage(four).net.state_dict(), 900)
+    assert dt.is_stale(out, rows["student-4"])
+    assert {x["name"]: x for x in dt.collect(out, list(rows.values()))}["student-4"]["status"] == "stale"
+    ran = []
+    monkeypatch.setattr(dt, "run_row", lambda out, row: ran.append(row.name))
+    assert dt.main(["--out", str(out), "--teacher", str(teacher), "--runs", str(runs), "--groups", "student"]) == 0
+    assert ran == ["student-4"]
