@@ -87,8 +87,14 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.direct(x) if x.device.type != "cpu" else self.phases(x)
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        """The upsampled image, then the 3x3 convolution (the GPU's form)."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    def phases(self, x: torch.Tensor) -> torch.Tensor:
+        """The four 2x2 phase convolutions of the input (the CPU's form)."""
         w = self.conv.weight
         b, h, wd = x.shape[0], x.shape[2], x.shape[3]
         # Along one axis, phase 0 reads (i-1, i) with taps (w0, w1 + w2), phase 1 reads
