@@ -34,13 +34,11 @@ import json
 import platform
 import sys
 from pathlib import Path
-from unittest import mock
 
 import torch
 
 from pixcade.io import atomic_write_text
 from pixcade.nn.configs import MINILM_DIM, get_preset
-from pixcade.nn.layers import Upsample
 from pixcade.pipeline import memory
 from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
@@ -85,9 +83,7 @@ def paper_rows() -> list[dict]:
         call = memory.unet_call(get_preset(preset), side)
         for name, dtype in DTYPES.items():
             row = {"network": label, "dtype": name, **memory.trace_call(*call, dtype).to_dict()}
-            # The trace takes the CPU's branches; a GPU upsamples the image before its conv.
-            with mock.patch.object(Upsample, "forward", Upsample.direct):
-                row["peak_bytes_gpu_upsampling"] = memory.trace_call(*call, dtype).peak_bytes
+            row["peak_bytes_gpu_upsampling"] = memory.trace_call(*call, dtype, gpu_upsampling=True).peak_bytes
             rows.append(row)
     t5 = memory.trace_call(*memory.t5_encoder_call(memory.T5_XXL))
     rows.append({"network": T5_LABEL, "dtype": "fp32", **t5.to_dict()})

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pixcade.nn.configs import get_preset
+from pixcade.nn.layers import Upsample
 from pixcade.nn.unet import EfficientUNet, count_parameters
 from pixcade.pipeline import memory
 
@@ -43,6 +44,14 @@ def test_bf16_autocast_holds_one_layers_weight_copy_at_a_time():
     # once over.
     extra = memory.measure_call(*mlp_call(), torch.bfloat16).peak_bytes - traced.peak_bytes
     assert 0 <= extra <= traced.peak_bytes, extra
+
+
+def test_gpu_upsampling_holds_the_upsampled_image_and_the_convolution_output():
+    b, c_in, c_out, side = 2, 8, 4, 6
+    call = (lambda: Upsample(c_in, c_out)), (lambda: ((torch.randn(b, c_in, side, side),), {}))
+    area = (2 * side) ** 2
+    assert memory.trace_call(*call, gpu_upsampling=True).peak_bytes == 4 * b * area * (c_in + c_out)
+    assert memory.trace_call(*call).peak_bytes != memory.trace_call(*call, gpu_upsampling=True).peak_bytes
 
 
 def test_parameter_counts_are_the_real_models():

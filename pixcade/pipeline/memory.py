@@ -27,8 +27,10 @@ sampling's autocast keeps no cast cache, `pixcade.diffusion.precision`).
 from __future__ import annotations
 
 import weakref
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
+from unittest import mock
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -38,6 +40,7 @@ from torch.utils._pytree import tree_leaves
 
 from pixcade.diffusion.precision import autocast_net
 from pixcade.nn.configs import UNetConfig
+from pixcade.nn.layers import Upsample
 from pixcade.nn.unet import EfficientUNet
 from pixcade.text.encoders import DEFAULT_MAX_LENGTH as TEXT_TOKENS
 
@@ -132,9 +135,14 @@ def _weights(net: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
-def trace_call(build: Build, inputs: Inputs, dtype: torch.dtype = torch.float32) -> CallMemory:
-    """Peak live bytes of one call on fake tensors: no memory is allocated, any size works."""
-    with FakeTensorMode():
+def trace_call(build: Build, inputs: Inputs, dtype: torch.dtype = torch.float32,
+               gpu_upsampling: bool = False) -> CallMemory:
+    """Peak live bytes of one call on fake tensors: no memory is allocated, any size works.
+
+    The fake tensors are CPU tensors, so the CPU's branches run; ``gpu_upsampling`` makes
+    `Upsample` take the GPU's (`Upsample.direct`), where the two differ most in memory."""
+    upsampling = mock.patch.object(Upsample, "forward", Upsample.direct) if gpu_upsampling else nullcontext()
+    with FakeTensorMode(), upsampling:
         net = build().eval()
         args, kwargs = inputs()
         count, nbytes = _weights(net)
