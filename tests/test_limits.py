@@ -69,6 +69,11 @@ def test_the_python_api_has_the_same_bounds(model):
         cascade.generate(["a prompt"], n=10**9)
     with pytest.raises(PixcadeError, match="above the limit"):
         cascade.generate(["x" * 10**6])
+    # Checked before any input file is read: these files do not exist.
+    with pytest.raises(PixcadeError, match="above the limit"):
+        cascade.generate(["a prompt"], n=10**9, start_image="missing.png")
+    with pytest.raises(PixcadeError, match="above the limit"):
+        cascade.generate(["x" * 10**6], image="missing.png", mask="missing-mask.png")
 
 
 def test_a_limit_is_raised_by_its_environment_variable(monkeypatch):

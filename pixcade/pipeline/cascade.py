@@ -21,7 +21,7 @@ from pixcade.pipeline.jobs import Job, all_jobs, batches, per_image_noise, per_i
 from pixcade.pipeline.options import PerStage, parse_assignment, resolve, settings_from_text
 from pixcade.pipeline.placement import check_device, placed
 from pixcade.pipeline.plan import Plan, StageBars, choose, stage_index
-from pixcade.pipeline.request import Request
+from pixcade.pipeline.request import Request, prompt_list
 from pixcade.pipeline.shipped import resolve_model
 from pixcade.stage import Stage
 from pixcade.text.encoders import DEFAULT_ENCODER, load_text_encoder
@@ -276,11 +276,13 @@ class Cascade:
         image: from the image noised to ``edit.strength`` (image-to-image), and with a
         ``mask`` of the image's size (white = redraw) only the masked region is redrawn.
         """
-        request = Request.build(prompts, negative_prompt=negative_prompt, start_image=start_image,
-                                image=image, mask=mask, edit=edit)
+        # The limits are checked before any input file is read.
+        prompts = prompt_list(prompts)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise PixcadeError(f"n (images per prompt) must be an integer >= 1, got {n!r}")
-        check_generation(request.prompts, n, batch_size)
+        check_generation(prompts, n, batch_size)
+        request = Request.build(prompts, negative_prompt=negative_prompt, start_image=start_image,
+                                image=image, mask=mask, edit=edit)
         plan = self.plan(stages, stop_after, request.start_side, **overrides)
         jobs = all_jobs(len(request.prompts), n)
         chunks = batches(jobs, batch_size or len(jobs))

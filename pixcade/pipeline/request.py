@@ -33,6 +33,17 @@ def per_prompt(value: Any, prompts: Sequence[str], what: str) -> list[Any] | Non
     return values
 
 
+def prompt_list(prompts: str | Sequence[str]) -> list[str]:
+    """One prompt or several as a list, checked (a caller checks the limits on it before
+    `Request.build` reads any input file)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise PixcadeError("no prompts given")
+    if any(not isinstance(p, str) for p in prompts):
+        raise PixcadeError("prompts must be strings")
+    return prompts
+
+
 def _each_once(read: Callable[..., Any], *columns: list[Any]) -> list[Any]:
     """``read`` of each row of ``columns``, called once per distinct row of objects: an input
     given once for all prompts is read once and shared, not once per prompt."""
@@ -77,11 +88,7 @@ class Request:
     ) -> "Request":
         """Each input one for all prompts or one per prompt; files are read (and masks
         checked against their images) here, so a bad input fails before any sampling."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts:
-            raise PixcadeError("no prompts given")
-        if any(not isinstance(p, str) for p in prompts):
-            raise PixcadeError("prompts must be strings")
+        prompts = prompt_list(prompts)
         negatives = per_prompt(negative_prompt, prompts, "negative prompts")
         if negatives is not None and any(not isinstance(t, str) for t in negatives):
             raise PixcadeError("negative prompts must be strings")
