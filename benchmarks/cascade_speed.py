@@ -74,12 +74,6 @@ def parse_cascades(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def stage_evaluations(cascade: Cascade, overrides: dict[str, Any]) -> dict[str, int]:
-    """Network evaluations per image of each stage, with the run's settings."""
-    plan = cascade.plan(**overrides)
-    return {s.config.name: s.config.network_evaluations(plan.settings[s.config.name]) for s in plan.stages}
-
-
 @contextlib.contextmanager
 def stage_timers(cascade: Cascade, totals: dict[str, float]) -> Iterator[None]:
     """Within the block, each stage's wall seconds in `Stage.sample` add up in ``totals``."""
@@ -142,15 +136,15 @@ def run(cascades: list[tuple[str, str]], prompts: int, batch_size: int, repeats:
     ref = entries[0]
     rows = []
     for e in entries:
-        nfe = stage_evaluations(e.cascade, overrides)
         plan = e.cascade.plan(**overrides)
+        stages = {}
+        for s in plan.stages:
+            settings = plan.settings[s.config.name]
+            stages[s.config.name] = {"sampler": settings.sampler, "steps": settings.steps, "dtype": settings.dtype,
+                                     "network_evaluations": s.config.network_evaluations(settings)}
         rows.append({
-            "label": e.label, "path": e.path,
-            "stages": {s.config.name: {"sampler": plan.settings[s.config.name].sampler,
-                                       "steps": plan.settings[s.config.name].steps,
-                                       "dtype": plan.settings[s.config.name].dtype,
-                                       "network_evaluations": nfe[s.config.name]} for s in plan.stages},
-            "network_evaluations": sum(nfe.values()),
+            "label": e.label, "path": e.path, "stages": stages,
+            "network_evaluations": sum(st["network_evaluations"] for st in stages.values()),
             "s_per_image": min(e.wall), "s_per_image_median": statistics.median(e.wall),
             "s_per_image_all": e.wall, "cpu_s_per_image": min(e.cpu),
             "stage_s_per_image": e.stage_wall[e.wall.index(min(e.wall))],  # of the best repeat
