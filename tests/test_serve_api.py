@@ -317,6 +317,23 @@ def test_served_images_are_the_cascades_stage_by_stage(tmp_path: Path) -> None:
             assert np.array_equal(got, np.asarray(want)), name
 
 
+def test_each_stages_images_are_reported_before_the_next_stage_samples(tmp_path: Path) -> None:
+    """The real model streams: a stage's images are handed over the moment it is done, before
+    the next stage's first step, and they are the images the finished run keeps."""
+    from tiny_cascade import save_tiny_cascade
+
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.serve.model import CascadeModel
+
+    model = CascadeModel(Cascade.from_pretrained(save_tiny_cascade(tmp_path / "model")))
+    events: list[tuple] = []
+    model.generate(GenerationRequest("a red circle", n=2, seed=1, steps=2, stages=("base", "sr")),
+                   on_progress=lambda stage, step, total: events.append(("step", stage, step, total)),
+                   on_stage_done=lambda stage, images: events.append(("done", stage, len(images))))
+    assert events == [("step", "base", 1, 2), ("step", "base", 2, 2), ("done", "base", 2),
+                      ("step", "sr", 1, 2), ("step", "sr", 2, 2), ("done", "sr", 2)]
+
+
 def test_cli_refuses_bad_settings_and_a_missing_default_model(tmp_path: Path, monkeypatch) -> None:
     from pixcade.pipeline import shipped
     from pixcade.serve.cli import main
