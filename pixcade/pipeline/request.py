@@ -17,7 +17,6 @@ from PIL import Image
 
 from pixcade.errors import PixcadeError
 from pixcade.pipeline.edits import EditBatch, EditRequest, ImageSource, as_image, as_mask
-from pixcade.pipeline.images import open_image
 from pixcade.pipeline.jobs import Job
 
 
@@ -55,10 +54,6 @@ def _each_once(read: Callable[..., Any], *columns: list[Any]) -> list[Any]:
             done[key] = read(*row)
         out.append(done[key])
     return out
-
-
-def _open_start(source: ImageSource) -> Image.Image:
-    return source if isinstance(source, Image.Image) else open_image(source)
 
 
 @dataclass(frozen=True)
@@ -102,7 +97,7 @@ class Request:
             edit = edit or EditRequest()
         return cls(
             prompts, negatives,
-            starts=_each_once(_open_start, starts) if starts else None,
+            starts=_each_once(as_image, starts) if starts else None,
             images=images,
             masks=_each_once(as_mask, masks, images) if masks else None,
             edit=edit,
