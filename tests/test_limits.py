@@ -40,6 +40,8 @@ def probes(tmp_path: Path, model: Path) -> list[tuple[list[str], str]]:
         (gen + ["--n", "60000", "a", "b"], "60000 image(s) per prompt x 2 prompt(s) is 120000"),
         (gen + ["--batch-size", HUGE, "a prompt"], "the batch size is 1000000000"),
         (gen + ["x" * 20_000], "length of prompt 1 is 20000"),
+        # before any input file is read (this one does not exist)
+        (gen + ["--n", HUGE, "--image", str(tmp_path / "missing.png"), "a prompt"], "per prompt x 1 prompt(s)"),
         (["data", "shapes", "--n", "4", "--res", "100000", "--out", out], "--res is 100000"),
         (["data", "shapes", "--n", HUGE, "--res", "32", "--out", out], "--n is 1000000000"),
         (["embed", "--captions", str(train_config), "--batch-size", HUGE, "--out", out], "--batch-size is"),
