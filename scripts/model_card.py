@@ -3,7 +3,7 @@
 
     python scripts/model_card.py --model pixcade/weights/shapes --config configs/shapes.json \
         --run ~/pixcade-runs/shapes-base --run ~/pixcade-runs/shapes-sr --data ~/pixcade-runs/data/shapes128 \
-        --shapes eval/shapes/shapes.json --sweep eval/sweep/sweep.json --sr-psnr eval/sr/sr_psnr.json \
+        --shapes eval/shapes/shapes.json --shapes-dtype eval/shapes-bf16/shapes.json --sweep eval/sweep/sweep.json --sr-psnr eval/sr/sr_psnr.json \
         --grid docs/images/grid.png --out pixcade/weights/shapes/MODEL_CARD.md
 
 Reads the assembled cascade (cascade.json, weights, sources.json from `pixcade assemble`),
@@ -263,8 +263,43 @@ def _code(command: str) -> str:
     return f"```bash\n{command}\n```"
 
 
+def _precision(result: dict) -> str:
+    """The precision each stage of a benchmark ran in, as its report recorded it."""
+    recorded = result.get("precision")
+    if not recorded:
+        return "precision not recorded (runs made before the `auto` default sampled in fp32)"
+    names = set(recorded.values())
+    return names.pop() if len(names) == 1 else ", ".join(f"{k} {v}" for k, v in recorded.items())
+
+
+def precision_section(shapes: dict | None, others: list[dict], model: dict) -> list[str]:
+    """Markdown: the shapes benchmark in other precisions (`pixcade eval shapes --dtype`), each
+    against the default run ``shapes`` where given, and what the default precision means."""
+    from pixcade.eval.shapes import markdown_table as shapes_table
+
+    out = ["### Shapes benchmark by precision", "",
+           "The default precision, `auto`, samples in bf16 where the device computes bf16 natively (CUDA GPUs "
+           "with bf16, CPUs with avx512_bf16 or AMX-bf16) and in fp32 elsewhere (`pixcade.diffusion.precision`)."
+           + (f" The run above: {_precision(shapes)}." if shapes is not None else ""), ""]
+    for other in others:
+        acc, held = other["overall"]["accuracy"], other["held_out"]["accuracy"]
+        line = (f"In {_precision(other)}: overall {acc:.3f}, held-out pairs {held:.3f} on {other['prompts']} prompts")
+        if shapes is not None:
+            line += (f", against {shapes['overall']['accuracy']:.3f} and {shapes['held_out']['accuracy']:.3f} "
+                     "in the run above")
+            pairs = {(r["caption"], r["index"]): r["passed"] for r in shapes.get("results", [])}
+            verdicts = [(pairs[(r["caption"], r["index"])], r["passed"]) for r in other.get("results", [])
+                        if (r["caption"], r["index"]) in pairs]
+            if verdicts and len(verdicts) == len(other.get("results", [])):
+                only = [sum(a and not b for a, b in verdicts), sum(b and not a for a, b in verdicts)]
+                line += f"; {only[0]} image(s) pass only in the run above, {only[1]} only in this one"
+        out += [line + f". {_measured_on(other, model)}", "", shapes_table(other), "", _code(other["command"]), ""]
+    return out
+
+
 def card(model: dict, runs: list[dict], *, config: str | None, data_commands: list[str], shapes: dict | None,
-         sweep: dict | None, sr: dict | None, grid: dict | None, data_checks: list[dict]) -> str:
+         sweep: dict | None, sr: dict | None, grid: dict | None, data_checks: list[dict],
+         shapes_by_dtype: list[dict] = ()) -> str:
     from pixcade.eval.shapes import markdown_table as shapes_table
     from pixcade.eval.sr_psnr import markdown_table as sr_table
     from pixcade.eval.sweep import markdown_table as sweep_table
@@ -341,6 +376,8 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_commands: li
                 f"{TARGET_HELD_OUT:.2f}) on >= {TARGET_PROMPTS} prompts: {_verdict(ok)}. "
                 f"{_measured_on(shapes, model)}", "",
                 shapes_table(shapes), "", _code(shapes["command"]), ""]
+    if shapes_by_dtype:
+        out += precision_section(shapes, list(shapes_by_dtype), model)
     if sr is not None:
         out += [f"### Super-resolution ({sr['stage']}: {sr['lowres_resolution']} -> {sr['resolution']} px)", "",
                 f"Given the true {sr['lowres_resolution']} px render of {sr['n']} scenes, the SR stage's output vs "
@@ -384,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-command", action="append", default=[],
                    help="a command that made training data (repeat; shown in order before the training commands)")
     p.add_argument("--shapes", help="shapes.json of `pixcade eval shapes` at default settings")
+    p.add_argument("--shapes-dtype", action="append", default=[],
+                   help="shapes.json of the same benchmark in another precision, `pixcade eval shapes --dtype bf16` "
+                        "(repeat for each)")
     p.add_argument("--sweep", help="sweep.json of `pixcade eval shapes --guidance ... --threshold ...`")
     p.add_argument("--sr-psnr", help="sr_psnr.json of `pixcade eval sr-psnr`")
     p.add_argument("--grid", help="the PNG of `pixcade eval grid`")
@@ -406,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         sr=read_json(args.sr_psnr) if args.sr_psnr else None,
         grid=grid_info(Path(args.grid), out) if args.grid else None,
         data_checks=[held_out_in_data(Path(d)) for d in args.data],
+        shapes_by_dtype=[read_json(f) for f in args.shapes_dtype],
     )
     if args.notes:
         try:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from pixcade.data.render import render
 from pixcade.data.shapes import BACKGROUND, evaluation_prompts
+from pixcade.errors import PixcadeError
 from cli_support import verbs
 
 eval_main = verbs("eval")
@@ -21,6 +22,9 @@ SCENES = {s.caption: s for s in evaluation_prompts(10, 1 / 3, 1234)}
 class OracleCascade:
     """Draws the true scene of each caption (or, as "blank", nothing at all)."""
 
+    stages: list = []  # no networks, so no precision to record
+    device = "cpu"
+
     def __init__(self, blank: bool) -> None:
         self.blank = blank
 
@@ -28,7 +32,7 @@ class OracleCascade:
     def from_pretrained(cls, directory, device="cpu"):
         return cls(blank=str(directory) == "blank")
 
-    def generate(self, prompts, n=1, seed=0, batch_size=None, progress=True):
+    def generate(self, prompts, n=1, seed=0, batch_size=None, progress=True, **options):
         if self.blank:
             return [Image.new("RGB", (128, 128), BACKGROUND) for _ in prompts for _ in range(n)]
         return [render(SCENES[p], 128) for p in prompts for _ in range(n)]
@@ -60,3 +64,33 @@ def test_eval_shapes_with_a_real_tiny_cascade(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["overall"]["n"] == 2 and report["resolution"] == 32
     assert "128px" in report["note"]  # tiny cascade: too small to score reliably, and it says so
+
+
+def test_eval_shapes_runs_in_the_dtype_asked_and_records_it(tmp_path, capsys, monkeypatch):
+    """--dtype reaches every stage's sampling (the images are those of Cascade.generate in
+    that dtype); the report records the precision each stage ran in, auto resolved."""
+    import numpy as np
+
+    from pixcade.diffusion import precision
+    from pixcade.pipeline.cascade import Cascade
+    from tiny_cascade import save_tiny_cascade
+
+    monkeypatch.setattr(precision, "computes_bf16", lambda device: False)
+    model = save_tiny_cascade(tmp_path / "model")
+    reports = {}
+    for spec in ("bf16", "base=bf16,sr=fp32", None):
+        out = tmp_path / str(spec).replace(",", "_")
+        assert eval_main(["shapes", "--model", str(model), "--prompts", "2", "--out", str(out),
+                          *(["--dtype", spec] if spec else [])]) == 0
+        reports[spec] = json.loads(capsys.readouterr().out)
+        reports[spec]["image"] = np.asarray(Image.open(out / reports[spec]["results"][0]["image"]))
+    assert reports["bf16"]["precision"] == {"base": "bf16", "sr": "bf16"}
+    assert reports["bf16"]["options"] == {"dtype": {"base": "bf16", "sr": "bf16"}}
+    assert reports["base=bf16,sr=fp32"]["precision"] == {"base": "bf16", "sr": "fp32"}
+    assert reports[None]["precision"] == {"base": "fp32", "sr": "fp32"} and "options" not in reports[None]
+    caption = evaluation_prompts(2, 1 / 3, 1234)[0].caption
+    api = Cascade.from_pretrained(model).generate([caption], dtype="bf16", batch_size=16, progress=False)
+    assert np.array_equal(reports["bf16"]["image"], np.asarray(api[0]))
+    assert not np.array_equal(reports["bf16"]["image"], reports[None]["image"])
+    with pytest.raises(PixcadeError, match="unknown dtype 'half'"):
+        eval_main(["shapes", "--model", str(model), "--prompts", "2", "--out", str(tmp_path / "x"), "--dtype", "half"])

@@ -33,6 +33,7 @@ class SettingsCascade:
     nothing for the rest, where (w, t) are the base stage's guidance and threshold."""
 
     calls: list[dict] = []
+    device = "cpu"
 
     def __init__(self):
         self.stages = [SimpleNamespace(config=c) for c in tiny_configs()]  # base: 3.0, dynamic:99.5

@@ -71,6 +71,7 @@ class OracleCascade:
 
         self.stages = [SimpleNamespace(config=c) for c in tiny_configs()]
         self.names = ["base", "sr"]
+        self.device = "cpu"
 
     @classmethod
     def from_pretrained(cls, directory, device="cpu"):
@@ -111,7 +112,9 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     assert eval_main(["sr-psnr", "--model", str(model), "--n", "2", "--out", str(tmp_path / "sr")]) == 0
     assert eval_main(["grid", "--model", str(real), "--prompt", "a red circle", "--out", str(tmp_path / "docs/grid.png")]) == 0
     monkeypatch.setattr("pixcade.eval.cli.Cascade", OracleCascade)
+    monkeypatch.setattr("pixcade.diffusion.precision.computes_bf16", lambda device: False)  # auto: fp32
     assert eval_main(["shapes", "--model", "m", "--prompts", "30", "--out", str(tmp_path / "shapes")]) == 0
+    assert eval_main(["shapes", "--model", "m", "--prompts", "30", "--dtype", "bf16", "--out", str(tmp_path / "bf16")]) == 0
     assert eval_main(["shapes", "--model", "m", "--prompts", "6", "--guidance", "1,8", "--threshold", "static",
                       "--out", str(tmp_path / "sweep")]) == 0
     capsys.readouterr()
@@ -123,7 +126,7 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
         "--model", str(model), "--run", str(base), "--run", str(sr), "--config", "configs/shapes.json",
         "--data", str(data), "--data-command", "pixcade data shapes --out data/x --n 2",
         "--data", str(mix), "--data-command", "pixcade data shapes --out data/mix --n 1 --kind-weights relation=1",
-        "--shapes", str(tmp_path / "shapes/shapes.json"), "--sweep", str(tmp_path / "sweep/sweep.json"),
+        "--shapes", str(tmp_path / "shapes/shapes.json"), "--shapes-dtype", str(tmp_path / "bf16/shapes.json"), "--sweep", str(tmp_path / "sweep/sweep.json"),
         "--sr-psnr", str(tmp_path / "sr/sr_psnr.json"), "--grid", str(tmp_path / "docs/grid.png"), "--out", str(out),
         "--notes", str(notes),
     ]) == 0
@@ -163,6 +166,13 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
     assert f"Measured on this model (digest {model_digest(model)[:12]})" in text
     assert f"**Measured on a model, a different model from this one (digest {model_digest(real)[:12]}).**" in text
     assert "**Measured on `m` whose weights were not recorded" in text
+    # The same benchmark in bf16, against the default run, prompt by prompt.
+    bf16 = json.loads((tmp_path / "bf16/shapes.json").read_text())
+    assert shapes["precision"] == {"base": "fp32", "sr": "fp32"} and bf16["precision"] == {"base": "bf16", "sr": "bf16"}
+    assert "The run above: fp32." in text and bf16["command"] in text
+    assert (f"In bf16: overall {bf16['overall']['accuracy']:.3f}, held-out pairs 0.000 on 30 prompts, against "
+            f"{shapes['overall']['accuracy']:.3f} and 0.000 in the run above; 0 image(s) pass only in the run above, "
+            "0 only in this one.") in text
     # The hand-written notes close the card.
     assert text.endswith("\n## Notes\n\n- phase 1 ran without coordinates.\n")
 

@@ -80,3 +80,19 @@ def test_bad_editing_fields_are_refused(fields, status, words) -> None:
         parse_request(payload, Limits(max_prompt_chars=40), STAGES)
     assert err.value.status == status
     assert re.search(words, str(err.value)) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype, status, words", [
+    ("auto", 202, None),
+    ({"base": "fp32", "sr": "auto"}, 202, None),
+    ("half", 422, "unknown dtype 'half' \\(choose from auto, fp32, bf16, fp16\\)"),
+    ({"sr": "fp16"}, 422, "stage 'sr': fp16 sampling needs an accelerator"),
+])
+def test_the_sampling_dtype_is_checked_before_queueing(tmp_path: Path, dtype, status, words) -> None:
+    cascade = Cascade.from_pretrained(save_tiny_cascade(tmp_path / "model"))
+    body = {"prompt": "a red circle", "steps": 1, "sampling": {"dtype": dtype}}
+    with running_server(CascadeModel(cascade), Limits(max_steps=3)) as server:
+        got, reply = request_json(server, "POST", "/api/jobs", body)
+    assert got == status, reply
+    if words:
+        assert re.search(words, reply["error"]) and "\n" not in reply["error"]

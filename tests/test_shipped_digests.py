@@ -9,6 +9,11 @@ same commit and says why; any other failure here is a behaviour change.
 Each case is a few steps per stage so the file runs in seconds on CPU; together they cover
 both stages, the three samplers, per-stage overrides of every option, the saved defaults
 and a run that starts at the super-resolution stage.
+
+Every case samples in fp32, named explicitly: the default precision, ``auto``, is bf16 on a
+machine that computes bf16 natively and fp32 elsewhere, and bf16's images depend on the
+CPU's kernels, so only fp32 can be pinned. What ``auto`` resolves to is checked against the
+explicit dtypes at the end of the file.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from PIL import Image, ImageDraw
 
 import pixcade
 from pixcade.cli import main
+from pixcade.diffusion import precision
 from pixcade.pipeline.cascade import Cascade
 
 SHIPPED = Path(pixcade.__file__).parent / "weights" / "shapes"
@@ -49,29 +55,29 @@ def start_image() -> Image.Image:
 
 CASES = {
     "dpm++ both stages": (
-        dict(prompts=PROMPTS, seed=7, steps=4),
+        dict(prompts=PROMPTS, seed=7, steps=4, dtype="fp32"),
         {"base": ["4464c11321e1e906", "1977891fdd14016d"],
          "sr": ["87fe44a9f425e1ac", "0bf52189af8f33d8"]},
     ),
     "ddim both stages": (
-        dict(prompts=PROMPTS, seed=7, sampler="ddim", steps=4),
+        dict(prompts=PROMPTS, seed=7, sampler="ddim", steps=4, dtype="fp32"),
         {"base": ["84a71421184ec113", "7cb4d0b7c0c2ffa3"],
          "sr": ["104e9de78645badc", "81a8acc5689efc46"]},
     ),
     "ddpm, every option per stage": (
         dict(prompts=PROMPTS, seed=7, sampler={"base": "ddpm", "sr": "ddim"}, steps={"base": 3, "sr": 2},
-             guidance_weight={"base": 3.0, "sr": 1.5}, threshold="dynamic:95", aug_level=0.3),
+             guidance_weight={"base": 3.0, "sr": 1.5}, threshold="dynamic:95", aug_level=0.3, dtype="fp32"),
         {"base": ["d6cbb0026385b0fb", "df3db00a9cff363e"],
          "sr": ["8cfc2be01909113e", "321e2c8a3e5020db"]},
     ),
     "saved defaults": (
-        dict(prompts=["a small green triangle"], seed=3),
+        dict(prompts=["a small green triangle"], seed=3, dtype="fp32"),
         {"base": ["851fa5c537d10734"],
          "sr": ["cbf5c92e031ac950"]},
     ),
     "sr only from a start image": (
         dict(prompts=["a red circle"], seed=5, stages=["sr"], start_image=start_image(),
-             sampler="ddim", steps=3, aug_level=0.2),
+             sampler="ddim", steps=3, aug_level=0.2, dtype="fp32"),
         {"sr": ["1f3b295a6baa37e4"]},
     ),
 }
@@ -91,10 +97,23 @@ def test_generate_cli_writes_the_same_images(tmp_path: Path, monkeypatch: pytest
     out = tmp_path / "out"
     rc = main(["generate", *PROMPTS, "--seed", "7", "--out", str(out), "--device", "cpu", "--save-stages",
                "--sampler", "base=ddpm,sr=ddim", "--steps", "3,sr=2", "--guidance", "base=3,sr=1.5",
-               "--threshold", "dynamic:95", "--aug-level", "0.3"])
+               "--threshold", "dynamic:95", "--aug-level", "0.3", "--dtype", "fp32"])
     assert rc == 0
     images = {
         "base": [Image.open(out / "stages" / "base" / f"p000{p}_i00.png") for p in range(2)],
         "sr": [Image.open(out / f"p000{p}_i00.png") for p in range(2)],
     }
     assert digests(images) == CASES["ddpm, every option per stage"][1]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_samples_in_bf16_only_where_bf16_is_native(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """The default dtype, auto, gives exactly the images of fp32 on a device without native
+    bf16 and of bf16 on one with it (the probe is set here, so this holds on any CPU)."""
+    monkeypatch.setattr(precision, "computes_bf16", lambda device: native)
+    kwargs = dict(prompts=PROMPTS, seed=7, steps=2, return_stages=True, progress=False)
+    auto = digests(cascade.generate(**kwargs))
+    assert auto == digests(cascade.generate(dtype="bf16" if native else "fp32", **kwargs))
+    assert (auto == digests(cascade.generate(dtype="fp32", **kwargs))) is not native

@@ -27,8 +27,9 @@ from pixcade.diffusion.samplers import check_steps
 from pixcade.errors import PixcadeError
 from pixcade.schema import check_known_keys, from_json
 
-# The precisions a stage can sample in (torch dtypes in pixcade.diffusion.precision).
-DTYPE_NAMES = ("fp32", "bf16", "fp16")
+# The precisions a stage can sample in (torch dtypes in pixcade.diffusion.precision): "auto"
+# is bf16 where the device computes it natively and fp32 elsewhere (why: precision's doc).
+DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
 
 
 def _real(value: Any, name: str) -> float:
@@ -75,9 +76,9 @@ class SamplingSettings:
     # The sampler's own keyword arguments (e.g. DDIM's eta), checked against its signature.
     sampler_args: dict[str, Any] = field(default_factory=FrozenArgs)
     # The precision the network runs in (pixcade.diffusion.precision): a per-stage choice,
-    # since what a stage tolerates depends on it; fp16 needs an accelerator, checked where
-    # the device is known (Cascade.plan, Stage.sample).
-    dtype: str = "fp32"
+    # since what a stage tolerates depends on it. "auto" is resolved, and fp16's need of an
+    # accelerator checked, where the device is known (Cascade.check_precision, Stage.sample).
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.sampler, str):

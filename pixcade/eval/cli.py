@@ -25,6 +25,7 @@ from pixcade.eval.sr_psnr import evaluate_sr, write_sr_report
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, save_grid
 from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade
+from pixcade.pipeline.options import parse_per_stage
 
 
 def _command(subcommand: str, argv: list[str]) -> str:
@@ -118,6 +119,9 @@ def shapes_main(argv: list[str]) -> int:
                    help="sweep thresholds (none, static, dynamic, dynamic:P), e.g. dynamic,static")
     p.add_argument("--sweep-stage", help="the stage the swept settings apply to (default: the base stage; "
                                          "the others keep their saved defaults)")
+    p.add_argument("--dtype", metavar="SPEC",
+                   help="auto | fp32 | bf16 | fp16 the networks run in, for every run "
+                        "(per stage: base=bf16,sr=fp32; default: each stage's saved one)")
     p.add_argument("--out", required=True, help="folder for shapes.json, shapes.md and the images "
                                                 "(a sweep: sweep.json, sweep.md and one such folder per setting)")
     args = p.parse_args(argv)
@@ -131,8 +135,9 @@ def shapes_main(argv: list[str]) -> int:
     thresholds = sweep.parse_thresholds(args.threshold) if args.threshold is not None else None
     scenes = evaluation_prompts(args.prompts, args.held_out_fraction, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
+    options = {"dtype": parse_per_stage(args.dtype, "dtype", str, cascade.names)} if args.dtype else {}
     run = BenchmarkRun(args.model, model_digest(args.model), scenes, args.images_per_prompt, args.seed,
-                       args.prompt_seed, args.batch_size)
+                       args.prompt_seed, args.batch_size, options)
     command = _command("shapes", argv)
     out = Path(args.out)
     if not sweeping:

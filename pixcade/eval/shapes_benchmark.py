@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
 from pixcade.data.scenes import Scene
+from pixcade.diffusion.precision import dtype_name
 from pixcade.eval import sweep
 from pixcade.eval.shapes import markdown_table, score
 from pixcade.io import atomic_write_text
@@ -32,14 +33,18 @@ class BenchmarkRun:
     seed: int  # sampling seed
     prompt_seed: int  # the prompt set's seed
     batch_size: int  # images per batch (an image does not depend on it)
+    options: dict[str, Any] = field(default_factory=dict)  # `Cascade.generate` options of every run
 
 
 def run_benchmark(cascade: Cascade, run: BenchmarkRun, out: Path, options: dict[str, Any] | None = None) -> dict:
     """Generate, save and score one benchmark run into ``out`` (images/, shapes.md) with
-    `Cascade.generate` ``options``; the report."""
+    `Cascade.generate` ``options`` over ``run.options``; the report, which records the
+    precision each stage ran in (``auto`` depends on the machine)."""
     scenes, k = run.scenes, run.images_per_prompt
+    options = {**run.options, **(options or {})}
+    settings = resolve([s.config for s in cascade.stages], **options)
     images = cascade.generate([s.caption for s in scenes], n=k, seed=run.seed, batch_size=run.batch_size,
-                              **(options or {}))
+                              **options)
     (out / "images").mkdir(parents=True, exist_ok=True)
     names = [f"{i // k:04d}_{i % k}.png" for i in range(len(images))]
     for name, im in zip(tqdm(names, desc="save images", unit="img"), images):
@@ -50,7 +55,8 @@ def run_benchmark(cascade: Cascade, run: BenchmarkRun, out: Path, options: dict[
     side = min(images[0].size)
     report = {"model": run.model, "model_digest": run.model_digest, "resolution": side,
               "prompts": len(scenes), "images_per_prompt": k,
-              "prompt_seed": run.prompt_seed, "seed": run.seed, **report}
+              "prompt_seed": run.prompt_seed, "seed": run.seed,
+              "precision": {name: dtype_name(s.dtype, cascade.device) for name, s in settings.items()}, **report}
     if options:
         report["options"] = options
     if side < 128:

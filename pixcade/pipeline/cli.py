@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from pixcade.diffusion.precision import dtype_name
 from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
@@ -31,7 +32,9 @@ per-stage options (--sampler, --steps, --guidance, --threshold, --aug-level, --d
   samplers: {', '.join(SAMPLERS)}   thresholds: none, static, dynamic, dynamic:P (percentile)
   --aug-level (noise augmentation of an SR stage's low-res input, in [0, 1]; 0 gives the
   best FID, 0.1-0.3 the best-looking images) applies to super-resolution stages only.
-  --dtype fp32 | bf16 | fp16: the precision the networks run in (fp16 needs cuda or mps).
+  --dtype auto | fp32 | bf16 | fp16: the precision the networks run in; auto (the default)
+  is bf16 where the device computes it natively (cuda with bf16, CPUs with avx512_bf16 or
+  AMX) and fp32 elsewhere; fp16 needs cuda or mps.
   --set [STAGE.]KEY=VALUE (repeat) sets any sampling setting, for STAGE or every stage
   run. KEY: {', '.join(f for f in FIELD_NAMES if f != "sampler_args")},
   or sampler_args.NAME (the sampler's own arguments). spacings: {', '.join(SPACINGS)}.
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the resampling jump in t (default {EditRequest.jump:g})")
     p.add_argument("--soft-edge", type=int, metavar="P",
                    help=f"blend the last P pixels inside the mask into the image (default {EditRequest.soft_edge})")
-    p.add_argument("--dtype", metavar="SPEC", help="fp32 | bf16 | fp16 (default: the stage's saved one)")
+    p.add_argument("--dtype", metavar="SPEC", help="auto | fp32 | bf16 | fp16 (default: the stage's saved one, else auto)")
     p.add_argument("--device", choices=("cpu", "cuda", "mps"),
                    help="default: cuda when available (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--offload", action="store_true",
@@ -197,6 +200,7 @@ def main(argv: list[str]) -> int:
         "model": str(model_dir.resolve()), "seed": args.seed, "n": args.n, "batch_size": args.batch_size,
         "start_image": str(Path(args.start_image).resolve()) if args.start_image else None,
         "options": {name: s.to_dict() for name, s in plan.settings.items()},
+        "precision": {name: dtype_name(s.dtype, cascade.device) for name, s in plan.settings.items()},
     }
     if negatives is not None:
         record["negative_prompts_sha256"] = hashlib.sha256(json.dumps(negatives).encode()).hexdigest()
