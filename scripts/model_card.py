@@ -275,6 +275,7 @@ def _precision(result: dict) -> str:
 def precision_section(shapes: dict | None, others: list[dict], model: dict) -> list[str]:
     """Markdown: the shapes benchmark in other precisions (`pixcade eval shapes --dtype`), each
     against the default run ``shapes`` where given, and what the default precision means."""
+    from pixcade.eval.paired import paired_difference
     from pixcade.eval.shapes import markdown_table as shapes_table
 
     out = ["### Shapes benchmark by precision", "",
@@ -291,8 +292,9 @@ def precision_section(shapes: dict | None, others: list[dict], model: dict) -> l
             verdicts = [(pairs[(r["caption"], r["index"])], r["passed"]) for r in other.get("results", [])
                         if (r["caption"], r["index"]) in pairs]
             if verdicts and len(verdicts) == len(other.get("results", [])):
-                only = [sum(a and not b for a, b in verdicts), sum(b and not a for a, b in verdicts)]
-                line += f"; {only[0]} image(s) pass only in the run above, {only[1]} only in this one"
+                only_above, only_this, p = paired_difference([a for a, _ in verdicts], [b for _, b in verdicts])
+                line += (f"; {only_above} image(s) pass only in the run above, {only_this} only in this one "
+                         f"(exact McNemar p = {p:.2f})")
         out += [line + f". {_measured_on(other, model)}", "", shapes_table(other), "", _code(other["command"]), ""]
     return out
 
