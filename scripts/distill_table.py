@@ -228,7 +228,7 @@ def _line(e: dict[str, Any], evals: list[str], fmt: str, paired: bool = True) ->
     if paired:
         held = f"{e['held_out']:.3f}" if e.get("held_out") is not None else "-"
         split = f"{e['only_this']} / {e['only_reference']}" if "only_this" in e else "-"
-        p = f"{e['mcnemar_p']:.2f}" if "mcnemar_p" in e else "-"
+        p = "-" if "mcnemar_p" not in e else ("< 0.001" if e["mcnemar_p"] < 0.001 else f"{e['mcnemar_p']:.3f}")
         cells += [held, delta, split, p]
     else:
         cells.append(delta)
