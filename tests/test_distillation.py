@@ -318,13 +318,13 @@ def test_halving_step_counts_and_indices_are_checked():
 
 def test_the_shipped_cascade_is_distillable_with_the_shipped_distill_config():
     """configs/shapes-distill.json against the shipped weights: the base stage's guidance
-    distils (its weight 5 inside the range), the SR stage (v, unguided) halves to 8 steps."""
+    distils (its weight 5 inside the range), the SR stage (v, unguided) halves to 16 steps."""
     from pixcade.train.config import load_config
     from pixcade.train.distill import load_teacher
 
     repo = Path(__file__).resolve().parents[1]
     config = load_config(repo / "configs" / "shapes-distill.json")
-    for name, expect in (("base", (True, None)), ("sr", (False, 8))):
+    for name, expect in (("base", (True, None)), ("sr", (False, 16))):
         entry = config.stage(name)
         teacher = load_teacher(repo / entry.distill.teacher, name)
         assert (teacher.text_encoder, teacher.max_length) == (config.text_encoder, config.max_length)
