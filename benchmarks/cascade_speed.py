@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from run import machine  # noqa: E402
 
 from pixcade.data.shapes import evaluation_prompts  # noqa: E402
+from pixcade.diffusion.precision import dtype_name  # noqa: E402
 from pixcade.errors import PixcadeError  # noqa: E402
 from pixcade.eval.results import read_headline  # noqa: E402
 from pixcade.eval.shapes import score  # noqa: E402
@@ -141,6 +142,7 @@ def run(cascades: list[tuple[str, str]], prompts: int, batch_size: int, repeats:
         for s in plan.stages:
             settings = plan.settings[s.config.name]
             stages[s.config.name] = {"sampler": settings.sampler, "steps": settings.steps, "dtype": settings.dtype,
+                                     "precision": dtype_name(settings.dtype, e.cascade.device),
                                      "network_evaluations": s.config.network_evaluations(settings)}
         rows.append({
             "label": e.label, "path": e.path, "stages": stages,

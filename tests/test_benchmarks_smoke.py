@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pixcade.diffusion.precision import dtype_name
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -161,6 +163,8 @@ def test_cascade_speed_times_each_cascade_with_accuracy_beside(run_module, tmp_p
         # Tiny cascade: base guided (weight 3), SR guided (weight 2), 2 steps each.
         assert r["stages"]["base"]["network_evaluations"] == 4 and r["network_evaluations"] == 8
         assert r["scored"]["n"] == 3
+        # The precision each stage ran in is recorded resolved, not as the setting "auto".
+        assert {st["precision"] for st in r["stages"].values()} == {dtype_name("auto", "cpu")} <= {"fp32", "bf16"}
     assert rows["ref"]["speedup"] == 1.0 and rows["ref"]["accuracy"] is None
     assert rows["fast"]["accuracy"] == {"metric": "shapes accuracy", "value": 0.85, "n": 300,
                                         "file": str(tmp_path / "shapes.json")}
