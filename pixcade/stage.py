@@ -102,15 +102,20 @@ class StageConfig:
         """Whether the network takes the guidance weight as an input (one pass per step)."""
         return self.unet.guidance_conditioned
 
+    def two_passes(self, settings: SamplingSettings | None = None) -> bool:
+        """Whether each denoiser call runs the network twice (conditional and unconditional):
+        classifier-free guidance (weight not 1) on a network that does not take the weight
+        as an input. The two passes run as one forward on twice the batch
+        (`guidance.guided_output`)."""
+        s = settings if settings is not None else self.sampling
+        return not self.guidance_conditioned and s.guidance_weight != 1.0
+
     def network_evaluations(self, settings: SamplingSettings | None = None) -> int:
         """U-Net evaluations per image of one sample drawn from noise with ``settings``
         (default: the saved ones), the unit a sampler's cost is compared in: one per
-        denoiser call (a sampler makes ``steps`` of them), two under classifier-free
-        guidance (weight not 1) unless the network takes the weight as an input. The two
-        guided passes run as one forward on twice the batch (`guidance.guided_output`)."""
+        denoiser call (a sampler makes ``steps`` of them), two where `two_passes`."""
         s = settings if settings is not None else self.sampling
-        two_pass = not self.guidance_conditioned and s.guidance_weight != 1.0
-        return s.steps * (2 if two_pass else 1)
+        return s.steps * (2 if self.two_passes(s) else 1)
 
     def check_sampling(self, settings: SamplingSettings) -> None:
         """What this stage adds to the settings' own checks: only an SR stage has a

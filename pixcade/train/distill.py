@@ -94,7 +94,7 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
             )
         _check_range(teacher, cfg)
         return dataclasses.replace(teacher, unet=dataclasses.replace(teacher.unet, guidance_conditioned=True))
-    if not teacher.guidance_conditioned and teacher.sampling.guidance_weight != 1.0:
+    if teacher.two_passes():
         raise PixcadeError(
             f"stage {name!r} guides with two passes (guidance_weight {teacher.sampling.guidance_weight:g}): distil its "
             "guidance first (distill.phase 'guided'), then halve the student"
