@@ -42,6 +42,7 @@ from pixcade.diffusion.precision import dtype_name  # noqa: E402
 from pixcade.errors import PixcadeError  # noqa: E402
 from pixcade.eval.results import read_headline  # noqa: E402
 from pixcade.eval.shapes import score  # noqa: E402
+from pixcade.io import atomic_write_text  # noqa: E402
 from pixcade.pipeline.cascade import Cascade  # noqa: E402
 
 
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(result))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(Path(a.json), json.dumps(result, indent=2) + "\n")
     return 0
 
 

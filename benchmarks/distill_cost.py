@@ -16,9 +16,11 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from pixcade.io import atomic_write_text
 from pixcade.stage import Stage
 from pixcade.train.config import DistillConfig
 from pixcade.train.distill import Distillation, init_student, load_teacher, student_config
@@ -91,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if a.json:
-        with open(a.json, "w") as f:
-            f.write(text + "\n")
+        atomic_write_text(Path(a.json), text + "\n")
     return 0
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE))
 
 from common import REPO, autocast, gpu_peak_bf16, sync, timed  # noqa: E402
 
+from pixcade.io import atomic_write_text  # noqa: E402
 from pixcade.nn.configs import get_preset  # noqa: E402
 from pixcade.pipeline import memory  # noqa: E402
 from pixcade.pipeline.cascade import Cascade  # noqa: E402
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     result["sampling"] = _step(lambda: sample_cascade(device, fake))
     result["seconds"] = time.perf_counter() - started
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write_text(Path(a.json), json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return 0
 

@@ -27,6 +27,8 @@ sys.path.insert(0, str(HERE))
 
 from specs import SUITES  # noqa: E402
 
+from pixcade.io import atomic_write_text  # noqa: E402
+
 # The CPU target of issue 9, and the sampler target (time half; accuracy needs --model).
 TRAIN_TARGET = 1.5
 SAMPLER_TARGET = 10.0
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- not measured: {n}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({
+        atomic_write_text(Path(a.json), json.dumps({
             "date": started.isoformat(), "machine": machine(a.device), "device": a.device, "suite": suite.describe(),
             "pixcade_opts": a.pixcade_opts, "steps_run": a.steps, "batch": a.batch, "results": res, "summary": lines,
         }, indent=2, default=str))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pixcade.io import atomic_write_text
 from pixcade.nn.configs import get_preset
 from pixcade.train import memory
 
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--measure", action="store_true", help=f"measure activations and write {MEASURED.name}")
     args = p.parse_args(argv)
     if args.measure:
-        MEASURED.write_text(json.dumps(measure(), indent=1) + "\n")
+        atomic_write_text(MEASURED, json.dumps(measure(), indent=1) + "\n")
     print(table(json.loads(MEASURED.read_text())))
     return 0
 

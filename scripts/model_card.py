@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pixcade.io import atomic_write_text
+
 # Targets of issue 7 (the shipped model must meet them; the card says whether it does).
 TARGET_OVERALL = 0.80
 TARGET_HELD_OUT = 0.50
@@ -457,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"model_card: cannot read --notes {args.notes}: {err}")
         text += "\n## Notes\n\n" + notes + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(home_relative(text), encoding="utf-8")
+    atomic_write_text(out, home_relative(text))
     record = out.with_name(TRAINING_RECORD)
-    record.write_text(home_relative(json.dumps({"runs": runs}, indent=1)) + "\n", encoding="utf-8")
+    atomic_write_text(record, home_relative(json.dumps({"runs": runs}, indent=1)) + "\n")
     print(f"wrote {out} and {record}", file=sys.stderr)
     return 0
 
