@@ -62,23 +62,26 @@ class Row:
 
 
 def plan_rows(teacher: str, runs: str, groups: Sequence[str] = GROUPS,
-              student_steps: Sequence[int] = STUDENT_STEPS) -> list[Row]:
-    """Every row of the table, in table order (base rows, then SR rows)."""
+              student_steps: Sequence[int] = STUDENT_STEPS, guidance: float | None = None) -> list[Row]:
+    """Every row of the table, in table order (base rows, then SR rows). ``guidance``: the
+    weight the w-conditioned rows (guided student, base students) sample at, chosen on
+    validation prompts; None keeps the one their export saved (the teacher's)."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise PixcadeError(f"unknown row group(s) {sorted(unknown)} (choose from {', '.join(GROUPS)})")
     fp32 = ("base.dtype=fp32", "sr.dtype=fp32")
     base, sr = f"{teacher}:base", f"{teacher}:sr"
+    w_set, at_w = ((f"base.guidance_weight={guidance:g}",), f" at w = {guidance:g}") if guidance is not None else ((), "")
     rows = []
     if "teacher" in groups:
         rows += [Row(f"teacher-{k}", "teacher", f"teacher, DPM-Solver++ {k}", (base, sr),
                      (f"base.steps={k}", *fp32), "shapes") for k in TEACHER_STEPS]
     if "guided" in groups:
-        rows.append(Row("guided", "guided", "guided student (w input), its teacher's sampler",
-                        (f"{runs}/base-guided", sr), fp32, "shapes"))
+        rows.append(Row("guided", "guided", f"guided student (w input), its teacher's sampler{at_w}",
+                        (f"{runs}/base-guided", sr), (*w_set, *fp32), "shapes"))
     if "student" in groups:
-        rows += [Row(f"student-{n}", "student", f"student, {n} step{'s' * (n > 1)}", (f"{runs}/base-{n}", sr),
-                     fp32, "shapes") for n in sorted(student_steps)]
+        rows += [Row(f"student-{n}", "student", f"student, {n} step{'s' * (n > 1)}{at_w}", (f"{runs}/base-{n}", sr),
+                     (*w_set, *fp32), "shapes") for n in sorted(student_steps)]
     if "sr-teacher" in groups:
         rows += [Row(f"sr-teacher-{k}", "sr-teacher", f"SR teacher, DPM-Solver++ {k}", (base, sr),
                      (f"sr.steps={k}", *fp32), "sr-psnr") for k in SR_TEACHER_STEPS]
@@ -104,11 +107,15 @@ def source_steps(row: Row) -> list[int | None]:
 
 
 def is_stale(out: Path, row: Row) -> bool:
-    """Whether a source was exported again (e.g. a student trained longer) since the row ran."""
+    """Whether the row's result is out of date: a source was exported again (e.g. a student
+    trained longer) or its settings changed (another --guidance) since it ran."""
     meta = out / "results" / row.name / "row.json"
     if not meta.is_file() or missing_sources(row):
         return False
-    recorded = json.loads(meta.read_text()).get("source_steps")
+    ran = json.loads(meta.read_text())
+    recorded, settings = ran.get("source_steps"), ran.get("row", {}).get("settings")
+    if settings is not None and tuple(settings) != row.settings:
+        return True
     return recorded is not None and recorded != source_steps(row)  # None: not recorded
 
 
@@ -257,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"rows to evaluate, comma-separated: {', '.join(GROUPS)} (the table lists all)")
     p.add_argument("--student-steps", default=",".join(map(str, STUDENT_STEPS)),
                    help="the base students' step counts (run dirs base-N)")
+    p.add_argument("--guidance", type=float,
+                   help="the guidance weight of the w-conditioned rows (guided, student), chosen on validation "
+                        "prompts; default: the one their exports saved (the teacher's)")
     p.add_argument("--table-only", action="store_true", help="evaluate nothing: rewrite the table from results")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = [int(s) for s in a.student_steps.split(",") if s.strip()]
         groups = [g for g in a.groups.split(",") if g]
         plan_rows(a.teacher, a.runs, groups)  # checks the names
-        rows = plan_rows(a.teacher, a.runs, GROUPS, steps)
+        rows = plan_rows(a.teacher, a.runs, GROUPS, steps, a.guidance)
         if not a.table_only:
             # The references first: every other row is paired with them.
             chosen = [r for r in rows if r.group in groups]

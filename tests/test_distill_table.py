@@ -164,3 +164,31 @@ def test_a_student_export_is_assembled_beside_the_teachers_sr_in_fp32(teacher, t
     monkeypatch.setattr(dt, "run_row", lambda out, row: ran.append(row.name))
     assert dt.main(["--out", str(out), "--teacher", str(teacher), "--runs", str(runs), "--groups", "student"]) == 0
     assert ran == ["student-4"]
+
+
+def test_guidance_choice_reaches_the_w_rows_only_and_a_new_choice_reruns_them(teacher, tmp_path, monkeypatch):
+    import dataclasses
+
+    from pixcade.stage import Stage
+    from pixcade.train.config import DistillConfig
+    from pixcade.train.distill import student_config
+    from pixcade.train.export import write_stage_export
+    from tiny_cascade import tiny_configs
+
+    base = dataclasses.replace(tiny_configs()[0], parameterization="v")
+    four = student_config(student_config(base, DistillConfig(teacher="-", phase="guided")),
+                          DistillConfig(teacher="-", phase="halve", steps=4))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_stage_export(runs / "base-4" / "final", four.to_dict(), "minilm", 32, Stage(four).net.state_dict(), 500)
+    rows = {r.name: r for r in dt.plan_rows(str(teacher), str(runs), guidance=6.5)}
+    assert "base.guidance_weight=6.5" in rows["student-4"].settings and "w = 6.5" in rows["student-4"].label
+    assert "base.guidance_weight=6.5" in rows["guided"].settings
+    assert not any("guidance" in s for r in rows.values() if r.group not in ("guided", "student") for s in r.settings)
+
+    monkeypatch.setattr(dt, "pixcade_main", lambda argv: put(out, "student-4", shapes_report([True])) or 0)
+    dt.run_row(out, rows["student-4"])
+    saved = json.loads((out / "models" / "student-4" / "cascade.json").read_text())["stages"][0]
+    assert saved["sampling"]["guidance_weight"] == 6.5 and saved["sampling"]["steps"] == 4
+    assert not dt.is_stale(out, rows["student-4"])
+    other = {r.name: r for r in dt.plan_rows(str(teacher), str(runs), guidance=7)}["student-4"]
+    assert dt.is_stale(out, other)
