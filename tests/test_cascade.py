@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from pixcade.diffusion.samplers import SAMPLERS
 from pixcade.diffusion.settings import SamplingSettings
@@ -55,6 +55,29 @@ def test_saved_directory_layout_and_weights_round_trip(cascade: Cascade, saved: 
         sa, sb = a.net.state_dict(), b.net.state_dict()
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("storage", ["fp16", "bf16"])
+def test_half_precision_storage_rounds_each_weight_once_and_loads_as_fp32(
+    cascade: Cascade, saved: Path, tmp_path: Path, storage: str
+) -> None:
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}[storage]
+    cascade.save_pretrained(tmp_path, storage=storage)
+    assert all(p.dtype == torch.float32 for s in cascade.stages for p in s.net.parameters())  # caller's net untouched
+    for stage in cascade.stages:
+        name = f"{stage.config.name}.safetensors"
+        stored = load_file(str(tmp_path / name))
+        assert {t.dtype for t in stored.values()} == {half}
+        # Tensor bytes halve; the header (names, shapes) is the same size in both files.
+        assert (tmp_path / name).stat().st_size < 0.55 * (saved / name).stat().st_size
+    loaded = Cascade.from_pretrained(tmp_path)
+    for a, b in zip(cascade.stages, loaded.stages):
+        sa, sb = a.net.state_dict(), b.net.state_dict()
+        assert all(sb[k].dtype == sa[k].dtype for k in sa)
+        assert all(torch.equal(sb[k], sa[k].to(half).to(sa[k].dtype)) for k in sa if sa[k].is_floating_point())
+    with pytest.raises(PixcadeError, match="unknown weight storage 'fp8'"):
+        cascade.save_pretrained(tmp_path / "bad", storage="fp8")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_reloaded_cascade_gives_the_same_images(cascade: Cascade, saved: Path) -> None:

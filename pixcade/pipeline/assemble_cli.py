@@ -28,13 +28,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a stage's sampling setting instead of its training config's (repeat), e.g. "
                         "base.guidance_weight=5 base.threshold=static base.sampler_args.NAME=VALUE; "
                         "KEY: a field of pixcade.diffusion.settings.SamplingSettings")
+    p.add_argument("--storage", choices=sorted(saving.STORAGE_DTYPES), default="fp32",
+                   help="precision of the weight files (loading casts back to fp32): half precision halves the "
+                        "download; ship it only where sampling was measured equal")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
 
-    cascade = assemble(args.stages, args.out, args.set)
+    cascade = assemble(args.stages, args.out, args.set, args.storage)
     out = Path(args.out)
     sources = []
     for d in args.stages:

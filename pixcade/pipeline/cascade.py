@@ -107,9 +107,10 @@ class Cascade:
 
     # -- saving and loading ---------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike, storage: str = "fp32") -> None:
+        """Save to ``directory``; ``storage`` is the weight files' precision (fp32, fp16, bf16)."""
         config = saving.CascadeConfig(self.text_encoder, self.max_length, [s.config for s in self.stages])
-        saving.save_cascade(directory, config, [s.net for s in self.stages])
+        saving.save_cascade(directory, config, [s.net for s in self.stages], storage)
 
     @classmethod
     def from_pretrained(
@@ -298,8 +299,10 @@ def assemble(
     run_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     settings: Sequence[str] = (),
+    storage: str = "fp32",
 ) -> Cascade:
-    """Build a cascade from trainer exports and save it as one model directory.
+    """Build a cascade from trainer exports and save it as one model directory, its weight
+    files in ``storage`` precision.
 
     ``settings`` are ``STAGE.KEY=VALUE`` texts (KEY a `SamplingSettings` field or
     ``sampler_args.NAME``) that replace what the stage's training config gave: sampling
@@ -312,5 +315,5 @@ def assemble(
     for stage, settings in settings_from_text(configs, assignments).items():
         config = cascade.stage(stage).config
         config.sampling = settings
-    cascade.save_pretrained(out_dir)
+    cascade.save_pretrained(out_dir, storage)
     return cascade

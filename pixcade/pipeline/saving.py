@@ -14,6 +14,7 @@ Every failure to read either is a PixcadeError naming the file (and stage).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -130,17 +131,36 @@ def load_cascade_config(directory: str | os.PathLike) -> CascadeConfig:
     return CascadeConfig.from_dict(read_json(path), str(path))
 
 
-def save_weights(net: torch.nn.Module, path: Path) -> None:
+# Storage precisions a saved cascade's weight files may use. Loading casts every tensor to
+# the network's own dtype (fp32), so a half-precision file only rounds the weights once:
+# ship one only where sampling was measured equal.
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def storage_dtype(storage: str) -> torch.dtype:
+    if storage not in STORAGE_DTYPES:
+        raise PixcadeError(f"unknown weight storage {storage!r} (choose from {', '.join(STORAGE_DTYPES)})")
+    return STORAGE_DTYPES[storage]
+
+
+def save_weights(net: torch.nn.Module, path: Path, storage: str = "fp32") -> None:
+    dtype = storage_dtype(storage)
+    if dtype != torch.float32:
+        # A cast copy, so the caller's network keeps its precision; tied tensors stay tied.
+        net = copy.deepcopy(net).to(dtype)
     atomic_write(path, lambda tmp: save_model(net, tmp))  # save_model drops the duplicate names of tied tensors
 
 
-def save_cascade(directory: str | os.PathLike, config: CascadeConfig, nets: Sequence[torch.nn.Module]) -> None:
-    """Weights first and the config last: a save cut short leaves no loadable-looking dir."""
+def save_cascade(directory: str | os.PathLike, config: CascadeConfig, nets: Sequence[torch.nn.Module],
+                 storage: str = "fp32") -> None:
+    """Weights first and the config last: a save cut short leaves no loadable-looking dir.
+    ``storage``: the weight files' precision (`STORAGE_DTYPES`)."""
     validate_chain(config.stages)
+    storage_dtype(storage)  # named before anything is written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stage, net in zip(config.stages, nets, strict=True):
-        save_weights(net, directory / f"{stage.name}.safetensors")
+        save_weights(net, directory / f"{stage.name}.safetensors", storage)
     text = json.dumps(config.to_dict(), indent=2) + "\n"
     atomic_write_text(directory / CONFIG_NAME, text)
 
