@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from pixcade.diffusion.editing import ImageEdit, sample_edit
+from pixcade.diffusion.editing import ImageEdit, noise_to, sample_edit
 from pixcade.diffusion.guidance import guided_denoiser
 from pixcade.diffusion.losses import HIGH_NOISE_FROM, diffusion_loss
 from pixcade.diffusion.parameterization import PARAMETERIZATIONS
@@ -119,10 +119,15 @@ class StageConfig:
 
     def check_sampling(self, settings: SamplingSettings) -> None:
         """What this stage adds to the settings' own checks: only an SR stage has a
-        noise-augmentation level."""
+        noise-augmentation level and an input to start from."""
         if not self.is_super_resolution and settings.aug_level != 0.0:
             raise PixcadeError(
                 f"stage {self.name!r} is not a super-resolution stage: it takes no noise-augmentation level"
+            )
+        if not self.is_super_resolution and settings.start != 1.0:
+            raise PixcadeError(
+                f"stage {self.name!r} is not a super-resolution stage: it has no input to start from "
+                f"(start must be 1, got {settings.start:g})"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,8 +344,15 @@ class Stage:
             raise PixcadeError(f"stage {c.name!r}: noise has shape {list(noise.shape)}, expected {list(shape)}")
         if noise_sampler is None:
             noise_sampler = generator_noise(noise, generator)
-        run = sample if edit is None else functools.partial(sample_edit, edit)
+        z = noise
+        if edit is not None:  # an edit says where to start (an SR stage's start applies to plain sampling)
+            run = functools.partial(sample_edit, edit)
+        elif s.start < 1.0:
+            z = noise_to(upsample(lowres, c.resolution), noise, self.schedule, s.start)
+            run = functools.partial(sample, t_max=s.start)
+        else:
+            run = sample
         return run(
-            denoiser, self.schedule, noise, s.sampler, steps=s.steps, spacing=s.spacing,
+            denoiser, self.schedule, z, s.sampler, steps=s.steps, spacing=s.spacing,
             noise_sampler=noise_sampler, callback=callback, **s.sampler_args,
         ).clamp(-1.0, 1.0)

@@ -255,8 +255,8 @@ def test_a_new_sampler_is_one_function_and_one_row(
         seen.append((scale, ts.tolist()))
         return samplers.sample_ddim(denoiser, schedule, noise * scale, ts, callback=callback)
 
-    def halves(schedule, steps):
-        return torch.tensor([1.0] + [0.5**k for k in range(1, steps)] + [0.0], dtype=torch.float64)
+    def halves(schedule, steps, t_max=1.0):
+        return t_max * torch.tensor([1.0] + [0.5**k for k in range(1, steps)] + [0.0], dtype=torch.float64)
 
     monkeypatch.setitem(SAMPLERS, "scaled", Sampler(scaled_ddim, "halves"))
     monkeypatch.setitem(SPACINGS, "halves", halves)

@@ -34,7 +34,7 @@ Callback = Callable[[int, int, torch.Tensor], None]
 # A function rather than a generator so that a caller can draw each image's noise from its
 # own seed (the pipeline does, so an ancestral sample does not depend on its batch-mates).
 NoiseSampler = Callable[[int], torch.Tensor]
-Spacing = Callable[[Schedule, int], torch.Tensor]
+Spacing = Callable[[Schedule, int, float], torch.Tensor]  # (schedule, steps, t_max) -> times t_max .. 0
 
 
 def check_steps(steps: Any, name: str = "steps") -> int:
@@ -55,10 +55,10 @@ def generator_noise(z: torch.Tensor, generator: torch.Generator | None) -> Noise
 # -- time grids -------------------------------------------------------------------------
 
 
-def uniform_t(schedule: Schedule, steps: int) -> torch.Tensor:
-    """Uniform in t (DDPM's and DDIM's grid)."""
+def uniform_t(schedule: Schedule, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    """Uniform in t from ``t_max`` to 0 (DDPM's and DDIM's grid)."""
     del schedule
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)
 
 
 # The log-SNR grid spans this range. At +10, sigma ~ 0.007 is under one 8-bit level of a
@@ -68,22 +68,28 @@ def uniform_t(schedule: Schedule, steps: int) -> torch.Tensor:
 DPM_LOG_SNR_RANGE = (-10.0, 10.0)
 
 
-def uniform_log_snr(schedule: Schedule, steps: int) -> torch.Tensor:
-    """Uniform in log-SNR over DPM_LOG_SNR_RANGE, its first point moved to t = 1 (suits a
-    solver whose steps are exact in log-SNR, as DPM-Solver++'s are)."""
-    lam_one = schedule.log_snr(torch.ones((), dtype=torch.float64)).item()
-    start, end = max(DPM_LOG_SNR_RANGE[0], lam_one), min(DPM_LOG_SNR_RANGE[1], LOG_SNR_MAX)
+def uniform_log_snr(schedule: Schedule, steps: int, t_max: float = 1.0) -> torch.Tensor:
+    """Uniform in log-SNR from that of ``t_max`` (at least DPM_LOG_SNR_RANGE's low end) to
+    its high end, the first point moved to t_max (suits a solver whose steps are exact in
+    log-SNR, as DPM-Solver++'s are)."""
+    lam_max = schedule.log_snr(torch.tensor(float(t_max), dtype=torch.float64)).item()
+    start, end = max(DPM_LOG_SNR_RANGE[0], lam_max), min(DPM_LOG_SNR_RANGE[1], LOG_SNR_MAX)
     ts = schedule.t_from_log_snr(torch.linspace(start, end, steps, dtype=torch.float64))
-    ts[0] = 1.0
+    ts[0] = t_max
     return torch.cat([ts, ts.new_zeros(1)])
 
 
+def check_start(t: Any, name: str = "the starting time") -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
+        raise PixcadeError(f"{name} must be in (0, 1], got {t!r}")
+    return float(t)
+
+
 def start_at(ts: torch.Tensor, t_start: float) -> torch.Tensor:
-    """The grid ``ts`` (falling from 1 to 0) run from ``t_start`` in (0, 1]: t_start, then
-    the times below it. At t_start = 1 it is ``ts`` itself."""
-    if isinstance(t_start, bool) or not isinstance(t_start, (int, float)) or not 0.0 < t_start <= 1.0:
-        raise PixcadeError(f"the starting time must be in (0, 1], got {t_start!r}")
-    if t_start == 1.0:
+    """The grid ``ts`` (falling to 0) run from ``t_start`` in (0, 1]: t_start, then the
+    times below it. At or above the grid's first time it is ``ts`` itself."""
+    check_start(t_start)
+    if t_start >= float(ts[0]):
         return ts
     return torch.cat([ts.new_tensor([float(t_start)]), ts[ts < t_start]])
 
@@ -304,16 +310,20 @@ def sample(
     noise_sampler: NoiseSampler | None = None,
     callback: Callback | None = None,
     t_start: float = 1.0,
+    t_max: float = 1.0,
     **sampler_args: Any,
 ) -> torch.Tensor:
     """Run the sampler called ``sampler`` (see SAMPLERS) for ``steps`` denoiser calls on the
     time grid ``spacing`` (see SPACINGS; default: the sampler's own). ``sampler_args`` are
     the sampler's own keyword arguments.
 
-    With ``t_start`` < 1 (SDEdit), ``noise`` is z at t_start and the run is the tail of
-    that grid: t_start, then the grid's times below it (fewer denoiser calls)."""
+    With ``t_max`` < 1 the grid spans [0, t_max], all ``steps`` calls in it, and ``noise``
+    is z at t_max (a super-resolution stage started from its noised upsampled input). With
+    ``t_start`` < 1 (SDEdit), ``noise`` is z at t_start and the run is the tail of that
+    grid: t_start, then the grid's times below it (fewer denoiser calls)."""
     row = _row(sampler)
     args = check_sampler(sampler, sampler_args)
     check_steps(steps)
-    ts = start_at(check_spacing(spacing or row.spacing)(schedule, steps), t_start)
+    check_start(t_max, "t_max")
+    ts = start_at(check_spacing(spacing or row.spacing)(schedule, steps, t_max), t_start)
     return row.solve(denoiser, schedule, noise, ts, noise_sampler=noise_sampler, callback=callback, **args)
