@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pixcade.cli import main as pixcade_main
 from pixcade.errors import PixcadeError
@@ -40,14 +40,16 @@ TEACHER_STEPS = (5, 8, 10, 15, 20, 25)
 STUDENT_STEPS = (1, 2, 4, 8)
 SR_TEACHER_STEPS = (1, 2, 3, 4, 5, 10)
 SR_STUDENT_STEPS = (1, 2, 4, 8)
-GROUPS = ("teacher", "guided", "student", "sr-teacher", "sr-student")
+GROUPS = ("teacher", "guided", "student", "sr-teacher", "sr-student", "sr-start")
 SHAPES_PROMPTS, PROMPT_SEED, SAMPLING_SEED = 300, 1234, 0  # `pixcade eval shapes` defaults = the card's
 SR_SCENES = 50  # the card's SR PSNR
 # The reference rows: the teacher at its shipped defaults.
 TEACHER_DEFAULT, SR_TEACHER_DEFAULT = "teacher-25", "sr-teacher-10"
 # Issue 24's targets: (student row, reference row, largest allowed loss).
+# The SR target is met by a student or by the undistilled stage started from its input.
 TARGETS = [("student-4", TEACHER_DEFAULT, 0.03), ("student-8", TEACHER_DEFAULT, 0.01),
-           ("sr-student-2", SR_TEACHER_DEFAULT, 0.3), ("sr-student-4", SR_TEACHER_DEFAULT, 0.3)]
+           ("sr-student-2", SR_TEACHER_DEFAULT, 0.3), ("sr-student-4", SR_TEACHER_DEFAULT, 0.3),
+           ("sr-start-2", SR_TEACHER_DEFAULT, 0.3), ("sr-start-4", SR_TEACHER_DEFAULT, 0.3)]
 RESULT_FILE = {"shapes": "shapes.json", "sr-psnr": "sr_psnr.json"}
 
 
@@ -62,10 +64,14 @@ class Row:
 
 
 def plan_rows(teacher: str, runs: str, groups: Sequence[str] = GROUPS,
-              student_steps: Sequence[int] = STUDENT_STEPS, guidance: float | None = None) -> list[Row]:
+              student_steps: Sequence[int] = STUDENT_STEPS, guidance: float | None = None,
+              sr_start: Mapping[int, float] | None = None) -> list[Row]:
     """Every row of the table, in table order (base rows, then SR rows). ``guidance``: the
     weight the w-conditioned rows (guided student, base students) sample at, chosen on
-    validation prompts; None keeps the one their export saved (the teacher's)."""
+    validation prompts; None keeps the one their export saved (the teacher's).
+    ``sr_start``: {steps: start} for the "sr-start" rows, the teacher's SR stage started
+    from its noised upsampled input (`SamplingSettings.start`), each start chosen on
+    validation scenes."""
     unknown = set(groups) - set(GROUPS)
     if unknown:
         raise PixcadeError(f"unknown row group(s) {sorted(unknown)} (choose from {', '.join(GROUPS)})")
@@ -88,6 +94,10 @@ def plan_rows(teacher: str, runs: str, groups: Sequence[str] = GROUPS,
     if "sr-student" in groups:
         rows += [Row(f"sr-student-{n}", "sr-student", f"SR student, {n} step{'s' * (n > 1)}",
                      (base, f"{runs}/sr-{n}"), fp32, "sr-psnr") for n in SR_STUDENT_STEPS]
+    if "sr-start" in groups:
+        rows += [Row(f"sr-start-{k}", "sr-start", f"SR teacher from its input at t = {t:g}, DPM-Solver++ {k}",
+                     (base, sr), (f"sr.steps={k}", f"sr.start={t:g}", *fp32), "sr-psnr")
+                 for k, t in sorted((sr_start or {}).items())]
     return rows
 
 
@@ -267,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float,
                    help="the guidance weight of the w-conditioned rows (guided, student), chosen on validation "
                         "prompts; default: the one their exports saved (the teacher's)")
+    p.add_argument("--sr-start", default="",
+                   help="rows of the SR teacher started from its input: STEPS=START,... (e.g. 1=0.08,2=0.1), "
+                        "each start chosen on validation scenes")
     p.add_argument("--table-only", action="store_true", help="evaluate nothing: rewrite the table from results")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -274,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = [int(s) for s in a.student_steps.split(",") if s.strip()]
         groups = [g for g in a.groups.split(",") if g]
         plan_rows(a.teacher, a.runs, groups)  # checks the names
-        rows = plan_rows(a.teacher, a.runs, GROUPS, steps, a.guidance)
+        sr_start = {int(k): float(v) for k, v in (item.split("=") for item in a.sr_start.split(",") if item.strip())}
+        rows = plan_rows(a.teacher, a.runs, GROUPS, steps, a.guidance, sr_start)
         if not a.table_only:
             # The references first: every other row is paired with them.
             chosen = [r for r in rows if r.group in groups]

@@ -91,7 +91,8 @@ def test_table_from_result_files(teacher, tmp_path):
     assert e["sr-student-2"]["delta"] == pytest.approx(-0.4)
 
     verdict = {v["row"]: v["status"] for v in dt.verdicts(table)}
-    assert verdict == {"student-4": "met", "student-8": "missed", "sr-student-2": "missed", "sr-student-4": "met"}
+    assert verdict == {"student-4": "met", "student-8": "missed", "sr-student-2": "missed", "sr-student-4": "met",
+                       "sr-start-2": "pending", "sr-start-4": "pending"}  # no such rows asked for
 
     text = dt.markdown(table)
     line = next(ln for ln in text.splitlines() if ln.startswith("| teacher, DPM-Solver++ 5 |"))
@@ -192,3 +193,17 @@ def test_guidance_choice_reaches_the_w_rows_only_and_a_new_choice_reruns_them(te
     assert not dt.is_stale(out, rows["student-4"])
     other = {r.name: r for r in dt.plan_rows(str(teacher), str(runs), guidance=7)}["student-4"]
     assert dt.is_stale(out, other)
+
+
+def test_sr_start_rows_sample_the_teachers_sr_from_its_input_and_count_for_the_sr_target(teacher, tmp_path):
+    rows = {r.name: r for r in dt.plan_rows(str(teacher), "RUNS", sr_start={1: 0.08, 2: 0.1})}
+    two = rows["sr-start-2"]
+    assert two.sources == (f"{teacher}:base", f"{teacher}:sr") and two.metric == "sr-psnr"
+    assert {"sr.steps=2", "sr.start=0.1", "sr.dtype=fp32"} <= set(two.settings) and "sr-start-1" in rows
+    assert "sr-start-4" not in rows  # only the step counts asked for
+    put(tmp_path, "sr-teacher-10", sr_report(34.0))
+    put(tmp_path, "sr-start-2", sr_report(33.8))
+    verdict = {v["row"]: v for v in dt.verdicts(dt.collect(tmp_path, list(rows.values())))}
+    assert verdict["sr-start-2"]["status"] == "met" and verdict["sr-start-2"]["loss"] == pytest.approx(0.2)
+    assert verdict["sr-student-2"]["status"] == "pending"
+    assert dt.main(["--out", str(tmp_path), "--teacher", str(teacher), "--sr-start", "two=0.1", "--table-only"]) == 2
