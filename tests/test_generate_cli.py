@@ -76,7 +76,7 @@ def test_prompts_file_stage_subsets_and_per_stage_options(model: Path, tmp_path:
     run = json.loads((out / "run.json").read_text())
     assert list(run["options"]) == ["base"]
     assert run["options"]["base"] == {"sampler": "ddpm", "steps": 3, "guidance_weight": 1.0,
-                                      "threshold": "none", "aug_level": 0.0, "spacing": None, "sampler_args": {}, "dtype": "auto"}
+                                      "threshold": "none", "aug_level": 0.0, "start": 1.0, "spacing": None, "sampler_args": {}, "dtype": "auto"}
 
     out2 = tmp_path / "sr_only"
     assert generate(model, out2, "a red square", "--stages", "sr", "--start-image", str(out / "p0000_i00.png"),
