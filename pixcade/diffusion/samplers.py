@@ -80,6 +80,7 @@ def uniform_log_snr(schedule: Schedule, steps: int, t_max: float = 1.0) -> torch
 
 
 def check_start(t: Any, name: str = "the starting time") -> float:
+    """``t`` as a float if it is a number in (0, 1] (not a bool), else PixcadeError naming ``name``."""
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t <= 1.0:
         raise PixcadeError(f"{name} must be in (0, 1], got {t!r}")
     return float(t)

@@ -102,7 +102,7 @@ class SamplingSettings:
         aug = _real(self.aug_level, "noise-augmentation level")
         if not 0.0 <= aug <= 1.0:
             raise PixcadeError(f"noise-augmentation level must be in [0, 1], got {self.aug_level!r}")
-        start = samplers.check_start(_real(self.start, "start"), "start")
+        start = samplers.check_start(self.start, "start")  # a number in (0, 1]: NaN, inf and bools fail
         if self.spacing is not None:
             samplers.check_spacing(self.spacing)
         if self.dtype not in DTYPE_NAMES:
