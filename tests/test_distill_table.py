@@ -55,6 +55,10 @@ def test_rows_cover_the_issue_and_sample_in_fp32(teacher):
     assert t8.sources == (f"{teacher}:base", f"{teacher}:sr") and "base.steps=8" in t8.settings
     s4 = rows[names.index("student-4")]
     assert s4.sources == ("RUNS/base-4", f"{teacher}:sr") and s4.metric == "shapes"
+    d8 = rows[names.index("teacher-ddim-8")]
+    assert d8.sources == t8.sources and {"base.sampler=ddim", "base.spacing=uniform-t", "base.steps=8"} <= set(d8.settings)
+    g4 = rows[names.index("guided-ddim-4")]
+    assert g4.sources == ("RUNS/base-guided", f"{teacher}:sr") and "base.sampler=ddim" in g4.settings
     sr2 = rows[names.index("sr-student-2")]
     assert sr2.sources == (f"{teacher}:base", "RUNS/sr-2") and sr2.metric == "sr-psnr"
     with pytest.raises(PixcadeError, match="unknown row group"):
@@ -184,7 +188,9 @@ def test_guidance_choice_reaches_the_w_rows_only_and_a_new_choice_reruns_them(te
     rows = {r.name: r for r in dt.plan_rows(str(teacher), str(runs), guidance=6.5)}
     assert "base.guidance_weight=6.5" in rows["student-4"].settings and "w = 6.5" in rows["student-4"].label
     assert "base.guidance_weight=6.5" in rows["guided"].settings
-    assert not any("guidance" in s for r in rows.values() if r.group not in ("guided", "student") for s in r.settings)
+    assert "base.guidance_weight=6.5" in rows["guided-ddim-8"].settings
+    w_groups = ("guided", "guided-ddim", "student")
+    assert not any("guidance" in s for r in rows.values() if r.group not in w_groups for s in r.settings)
 
     monkeypatch.setattr(dt, "pixcade_main", lambda argv: put(out, "student-4", shapes_report([True])) or 0)
     dt.run_row(out, rows["student-4"])
