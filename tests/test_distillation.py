@@ -170,6 +170,23 @@ def test_a_student_predicting_the_halving_target_samples_as_the_teacher_at_twice
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("steps, factor", [(1, 4), (2, 3), (4, 8)])
+def test_a_student_predicting_the_factor_target_samples_as_the_teacher_at_factor_times_the_steps(steps, factor):
+    """TRACT's generalisation: N student steps equal factor * N DDIM steps of the teacher."""
+    teacher, schedule = _analytic_teacher(), get_schedule("cosine")
+
+    def student(z, t):
+        return halving_target(teacher, z, torch.round(t * steps).long(), steps, schedule, factor)
+
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    fast = sample(student, schedule, noise, "ddim", steps=steps)
+    slow = sample(teacher, schedule, noise, "ddim", steps=factor * steps)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(PixcadeError, match="teacher steps per student step must be a whole number >= 2"):
+            halving_target(teacher, noise, torch.ones(2, dtype=torch.long), steps, schedule, bad)
+
+
 def test_halving_target_of_an_exact_denoiser_for_one_image_is_that_image():
     """Data = one image x*: the exact denoiser returns x* everywhere, DDIM is exact, and so
     the target at every step is x* (and the loss of a student predicting it is 0)."""
@@ -267,6 +284,9 @@ def test_one_halving_round_on_a_tiny_model_reduces_its_two_step_target_loss():
     ({"guidance_weight": 1.0, "distilled_steps": 5}, {"phase": "halve"}, "5 steps, an odd count"),
     ({"guidance_weight": 1.0, "distilled_steps": 1}, {"phase": "halve"}, "already samples in 1 step"),
     ({"guidance_weight": 1.0, "distilled_steps": 8}, {"phase": "halve", "steps": 2}, "halving gives 4, not 2"),
+    ({"guidance_weight": 1.0, "distilled_steps": 8}, {"phase": "halve", "factor": 3}, "8 steps, not a multiple of 3"),
+    ({"guidance_weight": 1.0, "distilled_steps": 8}, {"phase": "halve", "factor": 4, "steps": 4},
+     "dividing by distill.factor 4 gives 2, not 4"),
     ({"guidance_weight": 1.0, "parameterization": "eps"}, {"phase": "halve", "steps": 4},
      "needs a v or x0 parameterisation"),
 ])
@@ -289,6 +309,7 @@ def test_guided_student_of_a_guided_student_is_refused_and_halving_it_works():
     s = halved.sampling
     assert (halved.distilled_steps, s.steps, s.sampler, s.threshold, s.spacing) == (16, 16, "ddim", "none", "uniform-t")
     assert student_config(halved, DistillConfig(teacher="-", phase="halve")).distilled_steps == 8
+    assert student_config(halved, DistillConfig(teacher="-", phase="halve", factor=4)).distilled_steps == 4
 
 
 @pytest.mark.parametrize("d, message", [
@@ -297,7 +318,10 @@ def test_guided_student_of_a_guided_student_is_refused_and_halving_it_works():
     ({"teacher": "t", "phase": "halve", "steps": 2.5}, "distill.steps must be an integer or null, got 2.5"),
     ({"teacher": "t", "guidance_range": [8, 1]}, "0 <= low <= high"),
     ({"teacher": "t", "guidance_range": [1]}, "distill.guidance_range must be"),
-    ({"teacher": "t", "phase": "guided", "steps": 4}, "distill.steps is for phase 'halve'"),
+    ({"teacher": "t", "phase": "guided", "steps": 4}, "distill.steps and distill.factor are for phase 'halve'"),
+    ({"teacher": "t", "phase": "guided", "factor": 4}, "distill.steps and distill.factor are for phase 'halve'"),
+    ({"teacher": "t", "phase": "halve", "factor": 1}, r"distill.factor .* must be at least 2, got 1"),
+    ({"teacher": "t", "phase": "halve", "factor": 2.5}, "distill.factor must be an integer"),
     ({"phase": "guided"}, "distill lacks the required field 'teacher'"),
     ({"teacher": ""}, "distill.teacher must name"),
     ({"teacher": "t", "weights": 1}, r"distill has unknown keys: \['weights'\]"),

@@ -11,7 +11,9 @@
   the x0 whose single DDIM step to s = (i - 1) / N lands where two DDIM steps of the
   teacher (through the midpoint t - 1 / (2N)) land: x~ = (z_s - (sigma_s / sigma_t) z_t) /
   (alpha_s - (sigma_s / sigma_t) alpha_t). At s = 0 the sampler's last step returns its x0,
-  so there the target is the teacher's x0 after its first step. The target is expressed in
+  so there the target is the teacher's x0 at its last step. A ``factor`` k > 2 puts k equal
+  teacher steps in the student's one (TRACT, Berthelot et al. 2023): a few steps are reached
+  in fewer rounds, so less of each round's error compounds. The target is expressed in
   the student's parameterisation and the loss is MSE there: for v that is |x0 error|^2 /
   sigma_t^2 = (1 + SNR) |x0 error|^2, the paper's "SNR + 1" weighting, and the one the
   teacher was trained with. Not for eps: an eps network gives x0 = (z - sigma eps) / alpha,
@@ -41,6 +43,12 @@ def check_student_steps(steps: int) -> None:
     """Raise PixcadeError unless ``steps`` is a student's step count (a positive integer)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise PixcadeError(f"a distilled student needs a positive whole number of steps, got {steps!r}")
+
+
+def check_factor(factor: int) -> None:
+    """Raise PixcadeError unless ``factor`` (teacher steps per student step) is a whole number >= 2."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise PixcadeError(f"teacher steps per student step must be a whole number >= 2, got {factor!r}")
 
 
 def check_halving(param: str, steps: int) -> None:
@@ -100,27 +108,30 @@ def _coefficients(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> tu
 
 
 def halving_target(
-    teacher: Denoiser, z: torch.Tensor, i: torch.Tensor, steps: int, schedule: Schedule
+    teacher: Denoiser, z: torch.Tensor, i: torch.Tensor, steps: int, schedule: Schedule, factor: int = 2
 ) -> torch.Tensor:
     """The x0 a ``steps``-step student should predict at z_t, t = i / steps (``i`` [B] in
-    1..steps): the x0 of one DDIM step to (i - 1) / steps that lands where two steps of the
-    ``teacher`` denoiser land. Runs the teacher twice, without gradients."""
+    1..steps): the x0 of one DDIM step to (i - 1) / steps that lands where ``factor`` equal
+    DDIM steps of the ``teacher`` denoiser land (2: Salimans & Ho's halving; more: TRACT,
+    Berthelot et al. 2023). Runs the teacher ``factor`` times, without gradients."""
     check_student_steps(steps)
+    check_factor(factor)
     if i.shape != (z.shape[0],) or bool((i < 1).any() | (i > steps).any()):
         raise PixcadeError(f"step indices must be [{z.shape[0]}] integers in 1..{steps}")
     i = i.to(torch.float64)
-    t, mid, s = i / steps, (i - 0.5) / steps, (i - 1) / steps
-    (a_t, s_t), (a_m, s_m), (a_s, s_s) = (_coefficients(schedule, v, z) for v in (t, mid, s))
     dtype = torch.promote_types(z.dtype, torch.float32)  # as the samplers pass t
+    times = [(i - k / factor) / steps for k in range(factor + 1)]  # t, the teacher's stops, s
+    coeffs = [_coefficients(schedule, v, z) for v in times]
     with torch.no_grad():
-        x1 = teacher(z, t.to(dtype))
-        z_mid = _ddim(z, x1, a_t, s_t, a_m, s_m)
-        x2 = teacher(z_mid, mid.to(dtype))
-        z_s = _ddim(z_mid, x2, a_m, s_m, a_s, s_s)
+        z_k = z
+        for k in range(factor):
+            x_k = teacher(z_k, times[k].to(dtype))
+            z_k = _ddim(z_k, x_k, *coeffs[k], *coeffs[k + 1])
+        (a_t, s_t), (a_s, s_s) = coeffs[0], coeffs[-1]
         ratio = s_s / s_t
-        x_target = (z_s - ratio * z) / (a_s - ratio * a_t)
-        last = per_sample(s == 0, z)  # the sampler returns its x0 there: no step to s = 0
-        return torch.where(last, x2, x_target)
+        x_target = (z_k - ratio * z) / (a_s - ratio * a_t)
+        last = per_sample(times[-1] == 0, z)  # the sampler returns its x0 there: no step to s = 0
+        return torch.where(last, x_k, x_target)
 
 
 def halving_loss(
@@ -131,11 +142,12 @@ def halving_loss(
     param: str,
     steps: int,
     *,
+    factor: int = 2,
     i: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per-sample loss [B] of a ``steps``-step student against a 2 * ``steps``-step teacher.
+    """Per-sample loss [B] of a ``steps``-step student against a ``factor`` * ``steps``-step teacher.
 
     Each sample's step ``i`` is uniform in 1..steps (or given), z_t = alpha_t x0 + sigma_t
     noise at t = i / steps; the target is `halving_target` in parameterisation ``param``.
@@ -148,7 +160,7 @@ def halving_loss(
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     alpha, sigma = _coefficients(schedule, i.double() / steps, x0)
     z = alpha * x0 + sigma * noise
-    x_target = halving_target(teacher, z, i, steps, schedule)
+    x_target = halving_target(teacher, z, i, steps, schedule, factor)
     eps_target = (z - alpha * x_target) / sigma
     target = model_target(x_target, eps_target, alpha, sigma, param)
     t = (i.double() / steps).to(torch.promote_types(x0.dtype, torch.float32))

@@ -189,8 +189,9 @@ class DistillConfig:
     ``guided`` (Meng et al. 2023): a student that takes the guidance weight as an input
     learns the teacher's guided output, one pass instead of two; each sample's weight is
     drawn uniformly from ``guidance_range``. ``halve`` (Salimans & Ho 2022): a student of
-    ``steps`` DDIM steps learns two DDIM steps of the teacher per step; ``steps`` defaults
-    to half a distilled teacher's and must be given for a teacher not yet step-distilled.
+    ``steps`` DDIM steps learns ``factor`` (two: halving) DDIM steps of the teacher per step;
+    ``steps`` defaults to a distilled teacher's divided by ``factor`` and must be given for a
+    teacher not yet step-distilled.
     """
 
     # A stage export (RUN_DIR, RUN_DIR/final or an export directory) or a cascade
@@ -199,6 +200,9 @@ class DistillConfig:
     phase: str = "guided"
     guidance_range: tuple[float, float] = (1.0, 8.0)
     steps: int | None = None
+    # Teacher DDIM steps per student step in phase 'halve': 2 halves; 4 or 8 reach a few
+    # steps in fewer rounds (TRACT), each round's targets costing that many teacher passes.
+    factor: int = 2
 
     def __post_init__(self) -> None:
         # Types are the schema's (pixcade.schema, when read from a file); ranges are checked here.
@@ -211,8 +215,11 @@ class DistillConfig:
             raise PixcadeError(f"distill.guidance_range must be [low, high] with 0 <= low <= high, got {[low, high]}")
         if self.steps is not None and self.steps < 1:
             raise PixcadeError(f"distill.steps must be a positive integer, got {self.steps!r}")
-        if self.phase == "guided" and self.steps is not None:
-            raise PixcadeError("distill.steps is for phase 'halve': the guided phase keeps the teacher's sampler")
+        if self.factor < 2:
+            raise PixcadeError(f"distill.factor (teacher steps per student step) must be at least 2, got {self.factor!r}")
+        if self.phase == "guided" and (self.steps is not None or self.factor != 2):
+            raise PixcadeError("distill.steps and distill.factor are for phase 'halve': the guided phase keeps the "
+                               "teacher's sampler")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

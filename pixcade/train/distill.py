@@ -101,20 +101,23 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
         )
     if teacher.guidance_conditioned:
         _check_range(teacher, cfg)
-    have = teacher.distilled_steps
+    have, k = teacher.distilled_steps, cfg.factor
     if have is None:
         if cfg.steps is None:
             raise PixcadeError(f"stage {name!r} is not step-distilled: set distill.steps, the student's steps "
-                               "(the teacher takes twice as many)")
+                               f"(the teacher takes {k} times as many)")
         steps = cfg.steps
     else:
         if have == 1:
             raise PixcadeError(f"stage {name!r} already samples in 1 step: it cannot be halved")
-        if have % 2:
-            raise PixcadeError(f"stage {name!r} was distilled for {have} steps, an odd count: it cannot be halved")
-        steps = have // 2 if cfg.steps is None else cfg.steps
-        if steps * 2 != have:
-            raise PixcadeError(f"stage {name!r} takes {have} steps: halving gives {have // 2}, not {steps}")
+        dividing = "halving" if k == 2 else f"dividing by distill.factor {k}"
+        if have % k:
+            count = "an odd count" if k == 2 else f"not a multiple of {k}"
+            raise PixcadeError(f"stage {name!r} was distilled for {have} steps, {count}: {dividing} cannot give "
+                               "whole steps")
+        steps = have // k if cfg.steps is None else cfg.steps
+        if steps * k != have:
+            raise PixcadeError(f"stage {name!r} takes {have} steps: {dividing} gives {have // k}, not {steps}")
     try:
         check_halving(teacher.parameterization, steps)
     except PixcadeError as err:
@@ -198,4 +201,4 @@ class Distillation:
         denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization, teacher_cond, None, 1.0,
                                    tc.sampling.threshold)
         return halving_loss(student, denoiser, images, teacher.schedule, self.student.config.parameterization,
-                            self.student.config.distilled_steps, generator=generator)
+                            self.student.config.distilled_steps, factor=self.cfg.factor, generator=generator)
