@@ -12,6 +12,7 @@ from PIL import Image
 
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import JobManager
+from pixcade.serve.model import StagePlan
 from pixcade.serve.requests import GenerationRequest, Limits
 from pixcade.serve.server import PixcadeServer, make_server
 from pixcade.web.limits import WebLimits
@@ -42,7 +43,7 @@ class FakeModel:
     def describe(self) -> list[dict[str, Any]]:
         return [dict(s) for s in self.stages]
 
-    def check(self, request: GenerationRequest) -> dict[str, int]:
+    def check(self, request: GenerationRequest) -> dict[str, StagePlan]:
         names = [s["name"] for s in self.stages]
         idx = [names.index(s) for s in request.stages]
         if idx != list(range(len(idx))):
@@ -50,7 +51,7 @@ class FakeModel:
         steps = {}
         for s in request.stages:
             given = request.steps.get(s) if isinstance(request.steps, dict) else request.steps
-            steps[s] = given or next(c["steps"] for c in self.stages if c["name"] == s)
+            steps[s] = StagePlan(given or next(c["steps"] for c in self.stages if c["name"] == s), "fp32")
         return steps
 
     def generate(self, request, on_progress, on_stage_done) -> None:  # noqa: ANN001
@@ -58,7 +59,7 @@ class FakeModel:
         self.started.set()
         if "explode" in request.prompt:
             raise RuntimeError("boom")
-        steps = self.check(request)
+        steps = {name: plan.steps for name, plan in self.check(request).items()}
         for name in request.stages:
             for step in range(1, steps[name] + 1):
                 on_progress(name, step, steps[name])

@@ -24,7 +24,8 @@ from pixcade.limits import limit
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.saving import load_cascade_config
-from pixcade.serve.model import CascadeModel
+from pixcade.diffusion.precision import dtype_name
+from pixcade.serve.model import CascadeModel, StagePlan
 from pixcade.serve.requests import Limits, parse_request
 from pixcade.stage import StageConfig
 from tiny_cascade import build_tiny_cascade, save_tiny_cascade
@@ -286,7 +287,9 @@ def test_a_new_sampler_is_one_function_and_one_row(
     served = CascadeModel(Cascade.from_pretrained(tmp_path / "saved"))
     request = parse_request({"prompt": "x", "stages": ["base"], "sampling": {"sampler_args": {"scale": 4}}},
                             Limits(), ["base", "sr"])
-    assert served.check(request) == {"base": 2}
+    assert served.check(request) == {"base": StagePlan(2, dtype_name("auto", served.cascade.device))}
+    fp32 = parse_request({"prompt": "x", "stages": ["base"], "sampling": {"dtype": "fp32"}}, Limits(), ["base", "sr"])
+    assert served.check(fp32) == {"base": StagePlan(2, "fp32")}
     served.generate(request, lambda *a: None, lambda *a: None)
     assert seen == [(4.0, [1.0, 0.5, 0.0])]
     with pytest.raises(PixcadeError, match="sampler 'scaled': scale must be a finite float"):

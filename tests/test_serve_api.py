@@ -27,6 +27,7 @@ from serve_support import FakeModel, fake_color, request, request_json, running_
 from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.serve.jobs import DONE, JobManager
+from pixcade.serve.model import StagePlan
 from pixcade.pipeline import options
 from pixcade.pipeline.images import png_bytes, save_png_atomic
 from pixcade.serve.requests import GenerationRequest, Limits, RequestError, parse_request
@@ -278,7 +279,7 @@ def test_finished_jobs_expire_after_the_ttl() -> None:
     try:
         changed = threading.Event()
         manager.subscribe(changed.set)
-        job = manager.submit(GenerationRequest("a", stages=("base",)), {"base": 1})
+        job = manager.submit(GenerationRequest("a", stages=("base",)), {"base": StagePlan(1, "fp32")})
         while True:
             changed.clear()
             if manager.snapshot(job)["state"] == DONE:
@@ -295,6 +296,7 @@ def test_finished_jobs_expire_after_the_ttl() -> None:
 def test_served_images_are_the_cascades_stage_by_stage(tmp_path: Path) -> None:
     from tiny_cascade import save_tiny_cascade
 
+    from pixcade.diffusion.precision import dtype_name
     from pixcade.pipeline.cascade import Cascade
     from pixcade.serve.model import CascadeModel
 
@@ -306,6 +308,9 @@ def test_served_images_are_the_cascades_stage_by_stage(tmp_path: Path) -> None:
         job = request_json(server, "POST", "/api/jobs", body)[1]
         final = _wait_done(server, job["id"])
         assert final["state"] == "done" and [s["total"] for s in final["stages"]] == [3, 3]
+        # Each stage's precision as the pipeline resolves its saved dtype ("auto") on this device.
+        assert [s["precision"] for s in final["stages"]] == [
+            dtype_name(s.config.sampling.dtype, cascade.device) for s in cascade.stages]
         served = {s["name"]: [np.asarray(Image.open(io.BytesIO(request(server, "GET", i["url"])[2])))
                               for i in s["images"]] for s in final["stages"]}
     expected = cascade.generate("two blue circles", n=2, seed=5, guidance_weight={"base": 1.5}, steps=3,

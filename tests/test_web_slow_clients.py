@@ -17,6 +17,7 @@ from serve_support import running_server
 from web_targets import KINDS, live_target, trickle
 
 from pixcade.serve.jobs import FAILED
+from pixcade.serve.model import StagePlan
 from pixcade.web.limits import WebLimits
 
 TIMEOUT_S = 3.0
@@ -97,7 +98,7 @@ class SlowModel:
         return [{"name": "base", "resolution": 8, "super_resolution": False, "steps": 1, "guidance": 1.0}]
 
     def check(self, request):  # noqa: ANN001, ANN201
-        return {"base": 1}
+        return {"base": StagePlan(1, "fp32")}
 
     def generate(self, request, on_progress, on_stage_done) -> None:  # noqa: ANN001
         self.started.set()

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from pixcade.errors import PixcadeError
-from pixcade.serve.model import Model
+from pixcade.serve.model import Model, StagePlan
 from pixcade.serve.requests import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class JobCancelled(PixcadeError):
 class StageState:
     name: str
     total: int
+    precision: str
     step: int = 0
     done: bool = False
     images: list[bytes] = field(default_factory=list)  # PNG files
@@ -119,8 +120,9 @@ class JobManager:
 
     # -- submitting and reading -------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, steps: dict[str, int]) -> Job:
-        """Queue a checked request (``steps``: the steps each stage will run). Raises QueueFull."""
+    def submit(self, request: GenerationRequest, plans: dict[str, StagePlan]) -> Job:
+        """Queue a checked request (``plans``: what each stage will run, from ``model.check``).
+        Raises QueueFull."""
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
@@ -129,7 +131,7 @@ class JobManager:
                 raise QueueFull(f"the queue is full ({self.max_queue} jobs waiting); try again later")
             job = Job(
                 id=secrets.token_urlsafe(12), request=request, created=self.clock(),
-                stages={name: StageState(name, total) for name, total in steps.items()},
+                stages={name: StageState(name, p.steps, p.precision) for name, p in plans.items()},
             )
             self._jobs[job.id] = job
             self._queue.append(job)
@@ -153,7 +155,8 @@ class JobManager:
                 "request": job.request.to_json(), "error": job.error, "version": job.version,
                 "stages": [
                     {
-                        "name": s.name, "step": s.step, "total": s.total, "done": s.done,
+                        "name": s.name, "step": s.step, "total": s.total, "precision": s.precision,
+                        "done": s.done,
                         "images": [
                             {"url": f"/api/jobs/{job.id}/images/{s.name}/{k}.png",
                              "width": w, "height": h}

@@ -6,6 +6,7 @@ and HTTP logic can be tested with a fake model, and the real one is this thin ad
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from PIL import Image
@@ -22,13 +23,23 @@ ProgressFn = Callable[[str, int, int], None]
 StageDoneFn = Callable[[str, list[Image.Image]], None]
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """What a checked request will run on one stage: its steps and the precision its network
+    runs in ("fp32", "bf16", "fp16": `auto` resolved for this device), recorded with the job
+    as `pixcade generate` records it in run.json."""
+
+    steps: int
+    precision: str
+
+
 class Model(Protocol):
     def describe(self) -> list[dict[str, Any]]:
         """Per stage, in cascade order: {"name", "resolution", "super_resolution", "steps",
         "guidance"} (the saved defaults), for the page and /api/config."""
 
-    def check(self, request: GenerationRequest) -> dict[str, int]:
-        """Raise PixcadeError if the model can't run the request; else {stage: steps}."""
+    def check(self, request: GenerationRequest) -> dict[str, StagePlan]:
+        """Raise PixcadeError if the model can't run the request; else {stage: its plan}."""
 
     def generate(self, request: GenerationRequest, on_progress: ProgressFn, on_stage_done: StageDoneFn) -> None:
         """Run the request, reporting progress and each stage's images as they finish."""
@@ -70,11 +81,14 @@ class CascadeModel:
     def _plan(self, request: GenerationRequest) -> Plan:
         return self.cascade.plan(list(request.stages), **request.overrides())
 
-    def check(self, request: GenerationRequest) -> dict[str, int]:
+    def check(self, request: GenerationRequest) -> dict[str, StagePlan]:
+        from pixcade.diffusion.precision import dtype_name  # loads torch (see generate)
+
         plan = self._plan(request)
         if request.image is not None:
             plan.check_editable()
-        return {name: settings.steps for name, settings in plan.settings.items()}
+        device = self.cascade.device
+        return {name: StagePlan(s.steps, dtype_name(s.dtype, device)) for name, s in plan.settings.items()}
 
     def generate(self, request: GenerationRequest, on_progress: ProgressFn, on_stage_done: StageDoneFn) -> None:
         # Imported here: the pipeline loads torch, and `Model` (this module) is imported by

@@ -98,11 +98,11 @@ class ServeApi:
     def _check_and_queue(self, payload: Any) -> Job:
         request = parse_request(payload, self.limits, self.stage_names)
         try:
-            steps = self.manager.model.check(request)
+            plans = self.manager.model.check(request)
         except PixcadeError as err:
             raise RequestError(422, str(err)) from None
-        check_resolved_steps(steps, self.limits)
-        return self.manager.submit(request, steps)
+        check_resolved_steps({name: p.steps for name, p in plans.items()}, self.limits)
+        return self.manager.submit(request, plans)
 
     async def submit(self, request: Request) -> Response:
         payload = await read_json(request, self.limits.max_body_bytes, self.web)
