@@ -64,6 +64,8 @@ def test_prompt_stage_images_appear_in_order_and_download(browser: DevTools, tmp
         assert base == [[16, 16], [16, 16]]
         assert browser.js(_loaded_images("sr")) == []
         assert browser.js("document.querySelector('.stage[data-stage=\"sr\"]').dataset.done") == "false"
+        # Each stage shows the precision its network runs in (the fake model's plan: fp32).
+        assert browser.js("document.querySelector('.stage[data-stage=\"base\"] .steps').textContent") == "done, fp32"
         assert browser.js("document.getElementById('job').dataset.state") == "running"
         assert "running: sr" in browser.js("document.getElementById('job-state').textContent")
         (asked,) = model.calls

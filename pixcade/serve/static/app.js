@@ -229,7 +229,8 @@ function render(job) {
     const bar = box.querySelector("progress");
     bar.max = stage.total;
     bar.value = stage.step;
-    box.querySelector(".steps").textContent = stage.done ? "done" : `${stage.step} / ${stage.total} steps`;
+    box.querySelector(".steps").textContent =
+      (stage.done ? "done" : `${stage.step} / ${stage.total} steps`) + `, ${stage.precision}`;
     const images = box.querySelector(".images");
     for (let k = images.children.length; k < stage.images.length; k++) {
       addImage(images, job, stage, k, stage.images[k]);
