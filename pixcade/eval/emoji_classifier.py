@@ -13,7 +13,9 @@ seed and thread count.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.eval.judge_net import PooledConvNet
 from pixcade.io import save_tensors, sha256_file
+from pixcade.train.checkpoint import intact_checkpoints, load_checkpoint, save_checkpoint
 
 KIND = "emoji-classifier"  # the safetensors metadata tag
 
@@ -151,13 +154,57 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
 
 
+def one_cycle_lr(step: int, steps: int, lr: float) -> float:
+    """The learning rate of 0-based ``step`` of ``steps``: linear warm-up from lr / 25 over
+    the first tenth, then cosine down to lr / 1e4 (Smith's one-cycle, without its momentum
+    cycle). A pure function of the step, so a resumed run needs no scheduler state."""
+    warm = max(1, steps // 10)
+    if step < warm:
+        return lr * (1 / 25 + (1 - 1 / 25) * step / warm)
+    floor, frac = lr / 1e4, (step - warm) / max(1, steps - warm)
+    return floor + (lr - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _run_key(steps: int, seed: int, batch_size: int, lr: float, config: ClassifierConfig, n: int,
+             styles: list[str], families: list[str]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the run's settings and its training rows."""
+    labels = hashlib.sha256(json.dumps([styles, families]).encode()).hexdigest()
+    return {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "config": asdict(config),
+            "images": n, "labels_sha256": labels}
+
+
+def _resume(directory: Path, key: dict[str, Any], net: nn.Module, opt: torch.optim.Optimizer,
+            generator: torch.Generator) -> dict[str, Any] | None:
+    """Load the newest intact checkpoint in ``directory`` into net, opt and generator; its
+    state, or None when there is none. One of another run is refused, naming the difference."""
+    found = intact_checkpoints(directory)
+    if not found:
+        return None
+    ckpt = load_checkpoint(found[0])
+    theirs = ckpt.state.get("run", {})
+    if theirs != key:
+        diff = sorted(k for k in key if theirs.get(k) != key[k])
+        raise PixcadeError(f"the checkpoints in {directory} are of another judge run (differs in: {', '.join(diff)}); "
+                           "use another --checkpoints folder")
+    net.load_state_dict(ckpt.model)
+    opt.load_state_dict(ckpt.optimizer)
+    generator.set_state(torch.tensor(ckpt.state["generator"], dtype=torch.uint8))
+    return {**ckpt.state, "step": ckpt.step}
+
+
 def train_classifier(
     data: LabelledImages, *, steps: int, seed: int = 0, batch_size: int = 64, lr: float = 2e-3,
     config: ClassifierConfig | None = None, progress: bool = True,
+    checkpoints: str | Path | None = None, checkpoint_every: int = 250,
 ) -> tuple[EmojiClassifier, dict[str, Any]]:
-    """Trains on `data` (the training rows only); returns the network (eval mode) and a log."""
-    if steps < 1 or batch_size < 1:
-        raise PixcadeError("the emoji classifier needs steps >= 1 and batch size >= 1")
+    """Trains on `data` (the training rows only); returns the network (eval mode) and a log.
+
+    With ``checkpoints`` (a folder) the run saves its whole state there every
+    ``checkpoint_every`` steps (the newest two kept) and first resumes from the newest one:
+    a killed run continues where it was, and ends with the weights an unbroken run makes.
+    """
+    if steps < 1 or batch_size < 1 or checkpoint_every < 1:
+        raise PixcadeError("the emoji classifier needs steps, batch size and checkpoint interval >= 1")
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -168,12 +215,25 @@ def train_classifier(
     family_index = {f: i for i, f in enumerate(families)}
     y_family = torch.tensor([family_index[f] for f in data.families])
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     n = data.pixels.shape[0]
+    key = _run_key(steps, seed, batch_size, lr, config, n, styles, families)
     order = torch.randperm(n, generator=generator)
-    at, losses, start = 0, [], time.perf_counter()
+    done, at, losses, seconds = 0, 0, [], 0.0
+    folder = Path(checkpoints) if checkpoints is not None else None
+    state = _resume(folder, key, net, opt, generator) if folder is not None else None
+    if state is not None:
+        done, at, losses, seconds = state["step"], state["at"], state["losses"], state["seconds"]
+        order = torch.tensor(state["order"], dtype=torch.long)
+    start = time.perf_counter()
+
+    def save(step: int) -> None:
+        save_checkpoint(folder, step, model=net.state_dict(), ema={}, optimizer=opt.state_dict(), keep=2, state={
+            "run": key, "at": at, "order": order.tolist(), "losses": losses,
+            "generator": generator.get_state().tolist(), "seconds": seconds + time.perf_counter() - start})
+
     net.train()
-    for _ in tqdm(range(steps), desc="emoji classifier", unit="step", disable=not progress):
+    for step in tqdm(range(done, steps), desc="emoji classifier", unit="step", disable=not progress,
+                     initial=done, total=steps):
         if at + batch_size > n:
             order, at = torch.randperm(n, generator=generator), 0
         idx = order[at : at + batch_size]
@@ -181,15 +241,19 @@ def train_classifier(
         x = augment(to_unit(data.pixels[idx]), generator)
         style_logits, family_logits = net.heads(net(x))
         loss = F.cross_entropy(style_logits, y_style[idx]) + F.cross_entropy(family_logits, y_family[idx])
+        for group in opt.param_groups:
+            group["lr"] = one_cycle_lr(step, steps, lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(loss.item())
+        if folder is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save(step + 1)
     net.eval()
     k = max(1, min(50, steps // 10))
     log = {"steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr, "images": n,
-           "styles": len(styles), "families": len(families), "seconds": round(time.perf_counter() - start, 1),
+           "styles": len(styles), "families": len(families), "width": config.width,
+           "seconds": round(seconds + time.perf_counter() - start, 1),
            "first_loss": float(np.mean(losses[:k])), "last_loss": float(np.mean(losses[-k:]))}
     return net, log
 

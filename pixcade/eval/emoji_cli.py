@@ -18,7 +18,7 @@ from pixcade.commands import ArgumentParser, emit_json
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import (
-    ROW_FIELDS, load_classifier, manifest_rows, read_manifest, save_classifier, train_classifier,
+    ROW_FIELDS, ClassifierConfig, load_classifier, manifest_rows, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.fid import image_index
 from pixcade.eval.sr_psnr import sr_stage_name
@@ -35,13 +35,20 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=ClassifierConfig.width, help="channels of the first of four levels")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (training is deterministic per count)")
+    p.add_argument("--checkpoints", help="folder: save the run's state there and resume from it (a killed run "
+                                         "continues; the weights equal an unbroken run's)")
     p.add_argument("--report", help="also write the JSON report here")
     args = p.parse_args(argv)
+    if args.width < 1:
+        raise PixcadeError(f"--width must be at least 1, got {args.width}")
     torch.set_num_threads(args.threads)
     train = read_manifest(args.data / BASE / "train.jsonl")
     held = read_manifest(args.data / BASE / "heldout.jsonl")
-    net, log = train_classifier(train, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    config = ClassifierConfig(resolution=train.pixels.shape[-1], width=args.width)
+    net, log = train_classifier(train, steps=args.steps, seed=args.seed, batch_size=args.batch_size, config=config,
+                                checkpoints=args.checkpoints)
     command = shlex.join(["pixcade", "eval", "emoji", "train", *argv])
     ceiling = emoji.ceiling(net, held)
     digest = save_classifier(args.out, net, {"command": command, "threads": args.threads, **log, "ceiling": ceiling})
