@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixcade.diffusion.distillation import halving_loss, halving_target
-from pixcade.diffusion.guidance import guided_output
+from pixcade.diffusion.distillation import halving_loss, halving_target, thresholded_output
+from pixcade.diffusion.guidance import guided_denoiser, guided_output, static_threshold
 from pixcade.diffusion.samplers import sample
 from pixcade.diffusion.settings import SamplingSettings
 from pixcade.diffusion.schedules import get_schedule
@@ -145,6 +145,43 @@ def test_guided_loss_of_the_initial_student_is_the_guidance_identity(sr: bool):
     # 0 up to the rounding of u + 1 (c - u); also says the teacher and student saw the same low-res image.
     assert (losses[3.0] > 1e-6).all() and (losses[1.0] < 1e-9 * losses[3.0]).all()
     torch.testing.assert_close(losses[5.0] / losses[3.0], torch.full((6,), 4.0), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("param", ["v", "x0", "eps"])
+def test_a_network_giving_the_thresholded_output_samples_unthresholded_as_the_net_thresholded(param: str):
+    """`thresholded_output` moves the sampler's threshold into the output: sampled with no
+    threshold it steps exactly as the original net does with one, whatever the parameterisation."""
+    schedule = get_schedule("cosine")
+    a = torch.randn(3, 3, generator=torch.Generator().manual_seed(4), dtype=F64) * 3  # |x0| >> 1: clipping bites
+
+    def net(z, t):
+        return torch.einsum("ij,bjhw->bihw", a, z) + 2 * t.view(-1, 1, 1, 1)
+
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(5), dtype=F64)
+    clipped = guided_denoiser(net, schedule, param, {}, None, 1.0, "static")
+    moved = guided_denoiser(thresholded_output(net, schedule, param, static_threshold), schedule, param, {}, None,
+                            1.0, "none")
+    raw = guided_denoiser(net, schedule, param, {}, None, 1.0, "none")
+    for sampler in ("ddim", "dpm++"):
+        want = sample(clipped, schedule, noise, sampler, steps=6)
+        torch.testing.assert_close(sample(moved, schedule, noise, sampler, steps=6), want, rtol=0, atol=1e-9)
+        assert (sample(raw, schedule, noise, sampler, steps=6) - want).abs().max() > 0.1  # the threshold mattered
+
+
+def test_thresholded_guided_target_needs_a_teacher_threshold_and_the_guided_phase():
+    teacher = _teacher()
+    cfg = DistillConfig(teacher="-", phase="guided", guided_target="thresholded")
+    assert student_config(teacher.config, cfg).guidance_conditioned
+    unclipped = dataclasses.replace(teacher.config, sampling=teacher.config.sampling.replace(threshold="none"))
+    with pytest.raises(PixcadeError, match="samples without a threshold: .*'thresholded' would be its plain output"):
+        student_config(unclipped, cfg)
+    # The loss: the student at init (the conditional output) against the clipped guided output.
+    images, emb, mask, lowres = _batch(4, False)
+    student = _student(teacher, cfg)
+    with torch.no_grad():
+        plain, clipped = (Distillation(teacher, student, dataclasses.replace(cfg, guided_target=t)).loss(
+            images, emb, mask, lowres, generator=torch.Generator().manual_seed(9)) for t in ("output", "thresholded"))
+    assert torch.isfinite(clipped).all() and not torch.allclose(plain, clipped)
 
 
 # -- progressive distillation (Salimans & Ho 2022) -------------------------------------------------
@@ -321,6 +358,8 @@ def test_guided_student_of_a_guided_student_is_refused_and_halving_it_works():
     ({"teacher": "t", "phase": "guided", "steps": 4}, "distill.steps and distill.factor are for phase 'halve'"),
     ({"teacher": "t", "phase": "guided", "factor": 4}, "distill.steps and distill.factor are for phase 'halve'"),
     ({"teacher": "t", "phase": "halve", "factor": 1}, r"distill.factor .* must be at least 2, got 1"),
+    ({"teacher": "t", "guided_target": "clipped"}, "unknown distill.guided_target 'clipped'"),
+    ({"teacher": "t", "phase": "halve", "guided_target": "thresholded"}, "guided_target is for phase 'guided'"),
     ({"teacher": "t", "phase": "halve", "factor": 2.5}, "distill.factor must be an integer"),
     ({"phase": "guided"}, "distill lacks the required field 'teacher'"),
     ({"teacher": ""}, "distill.teacher must name"),

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from pixcade.diffusion.parameterization import check_parameterization, model_target, per_sample
+from pixcade.diffusion.parameterization import check_parameterization, model_target, per_sample, to_eps, to_x0
 from pixcade.diffusion.samplers import Denoiser
 from pixcade.diffusion.schedules import Schedule, alpha_sigma
 from pixcade.errors import PixcadeError
@@ -67,6 +67,23 @@ def _mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if out.shape != target.shape:
         raise PixcadeError(f"student output shape {tuple(out.shape)} != target shape {tuple(target.shape)}")
     return (out.float() - target.float()).square().flatten(1).mean(dim=1)
+
+
+def thresholded_output(net: Net, schedule: Schedule, param: str, threshold: Callable[[torch.Tensor], torch.Tensor]) -> Net:
+    """``net`` (raw outputs of parameterisation ``param``) with its x0 passed through
+    ``threshold`` and expressed again as a raw output at the same z_t: the output of a
+    network that, sampled without a threshold, steps exactly as ``net`` does with one. As a
+    guided-distillation target it spends none of the student's capacity on the extrapolated
+    values (|x0| >> 1 at high guidance and noise) that the sampler would clip anyway."""
+    check_parameterization(param)
+
+    def out(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raw = net(z, t)
+        alpha, sigma = alpha_sigma(per_sample(schedule.log_snr(t), z))
+        x0 = threshold(to_x0(raw, z, alpha, sigma, param))
+        return model_target(x0, to_eps(x0, z, alpha, sigma, "x0"), alpha, sigma, param)
+
+    return out
 
 
 def guided_distillation_loss(

@@ -26,7 +26,8 @@ weights as a stage export (like RUN_DIR/final/), e.g. to evaluate a run still tr
 
 DISTILL_EPILOG = """\
 The config's stage entry has a "distill" section: {"teacher": EXPORT_OR_CASCADE_DIR,
-"phase": "guided" | "halve", "guidance_range": [1, 8], "steps": N, "factor": K}
+"phase": "guided" | "halve", "guidance_range": [1, 8], "guided_target": "output" |
+"thresholded", "steps": N, "factor": K}
 (docs/training.md). Phase "guided" makes a student taking the guidance weight as an input
 (one network pass per step instead of two); phase "halve" a student of N DDIM steps from a
 teacher of K * N (K = 2 unless given).
@@ -46,6 +47,9 @@ def build_parser(prog: str = "pixcade train", distill: bool = False) -> argparse
         p.add_argument("--steps", type=int, help="override distill.steps: the halved student's steps")
         p.add_argument("--factor", type=int,
                        help="override distill.factor: teacher DDIM steps per student step (default 2: halving)")
+        p.add_argument("--guided-target", choices=("output", "thresholded"),
+                       help="override distill.guided_target (phase guided): the guided output, or its x0 after "
+                            "the teacher's threshold")
     p.add_argument("--out", help="run directory (default: runs/STAGE)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--resume-from", metavar="CHECKPOINT",
@@ -82,7 +86,8 @@ def _run(args: argparse.Namespace, distilling: bool) -> int:
         raise PixcadeError(f"stage {args.stage!r} has a distill section: run `pixcade distill`" if not distilling
                            else f"stage {args.stage!r} has no distill section (docs/training.md): nothing to distil")
     if distilling:
-        changes = {"teacher": args.teacher, "phase": args.phase, "steps": args.steps, "factor": args.factor}
+        changes = {"teacher": args.teacher, "phase": args.phase, "steps": args.steps, "factor": args.factor,
+                   "guided_target": args.guided_target}
         distill = entry.distill.to_dict()
         distill.update({k: v for k, v in changes.items() if v is not None})
         entry.distill = type(entry.distill).from_dict(distill)  # re-validates

@@ -180,6 +180,7 @@ class TrainConfig:
 
 
 DISTILL_PHASES = ("guided", "halve")
+GUIDED_TARGETS = ("output", "thresholded")
 
 
 @dataclass
@@ -203,6 +204,9 @@ class DistillConfig:
     # Teacher DDIM steps per student step in phase 'halve': 2 halves; 4 or 8 reach a few
     # steps in fewer rounds (TRACT), each round's targets costing that many teacher passes.
     factor: int = 2
+    # Phase 'guided': "output" is Meng et al.'s target (the guided raw output); "thresholded"
+    # its x0 after the teacher's sampling threshold, so the student learns what sampling uses.
+    guided_target: str = "output"
 
     def __post_init__(self) -> None:
         # Types are the schema's (pixcade.schema, when read from a file); ranges are checked here.
@@ -215,6 +219,12 @@ class DistillConfig:
             raise PixcadeError(f"distill.guidance_range must be [low, high] with 0 <= low <= high, got {[low, high]}")
         if self.steps is not None and self.steps < 1:
             raise PixcadeError(f"distill.steps must be a positive integer, got {self.steps!r}")
+        if self.guided_target not in GUIDED_TARGETS:
+            raise PixcadeError(f"unknown distill.guided_target {self.guided_target!r} (choose from "
+                               f"{', '.join(GUIDED_TARGETS)})")
+        if self.phase == "halve" and self.guided_target != "output":
+            raise PixcadeError("distill.guided_target is for phase 'guided': a halving target is already the "
+                               "teacher's thresholded steps")
         if self.factor < 2:
             raise PixcadeError(f"distill.factor (teacher steps per student step) must be at least 2, got {self.factor!r}")
         if self.phase == "guided" and (self.steps is not None or self.factor != 2):

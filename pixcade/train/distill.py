@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pixcade.diffusion.distillation import check_halving, guided_distillation_loss, halving_loss
-from pixcade.diffusion.guidance import guided_denoiser, guided_output
+from pixcade.diffusion.distillation import (
+    check_halving, guided_distillation_loss, halving_loss, thresholded_output,
+)
+from pixcade.diffusion.guidance import guided_denoiser, guided_output, parse_threshold
 from pixcade.errors import PixcadeError
 from pixcade.pipeline import saving
 from pixcade.stage import Stage, StageConfig, unconditional
@@ -93,6 +95,9 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
                 f"(pixcade assemble --set {name}.guidance_weight=W)"
             )
         _check_range(teacher, cfg)
+        if cfg.guided_target == "thresholded" and parse_threshold(teacher.sampling.threshold) is None:
+            raise PixcadeError(f"stage {name!r} samples without a threshold: distill.guided_target 'thresholded' "
+                               "would be its plain output")
         return dataclasses.replace(teacher, unet=dataclasses.replace(teacher.unet, guidance_conditioned=True))
     if teacher.two_passes():
         raise PixcadeError(
@@ -194,6 +199,10 @@ class Distillation:
         if self.cfg.phase == "guided":
             c = cond(teacher, None)
             guided = guided_output(teacher.net, c, unconditional(c), w)
+            if self.cfg.guided_target == "thresholded":
+                tc = teacher.config
+                guided = thresholded_output(guided, teacher.schedule, tc.parameterization,
+                                            parse_threshold(tc.sampling.threshold))
             return guided_distillation_loss(student, guided, images, teacher.schedule, generator=generator)
         # A halving teacher takes w as an input or is unguided: one pass, its own threshold.
         tc = teacher.config
