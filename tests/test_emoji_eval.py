@@ -113,7 +113,8 @@ def test_learning_rate_warms_up_then_decays_for_any_step_count():
         assert rates[0] == pytest.approx(1 / 25) and max(rates) <= 1.0 and min(rates) > 0
     rates = [one_cycle_lr(k, 1000, 1.0) for k in range(1000)]
     assert rates[100] == pytest.approx(1.0) and rates[-1] < 1e-3
-    assert all(a < b for a, b in zip(rates[:100], rates[1:101])) and all(a >= b for a, b in zip(rates[100:], rates[101:]))
+    assert all(a < b for a, b in zip(rates[:100], rates[1:101]))
+    assert all(a >= b for a, b in zip(rates[100:], rates[101:]))
 
 
 def test_weights_round_trip_with_digest(trained, tmp_path):
@@ -193,7 +194,8 @@ def dataset(tmp_path_factory):
 def test_cli_train_then_judge_real_held_out_images_as_generated(dataset, tmp_path, capsys):
     weights = tmp_path / "judge.safetensors"
     assert pixcade_main(["eval", "emoji", "train", "--data", str(dataset), "--out", str(weights),
-                         "--steps", "3", "--batch-size", "8", "--width", "8", "--checkpoints", str(tmp_path / "ck")]) == 0
+                         "--steps", "3", "--batch-size", "8", "--width", "8",
+                         "--checkpoints", str(tmp_path / "ck")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ceiling"]["all"]["n"] == 2 and len(report["sha256"]) == 64 and report["training"]["width"] == 8
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-00000003"]

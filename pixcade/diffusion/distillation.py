@@ -69,7 +69,9 @@ def _mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (out.float() - target.float()).square().flatten(1).mean(dim=1)
 
 
-def thresholded_output(net: Net, schedule: Schedule, param: str, threshold: Callable[[torch.Tensor], torch.Tensor]) -> Net:
+def thresholded_output(
+    net: Net, schedule: Schedule, param: str, threshold: Callable[[torch.Tensor], torch.Tensor]
+) -> Net:
     """``net`` (raw outputs of parameterisation ``param``) with its x0 passed through
     ``threshold`` and expressed again as a raw output at the same z_t: the output of a
     network that, sampled without a threshold, steps exactly as ``net`` does with one. As a
