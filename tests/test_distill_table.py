@@ -56,7 +56,8 @@ def test_rows_cover_the_issue_and_sample_in_fp32(teacher):
     s4 = rows[names.index("student-4")]
     assert s4.sources == ("RUNS/base-4", f"{teacher}:sr") and s4.metric == "shapes"
     d8 = rows[names.index("teacher-ddim-8")]
-    assert d8.sources == t8.sources and {"base.sampler=ddim", "base.spacing=uniform-t", "base.steps=8"} <= set(d8.settings)
+    assert d8.sources == t8.sources
+    assert {"base.sampler=ddim", "base.spacing=uniform-t", "base.steps=8"} <= set(d8.settings)
     g4 = rows[names.index("guided-ddim-4")]
     assert g4.sources == ("RUNS/base-guided", f"{teacher}:sr") and "base.sampler=ddim" in g4.settings
     sr2 = rows[names.index("sr-student-2")]

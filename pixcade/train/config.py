@@ -226,7 +226,8 @@ class DistillConfig:
             raise PixcadeError("distill.guided_target is for phase 'guided': a halving target is already the "
                                "teacher's thresholded steps")
         if self.factor < 2:
-            raise PixcadeError(f"distill.factor (teacher steps per student step) must be at least 2, got {self.factor!r}")
+            raise PixcadeError(f"distill.factor (teacher steps per student step) must be at least 2, "
+                               f"got {self.factor!r}")
         if self.phase == "guided" and (self.steps is not None or self.factor != 2):
             raise PixcadeError("distill.steps and distill.factor are for phase 'halve': the guided phase keeps the "
                                "teacher's sampler")
