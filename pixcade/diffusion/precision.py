@@ -18,12 +18,15 @@ bf16 took 1.8-2x fp32's time on AVX-512 and 14-24x on AVX2, so fp32 is the defau
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
 from pixcade.diffusion.settings import DTYPE_NAMES
 from pixcade.errors import PixcadeError
+
+if TYPE_CHECKING:
+    from pixcade.diffusion.settings import SamplingSettings
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
@@ -72,6 +75,12 @@ def check_dtype(name: str, device: torch.device | str) -> torch.dtype:
 def dtype_name(name: str, device: torch.device | str) -> str:
     """The precision (fp32, bf16, fp16) ``name`` samples in on ``device``, for records."""
     return NAMES[check_dtype(name, device)]
+
+
+def stage_precisions(settings: Mapping[str, SamplingSettings], device: torch.device | str) -> dict[str, str]:
+    """{stage: the precision it samples in on ``device``} for per-stage ``settings``: what
+    run.json, a benchmark report and a served job record."""
+    return {name: dtype_name(s.dtype, device) for name, s in settings.items()}
 
 
 def autocast_net(net: Callable[..., torch.Tensor], dtype: torch.dtype, device: torch.device) -> Callable[..., torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from pixcade.data.scenes import Scene
-from pixcade.diffusion.precision import dtype_name
+from pixcade.diffusion.precision import stage_precisions
 from pixcade.eval import sweep
 from pixcade.eval.shapes import markdown_table, score
 from pixcade.io import atomic_write_text
@@ -56,7 +56,7 @@ def run_benchmark(cascade: Cascade, run: BenchmarkRun, out: Path, options: dict[
     report = {"model": run.model, "model_digest": run.model_digest, "resolution": side,
               "prompts": len(scenes), "images_per_prompt": k,
               "prompt_seed": run.prompt_seed, "seed": run.seed,
-              "precision": {name: dtype_name(s.dtype, cascade.device) for name, s in settings.items()}, **report}
+              "precision": stage_precisions(settings, cascade.device), **report}
     if options:
         report["options"] = options
     if side < 128:

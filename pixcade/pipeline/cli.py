@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from pixcade.diffusion.precision import dtype_name
+from pixcade.diffusion.precision import stage_precisions
 from pixcade.diffusion.samplers import SAMPLERS, SPACINGS
 from pixcade.diffusion.settings import FIELD_NAMES
 from pixcade.commands import ArgumentParser
@@ -200,7 +200,7 @@ def main(argv: list[str]) -> int:
         "model": str(model_dir.resolve()), "seed": args.seed, "n": args.n, "batch_size": args.batch_size,
         "start_image": str(Path(args.start_image).resolve()) if args.start_image else None,
         "options": {name: s.to_dict() for name, s in plan.settings.items()},
-        "precision": {name: dtype_name(s.dtype, cascade.device) for name, s in plan.settings.items()},
+        "precision": stage_precisions(plan.settings, cascade.device),
     }
     if negatives is not None:
         record["negative_prompts_sha256"] = hashlib.sha256(json.dumps(negatives).encode()).hexdigest()

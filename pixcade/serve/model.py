@@ -82,13 +82,13 @@ class CascadeModel:
         return self.cascade.plan(list(request.stages), **request.overrides())
 
     def check(self, request: GenerationRequest) -> dict[str, StagePlan]:
-        from pixcade.diffusion.precision import dtype_name  # loads torch (see generate)
+        from pixcade.diffusion.precision import stage_precisions  # loads torch (see generate)
 
         plan = self._plan(request)
         if request.image is not None:
             plan.check_editable()
-        device = self.cascade.device
-        return {name: StagePlan(s.steps, dtype_name(s.dtype, device)) for name, s in plan.settings.items()}
+        precision = stage_precisions(plan.settings, self.cascade.device)
+        return {name: StagePlan(s.steps, precision[name]) for name, s in plan.settings.items()}
 
     def generate(self, request: GenerationRequest, on_progress: ProgressFn, on_stage_done: StageDoneFn) -> None:
         # Imported here: the pipeline loads torch, and `Model` (this module) is imported by
