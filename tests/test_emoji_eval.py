@@ -201,6 +201,11 @@ def test_cli_train_then_judge_real_held_out_images_as_generated(dataset, tmp_pat
     assert [p.name for p in (tmp_path / "ck").iterdir()] == ["step-00000003"]
     assert pixcade_main(["eval", "emoji", "train", "--data", str(dataset), "--out", str(weights), "--width", "0"]) == 2
     assert "--width must be at least 1" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert pixcade_main(["eval", "emoji", "train", "--data", str(dataset), "--out", str(weights),
+                         "--checkpoints", str(tmp_path / "a-file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create folder" in err
     # A "model" whose images are the real held-out images scores exactly the ceiling, FD ~ 0.
     gen = tmp_path / "gen"
     gen.mkdir()

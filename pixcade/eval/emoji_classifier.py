@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.eval.judge_net import PooledConvNet
-from pixcade.io import save_tensors, sha256_file
+from pixcade.io import make_dirs, save_tensors, sha256_file
 from pixcade.train.checkpoint import intact_checkpoints, load_checkpoint, save_checkpoint
 
 KIND = "emoji-classifier"  # the safetensors metadata tag
@@ -219,7 +219,7 @@ def train_classifier(
     key = _run_key(steps, seed, batch_size, lr, config, n, styles, families)
     order = torch.randperm(n, generator=generator)
     done, at, losses, seconds = 0, 0, [], 0.0
-    folder = Path(checkpoints) if checkpoints is not None else None
+    folder = make_dirs(checkpoints) if checkpoints is not None else None  # a file in the way fails now, not at step 250
     state = _resume(folder, key, net, opt, generator) if folder is not None else None
     if state is not None:
         done, at, losses, seconds = state["step"], state["at"], state["losses"], state["seconds"]
