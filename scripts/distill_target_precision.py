@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from pixcade.data.transforms import resize_center_crop, to_tensor
-from pixcade.diffusion.distillation import halving_target
+from pixcade.diffusion.distillation import check_factor, halving_target
 from pixcade.diffusion.guidance import guided_denoiser
 from pixcade.diffusion.parameterization import per_sample, to_x0
 from pixcade.diffusion.schedules import alpha_sigma
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.manual_seed(0)
     try:
+        check_factor(a.factor)
+        if a.n < 1:
+            raise PixcadeError(f"--n must be at least 1, got {a.n}")
         t_export, s_export = load_teacher(a.teacher, a.stage), load_teacher(a.student, a.stage)
         teacher, student = t_export.stage, s_export.stage
         steps = student.config.distilled_steps
