@@ -55,6 +55,10 @@ class StageConfig:
     # Set on a progressively distilled student (Salimans & Ho 2022): the number of
     # deterministic DDIM steps, on the grid uniform in t, that it was trained to take.
     distilled_steps: int | None = None
+    # Set on a student halved straight from a stage that guides with two passes: the
+    # guidance weight its one pass reproduces. The weight is in its weights, so it samples
+    # with guidance_weight 1 (guiding it again would apply guidance twice).
+    distilled_guidance: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -82,6 +86,13 @@ class StageConfig:
         ):
             raise PixcadeError(
                 f"stage {self.name!r}: distilled_steps must be a positive integer, got {self.distilled_steps!r}"
+            )
+        if self.distilled_guidance is not None and (
+            isinstance(self.distilled_guidance, bool) or not isinstance(self.distilled_guidance, (int, float))
+            or not self.distilled_guidance > 1.0
+        ):
+            raise PixcadeError(
+                f"stage {self.name!r}: distilled_guidance must be a guidance weight above 1, got {self.distilled_guidance!r}"
             )
         if self.is_super_resolution != bool(self.unet.lowres_cond):
             raise PixcadeError(
@@ -119,7 +130,13 @@ class StageConfig:
 
     def check_sampling(self, settings: SamplingSettings) -> None:
         """What this stage adds to the settings' own checks: only an SR stage has a
-        noise-augmentation level and an input to start from."""
+        noise-augmentation level and an input to start from; a stage with its guidance
+        distilled in (`distilled_guidance`) is not guided again."""
+        if self.distilled_guidance is not None and settings.guidance_weight != 1.0:
+            raise PixcadeError(
+                f"stage {self.name!r} has guidance weight {self.distilled_guidance:g} distilled into its one pass: "
+                f"it samples with guidance_weight 1, not {settings.guidance_weight:g}"
+            )
         if not self.is_super_resolution and settings.aug_level != 0.0:
             raise PixcadeError(
                 f"stage {self.name!r} is not a super-resolution stage: it takes no noise-augmentation level"
@@ -333,6 +350,11 @@ class Stage:
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise, guidance=w_in)
             uncond = None
         else:
+            if uncond_text is not None and c.distilled_guidance is not None:
+                raise PixcadeError(
+                    f"stage {c.name!r} has guidance weight {c.distilled_guidance:g} distilled into its one pass: "
+                    "it has no unconditional pass for a negative prompt to replace"
+                )
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
             uncond = unconditional(cond, uncond_text)
         net = autocast_net(self.net, check_dtype(s.dtype, device), device)

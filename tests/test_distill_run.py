@@ -11,6 +11,7 @@ import torch
 
 from pixcade import cli
 from pixcade.diffusion.settings import SamplingSettings
+from pixcade.errors import PixcadeError
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
 from pixcade.stage import Stage, StageConfig
@@ -110,6 +111,22 @@ def test_halving_rounds_of_an_sr_stage_down_to_one_step(shapes, teachers, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already samples in 1 step: it cannot be halved" in err
     assert not (tmp_path / "sr0" / "checkpoints").exists()
+
+
+def test_halving_a_guided_base_straight_gives_a_one_pass_stage_at_its_weight(shapes, teachers, tmp_path):
+    config = _config(tmp_path, shapes, "base", {"teacher": str(teachers["base"]), "phase": "halve", "steps": 2,
+                                                "factor": 4}, max_steps=2)
+    assert _distill("--config", config, "--stage", "base", "--out", tmp_path / "b2") == 0
+    stage = _stage_json(tmp_path / "b2")
+    s = stage["sampling"]
+    assert (stage["distilled_steps"], stage["distilled_guidance"], s["guidance_weight"], s["steps"]) == (2, 3.0, 1.0, 2)
+    assert not stage["unet"]["guidance_conditioned"]
+    cascade = Cascade.from_stage_dirs([tmp_path / "b2", teachers["sr"]])
+    assert len(cascade.generate("a red circle", steps={"sr": 2}, progress=False)) == 1
+    with pytest.raises(PixcadeError, match="guidance weight 3 distilled into its one pass"):
+        cascade.generate("a red circle", guidance_weight={"base": 5.0}, progress=False)
+    with pytest.raises(PixcadeError, match="no unconditional pass for a negative prompt"):
+        cascade.generate("a red circle", negative_prompt="a blue square", progress=False)
 
 
 def test_train_and_distill_refuse_each_others_entries(shapes, teachers, tmp_path, capsys):

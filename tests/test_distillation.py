@@ -309,6 +309,44 @@ def test_one_halving_round_on_a_tiny_model_reduces_its_two_step_target_loss():
     assert gap_student < 0.85 * gap_teacher, (gap_teacher, gap_student)
 
 
+def test_halving_a_two_pass_guided_teacher_distils_its_guidance_into_a_one_pass_student():
+    """Guidance and steps at once, at the teacher's weight (3): the student samples with
+    guidance_weight 1 (one pass) and its 2 DDIM steps move towards the teacher's 4 guided,
+    thresholded steps of two passes each."""
+    teacher = _teacher(guidance_weight=3.0)
+    cfg = DistillConfig(teacher="-", phase="halve", steps=2)
+    student = _student(teacher, cfg)
+    assert (student.config.distilled_guidance, student.config.sampling.guidance_weight) == (3.0, 1.0)
+    assert student.config.network_evaluations() == 2 and not student.config.two_passes()
+    objective = Distillation(teacher, student, cfg)
+    _, emb, mask, _ = _batch(8, False, seed=5)
+    noise = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    target = teacher.sample(emb, mask, settings=teacher.config.sampling.replace(sampler="ddim", steps=4), noise=noise)
+
+    def gap() -> float:
+        student.net.eval()
+        return (student.sample(emb, mask, noise=noise) - target).square().mean().item()
+
+    before = gap()  # the teacher's conditional model in 2 steps, unguided
+    _train(objective, _batch(8, False, seed=4), 30)
+    after = gap()
+    assert after < 0.8 * before, (before, after)  # measured: 0.127 -> 0.073, for captions it did not train on
+
+
+def test_a_stage_with_its_guidance_distilled_in_keeps_it_and_is_not_guided_again():
+    baked = student_config(_teacher(guidance_weight=3.0).config, DistillConfig(teacher="-", phase="halve", steps=4))
+    again = student_config(baked, DistillConfig(teacher="-", phase="halve"))
+    assert (again.distilled_steps, again.distilled_guidance, again.sampling.guidance_weight) == (2, 3.0, 1.0)
+    assert StageConfig.from_dict(baked.to_dict()) == baked
+    with pytest.raises(PixcadeError, match="guidance weight 3 distilled into its one pass: it samples with "
+                                           "guidance_weight 1, not 5"):
+        baked.check_sampling(baked.sampling.replace(guidance_weight=5.0))
+    with pytest.raises(PixcadeError, match="no guidance left to distil"):
+        student_config(baked, DistillConfig(teacher="-", phase="guided"))
+    with pytest.raises(PixcadeError, match="distilled_guidance must be a guidance weight above 1, got 0.5"):
+        dataclasses.replace(baked, distilled_guidance=0.5)
+
+
 # -- what cannot be distilled --------------------------------------------------------------------
 
 
@@ -316,7 +354,6 @@ def test_one_halving_round_on_a_tiny_model_reduces_its_two_step_target_loss():
     ({"guidance_weight": 1.0}, {"phase": "guided"}, "samples unguided.*no guidance to distil"),
     ({"guidance_weight": 9.0}, {"phase": "guided"}, r"guidance weight 9 by default, outside .*\[1, 8\]"),
     ({"distilled_steps": 8, "guidance_weight": 1.0}, {"phase": "guided"}, "step-distilled"),
-    ({}, {"phase": "halve", "steps": 4}, "guides with two passes.*distil its guidance first"),
     ({"guidance_weight": 1.0}, {"phase": "halve"}, "not step-distilled: set distill.steps"),
     ({"guidance_weight": 1.0, "distilled_steps": 5}, {"phase": "halve"}, "5 steps, an odd count"),
     ({"guidance_weight": 1.0, "distilled_steps": 1}, {"phase": "halve"}, "already samples in 1 step"),

@@ -86,6 +86,9 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
         if teacher.guidance_conditioned:
             raise PixcadeError(f"stage {name!r} already takes the guidance weight as an input: "
                                "distil its steps (distill.phase 'halve')")
+        if teacher.distilled_guidance is not None:
+            raise PixcadeError(f"stage {name!r} has guidance weight {teacher.distilled_guidance:g} distilled into "
+                               "its one pass: there is no guidance left to distil")
         if teacher.distilled_steps is not None:
             raise PixcadeError(f"stage {name!r} is step-distilled: distil guidance before halving steps")
         if teacher.sampling.guidance_weight == 1.0:
@@ -99,11 +102,10 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
             raise PixcadeError(f"stage {name!r} samples without a threshold: distill.guided_target 'thresholded' "
                                "would be its plain output")
         return dataclasses.replace(teacher, unet=dataclasses.replace(teacher.unet, guidance_conditioned=True))
-    if teacher.two_passes():
-        raise PixcadeError(
-            f"stage {name!r} guides with two passes (guidance_weight {teacher.sampling.guidance_weight:g}): distil its "
-            "guidance first (distill.phase 'guided'), then halve the student"
-        )
+    # Halving a stage that guides with two passes distils its guidance and its steps at once,
+    # at its own weight: the targets are its guided, thresholded DDIM steps, and the student
+    # keeps that weight in its one pass (it is no longer an input, unlike phase 'guided').
+    baked = teacher.sampling.guidance_weight if teacher.two_passes() else teacher.distilled_guidance
     if teacher.guidance_conditioned:
         _check_range(teacher, cfg)
     have, k = teacher.distilled_steps, cfg.factor
@@ -130,8 +132,9 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
     # The student's intermediate x0 is whatever makes its one DDIM step land on the
     # teacher's two: thresholding it would move the step off that target (the last x0,
     # the image, is clamped by Stage.sample as always).
-    sampling = teacher.sampling.replace(sampler="ddim", steps=steps, threshold="none", spacing="uniform-t")
-    return dataclasses.replace(teacher, distilled_steps=steps, sampling=sampling)
+    sampling = teacher.sampling.replace(sampler="ddim", steps=steps, threshold="none", spacing="uniform-t",
+                                        guidance_weight=1.0 if baked is not None else teacher.sampling.guidance_weight)
+    return dataclasses.replace(teacher, distilled_steps=steps, sampling=sampling, distilled_guidance=baked)
 
 
 def _check_range(teacher: StageConfig, cfg: DistillConfig) -> None:
@@ -204,10 +207,12 @@ class Distillation:
                 guided = thresholded_output(guided, teacher.schedule, tc.parameterization,
                                             parse_threshold(tc.sampling.threshold))
             return guided_distillation_loss(student, guided, images, teacher.schedule, generator=generator)
-        # A halving teacher takes w as an input or is unguided: one pass, its own threshold.
+        # The halving teacher samples as it would by itself: w as an input (one pass), guided
+        # with two passes at its own weight, or unguided; its own threshold.
         tc = teacher.config
         teacher_cond = cond(teacher, w if tc.guidance_conditioned else None)
-        denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization, teacher_cond, None, 1.0,
+        uncond, weight = (unconditional(teacher_cond), tc.sampling.guidance_weight) if tc.two_passes() else (None, 1.0)
+        denoiser = guided_denoiser(teacher.net, teacher.schedule, tc.parameterization, teacher_cond, uncond, weight,
                                    tc.sampling.threshold)
         return halving_loss(student, denoiser, images, teacher.schedule, self.student.config.parameterization,
                             self.student.config.distilled_steps, factor=self.cfg.factor, generator=generator)
