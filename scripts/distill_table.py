@@ -44,14 +44,18 @@ DDIM_STEPS = (4, 8, 16)
 STUDENT_STEPS = (1, 2, 4, 8)
 SR_TEACHER_STEPS = (1, 2, 3, 4, 5, 10)
 SR_STUDENT_STEPS = (1, 2, 4, 8)
-GROUPS = ("teacher", "teacher-ddim", "guided", "guided-ddim", "student", "sr-teacher", "sr-student", "sr-start")
+GROUPS = ("teacher", "teacher-ddim", "guided", "guided-ddim", "student", "direct", "sr-teacher", "sr-student",
+          "sr-start")
 SHAPES_PROMPTS, PROMPT_SEED, SAMPLING_SEED = 300, 1234, 0  # `pixcade eval shapes` defaults = the card's
 SR_SCENES = 50  # the card's SR PSNR
 # The reference rows: the teacher at its shipped defaults.
 TEACHER_DEFAULT, SR_TEACHER_DEFAULT = "teacher-25", "sr-teacher-10"
-# Issue 24's targets: (student row, reference row, largest allowed loss).
-# The SR target is met by a student or by the undistilled stage started from its input.
+# Issue 24's targets: (student row, reference row, largest allowed loss). The base targets
+# are met by a student of either path (guided then halved, or halved straight from the
+# guided teacher: "direct"); the SR target by a student or by the undistilled stage started
+# from its input.
 TARGETS = [("student-4", TEACHER_DEFAULT, 0.03), ("student-8", TEACHER_DEFAULT, 0.01),
+           ("direct-4", TEACHER_DEFAULT, 0.03), ("direct-8", TEACHER_DEFAULT, 0.01),
            ("sr-student-2", SR_TEACHER_DEFAULT, 0.3), ("sr-student-4", SR_TEACHER_DEFAULT, 0.3),
            ("sr-start-2", SR_TEACHER_DEFAULT, 0.3), ("sr-start-4", SR_TEACHER_DEFAULT, 0.3)]
 RESULT_FILE = {"shapes": "shapes.json", "sr-psnr": "sr_psnr.json"}
@@ -100,6 +104,9 @@ def plan_rows(teacher: str, runs: str, groups: Sequence[str] = GROUPS,
     if "student" in groups:
         rows += [Row(f"student-{n}", "student", f"student, {n} step{'s' * (n > 1)}{at_w}", (f"{runs}/base-{n}", sr),
                      (*w_set, *fp32), "shapes") for n in sorted(student_steps)]
+    if "direct" in groups:  # the weight is in their weights: no w to set
+        rows += [Row(f"direct-{n}", "direct", f"student halved straight from the guided teacher, {n} "
+                     f"step{'s' * (n > 1)}", (f"{runs}/direct-{n}", sr), fp32, "shapes") for n in sorted(student_steps)]
     if "sr-teacher" in groups:
         rows += [Row(f"sr-teacher-{k}", "sr-teacher", f"SR teacher, DPM-Solver++ {k}", (base, sr),
                      (f"sr.steps={k}", *fp32), "sr-psnr") for k in SR_TEACHER_STEPS]
@@ -281,11 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for models/, results/, table.md, table.json")
     p.add_argument("--teacher", default="pixcade/weights/shapes", help="the teacher cascade directory")
     p.add_argument("--runs", default=str(Path.home() / "pixcade-runs/distill/runs"),
-                   help="the distillation run directories (base-guided, base-N, sr-N)")
+                   help="the distillation run directories (base-guided, base-N, direct-N, sr-N)")
     p.add_argument("--groups", default=",".join(GROUPS),
                    help=f"rows to evaluate, comma-separated: {', '.join(GROUPS)} (the table lists all)")
     p.add_argument("--student-steps", default=",".join(map(str, STUDENT_STEPS)),
-                   help="the base students' step counts (run dirs base-N)")
+                   help="the base students' step counts (run dirs base-N and direct-N)")
     p.add_argument("--guidance", type=float,
                    help="the guidance weight of the w-conditioned rows (guided, student), chosen on validation "
                         "prompts; default: the one their exports saved (the teacher's)")

@@ -60,6 +60,8 @@ def test_rows_cover_the_issue_and_sample_in_fp32(teacher):
     assert {"base.sampler=ddim", "base.spacing=uniform-t", "base.steps=8"} <= set(d8.settings)
     g4 = rows[names.index("guided-ddim-4")]
     assert g4.sources == ("RUNS/base-guided", f"{teacher}:sr") and "base.sampler=ddim" in g4.settings
+    direct = rows[names.index("direct-4")]
+    assert direct.sources == ("RUNS/direct-4", f"{teacher}:sr") and direct.metric == "shapes"
     sr2 = rows[names.index("sr-student-2")]
     assert sr2.sources == (f"{teacher}:base", "RUNS/sr-2") and sr2.metric == "sr-psnr"
     with pytest.raises(PixcadeError, match="unknown row group"):
@@ -96,7 +98,8 @@ def test_table_from_result_files(teacher, tmp_path):
     assert e["sr-student-2"]["delta"] == pytest.approx(-0.4)
 
     verdict = {v["row"]: v["status"] for v in dt.verdicts(table)}
-    assert verdict == {"student-4": "met", "student-8": "missed", "sr-student-2": "missed", "sr-student-4": "met",
+    assert verdict == {"student-4": "met", "student-8": "missed", "direct-4": "pending", "direct-8": "pending",
+                       "sr-student-2": "missed", "sr-student-4": "met",
                        "sr-start-2": "pending", "sr-start-4": "pending"}  # no such rows asked for
 
     text = dt.markdown(table)
@@ -190,7 +193,7 @@ def test_guidance_choice_reaches_the_w_rows_only_and_a_new_choice_reruns_them(te
     assert "base.guidance_weight=6.5" in rows["student-4"].settings and "w = 6.5" in rows["student-4"].label
     assert "base.guidance_weight=6.5" in rows["guided"].settings
     assert "base.guidance_weight=6.5" in rows["guided-ddim-8"].settings
-    w_groups = ("guided", "guided-ddim", "student")
+    w_groups = ("guided", "guided-ddim", "student")  # not "direct": its weight is in its weights
     assert not any("guidance" in s for r in rows.values() if r.group not in w_groups for s in r.settings)
 
     monkeypatch.setattr(dt, "pixcade_main", lambda argv: put(out, "student-4", shapes_report([True])) or 0)
