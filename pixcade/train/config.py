@@ -192,7 +192,8 @@ class DistillConfig:
     drawn uniformly from ``guidance_range``. ``halve`` (Salimans & Ho 2022): a student of
     ``steps`` DDIM steps learns ``factor`` (two: halving) DDIM steps of the teacher per step;
     ``steps`` defaults to a distilled teacher's divided by ``factor`` and must be given for a
-    teacher not yet step-distilled.
+    teacher not yet step-distilled. A teacher that guides with two passes is halved at its
+    guidance weight, which the student keeps in its one pass (guidance and steps in one run).
     """
 
     # A stage export (RUN_DIR, RUN_DIR/final or an export directory) or a cascade
