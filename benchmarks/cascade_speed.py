@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(accuracy) != len(a.accuracy):
             raise PixcadeError("--accuracy takes LABEL=FILE")
         result = run(parse_cascades(a.cascades), a.prompts, a.batch_size, a.repeats, a.dtype, accuracy, a.score)
+        # What made the report, so a model card can show it beside the numbers.
+        result["command"] = shlex.join(["python", "benchmarks/cascade_speed.py", *(argv if argv is not None else sys.argv[1:])])
     except PixcadeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -154,7 +154,9 @@ def test_cascade_speed_times_each_cascade_with_accuracy_beside(run_module, tmp_p
     code = cascade_speed.main([str(ref), f"fast={other}", "--prompts", "3", "--batch-size", "2", "--repeats", "2",
                                "--score", "--accuracy", f"fast={tmp_path / 'shapes.json'}", "--json", str(out)])
     assert code == 0
-    rows = {r["label"]: r for r in json.loads(out.read_text())["rows"]}
+    report = json.loads(out.read_text())
+    assert report["command"].startswith(f"python benchmarks/cascade_speed.py {ref} fast={other} --prompts 3")
+    rows = {r["label"]: r for r in report["rows"]}
     assert list(rows) == ["ref", "fast"]
     for r in rows.values():
         assert len(r["s_per_image_all"]) == 2 and r["s_per_image"] == min(r["s_per_image_all"])
