@@ -119,7 +119,7 @@ def card(model: dict, teacher: dict, stage_configs: list, runs: list[dict], comm
             t_acc = teacher_shapes["overall"]["accuracy"]
             base = stage_configs[0]
             out += ["", f"The teacher at its defaults on the same prompts and sampling seed: {t_acc:.3f} "
-                    f"({_measured_on(teacher_shapes, teacher).replace('this model', 'the teacher')}) "
+                    f"(measured on `{teacher_shapes.get('model')}`, digest {str(teacher_shapes.get('model_digest'))[:12]}). "
                     f"Difference {acc - t_acc:+.3f}; {_paired(shapes, teacher_shapes)}."]
             margin = ACCURACY_TARGETS.get(base.distilled_steps or 0)
             if margin is not None and base.network_evaluations() == base.distilled_steps:
