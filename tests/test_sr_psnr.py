@@ -49,6 +49,7 @@ class FakeCascade:
         self.stages = [SimpleNamespace(config=base), SimpleNamespace(config=sr)]
         self.answer = answer
         self.calls = []
+        self.device = "cpu"
 
     def stage(self, name):
         return next(s for s in self.stages if s.config.name == name)
@@ -104,3 +105,14 @@ def test_sr_psnr_cli_with_a_real_tiny_cascade(tmp_path, capsys):
     assert "SR - bicubic" in (out / "sr_psnr.md").read_text()
     with pytest.raises(PixcadeError, match="'base' is not a super-resolution stage"):
         eval_main(["sr-psnr", "--model", str(model), "--stage", "base", "--n", "1", "--out", str(out)])
+    # --dtype: the precision the SR stage ran in is recorded; bf16 moves the outputs a little.
+    capsys.readouterr()
+    assert eval_main(["sr-psnr", "--model", str(model), "--n", "3", "--dtype", "fp32", "--out", str(out / "a")]) == 0
+    assert eval_main(["sr-psnr", "--model", str(model), "--n", "3", "--dtype", "bf16", "--out", str(out / "b")]) == 0
+    fp32, bf16 = (json.loads((out / d / "sr_psnr.json").read_text()) for d in ("a", "b"))
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    saved = {"fp32": fp32, "bf16": bf16}[report["precision"]]  # auto: bf16 where the CPU computes it natively
+    assert saved["psnr_sr"] == pytest.approx(report["psnr_sr"], abs=1e-9)
+    assert fp32["psnr_sr"] != bf16["psnr_sr"] and abs(fp32["psnr_sr"] - bf16["psnr_sr"]) < 1.0
+    with pytest.raises(PixcadeError, match="dtype"):
+        eval_main(["sr-psnr", "--model", str(model), "--n", "1", "--dtype", "fp64", "--out", str(out / "c")])

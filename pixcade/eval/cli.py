@@ -159,6 +159,8 @@ def sr_psnr_main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=16, metavar="B",
                    help="images per batch (default 16); an image does not depend on it")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", metavar="SPEC", help="auto | fp32 | bf16 | fp16 the SR stage runs in "
+                                                   "(default: its saved one)")
     p.add_argument("--out", required=True, help="folder for sr_psnr.json, sr_psnr.md and examples.png")
     args = p.parse_args(argv)
     _at_least(args.batch_size, "--batch-size", bound="batch")
@@ -166,7 +168,8 @@ def sr_psnr_main(argv: list[str]) -> int:
 
     scenes = evaluation_prompts(args.n, 1 / 3, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
-    report, images = evaluate_sr(cascade, scenes, args.stage, seed=args.seed, batch_size=args.batch_size)
+    report, images = evaluate_sr(cascade, scenes, args.stage, seed=args.seed, batch_size=args.batch_size,
+                                 dtype=args.dtype)
     report = {"model": args.model, "model_digest": model_digest(args.model), "command": _command("sr-psnr", argv),
               "prompt_seed": args.prompt_seed, **report}
     print(write_sr_report(args.out, report, images), file=sys.stderr)

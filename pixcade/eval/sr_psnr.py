@@ -17,6 +17,7 @@ from PIL import Image
 
 from pixcade.data.render import render
 from pixcade.data.shapes import Scene
+from pixcade.diffusion.precision import dtype_name
 from pixcade.errors import PixcadeError
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.images import make_grid
@@ -72,12 +73,14 @@ def evaluate_sr(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    dtype: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[Image.Image]]]:
     """Mean PSNR of the SR stage's outputs and of bicubic upsampling, over ``scenes``.
 
     Returns the report (JSON-able: means overall and for seen vs held-out pairs, and every
     image's two PSNRs) and the images: ``lowres``, ``bicubic``, ``sr``, ``truth``.
-    The stage samples with its saved defaults (steps, guidance, noise augmentation).
+    The stage samples with its saved defaults (steps, guidance, noise augmentation), in
+    ``dtype`` when given (`SamplingSettings.dtype`: auto, fp32, bf16, fp16).
     """
     if not scenes:
         raise PixcadeError("no scenes to evaluate")
@@ -86,7 +89,7 @@ def evaluate_sr(
     lows = [render(s, config.lowres_resolution) for s in scenes]
     truths = [render(s, config.resolution) for s in scenes]
     outs = cascade.generate([s.caption for s in scenes], seed=seed, stages=[name], start_image=lows,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, **({"dtype": {name: dtype}} if dtype else {}))
     bics = [bicubic(im, config.resolution) for im in lows]
     rows = [
         {"index": i, "caption": s.caption, "held_out": s.held_out,
@@ -98,6 +101,7 @@ def evaluate_sr(
         "lowres_resolution": config.lowres_resolution,
         "resolution": config.resolution,
         "seed": seed,
+        "precision": dtype_name(config.sampling.dtype if dtype is None else dtype, cascade.device),
         "psnr_cap_db": psnr(truths[0], truths[0]),
         **_summary(rows),
         "seen": _summary([r for r in rows if not r["held_out"]]),
