@@ -52,7 +52,8 @@ def test_card_reads_stages_runs_and_reports_and_judges_the_targets(tmp_path):
     # 30 paired prompts: the variant loses 2 and gains 1 (0.633 vs 0.667: within 0.03 at 4 steps? no, 0.033).
     teacher_passed = [True] * 20 + [False] * 10
     mine = [False, False] + [True] * 18 + [True] + [False] * 9
-    reports = {"s.json": _shapes_report(str(model), mine), "t.json": _shapes_report(str(teacher), teacher_passed),
+    reports = {"s.json": _shapes_report(str(model), [False] * 30), "b.json": _shapes_report("base-with-teacher-sr", mine),
+               "t.json": _shapes_report(str(teacher), teacher_passed),
                "speed.json": {"date": "2026-12-05T00:00:00", "machine": "m", "threads": 1, "prompts": 8,
                               "batch_size": 8, "repeats": 3, "dtype": "fp32", "command": "python benchmarks/cascade_speed.py",
                               "rows": [{"label": "shapes", "path": str(teacher), "network_evaluations": 8,
@@ -66,6 +67,7 @@ def test_card_reads_stages_runs_and_reports_and_judges_the_targets(tmp_path):
         "--model", str(model), "--teacher", str(teacher), "--command", "pixcade assemble T --out teacher-w3",
         "--run", str(run), "--distill-config", "configs/shapes-distill.json", "--command", "pixcade assemble V",
         "--shapes", str(tmp_path / "s.json"), "--teacher-shapes", str(tmp_path / "t.json"),
+        "--base-shapes", str(tmp_path / "b.json"),
         "--speed", str(tmp_path / "speed.json"), "--out", str(out)]) == 0
     text = out.read_text()
 
@@ -76,8 +78,11 @@ def test_card_reads_stages_runs_and_reports_and_judges_the_targets(tmp_path):
     assert ("pixcade assemble T --out teacher-w3\npixcade distill --config configs/shapes-distill.json --stage base "
             f"--phase halve --teacher teacher-w3 --steps 4 --factor 4 --max-steps 8 --out {run}\n"
             "pixcade assemble V\n") in text
-    assert "overall 0.633" in text and "teacher at its defaults on the same prompts and sampling seed: 0.667" in text
-    assert "1 image(s) pass only with the variant, 2 only with the teacher" in text
+    assert "overall 0.000" in text and "teacher at its defaults on the same prompts and sampling seed: 0.667" in text
+    assert "0 image(s) pass only with the variant, 20 only with the teacher (exact McNemar p < 0.001)" in text
+    # The base-stage target is judged on the base stage beside the teacher's own SR stage.
+    assert "with the teacher's SR stage at its defaults (`base-with-teacher-sr`): 0.633; 1 image(s) pass only" in text
+    assert "2 only with the teacher (exact McNemar p = 1.000)" in text
     assert "within 0.03 of the teacher: **not met** (loss +0.033)" in text
     assert "| fast (`" in text and "| 5 | 0.100 | 10.0x | 0.633 | 30 |" in text
-    assert "at least 8x faster than the default: met (10.0x)" in text
+    assert "at least 8x faster than the default: met (10.0x, at accuracy 0.633 against the default's 0.667)" in text

@@ -33,3 +33,26 @@ def test_python_api_takes_a_shipped_name():
     by_name = Cascade.from_pretrained("shapes")
     by_path = Cascade.from_pretrained(weights_dir() / "shapes")
     assert [s.config for s in by_name.stages] == [s.config for s in by_path.stages]
+
+
+def test_the_fast_variant_is_the_teacher_with_a_distilled_base_and_its_own_sr_from_the_input():
+    """pixcade/weights/shapes-fast (issue 24): the base stage distilled (one pass per step, the
+    teacher's guidance weight in its weights), the SR stage the teacher's own weights stored in
+    fp16, sampled from its noised upsampled input; it generates at 128 px by name."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.pipeline.saving import load_cascade_config
+
+    fast, teacher = (load_cascade_config(weights_dir() / name) for name in ("shapes-fast", "shapes"))
+    base, sr = fast.stages
+    assert base.distilled_steps == base.sampling.steps == base.network_evaluations()
+    assert base.distilled_guidance is not None and base.sampling.guidance_weight == 1.0
+    assert base.unet == teacher.stages[0].unet and sr.unet == teacher.stages[1].unet
+    assert sr.sampling.start < 1.0 and sr.network_evaluations() == sr.sampling.steps
+    ours, theirs = (load_file(weights_dir() / name / "sr.safetensors") for name in ("shapes-fast", "shapes"))
+    assert ours.keys() == theirs.keys() and all(v.dtype == torch.float16 for v in ours.values())
+    assert all(torch.equal(ours[k], theirs[k].half()) for k in ours)
+    images = Cascade.from_pretrained("shapes-fast").generate("a red circle", progress=False)
+    assert [im.size for im in images] == [(128, 128)]
