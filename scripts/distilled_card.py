@@ -3,9 +3,9 @@
 typed by hand.
 
     python scripts/distilled_card.py --model pixcade/weights/shapes-distilled --teacher pixcade/weights/shapes \\
-        --command "pixcade assemble ... --out teacher-w6 --set base.guidance_weight=6" \\
+        --command-before "pixcade assemble ... --out teacher-w6 --set base.guidance_weight=6" \\
         --run ~/pixcade-runs/distill/runs/x4-w6 --distill-config configs/shapes-distill.json \\
-        --command "pixcade assemble ... --out pixcade/weights/shapes-distilled" \\
+        --command-after "pixcade assemble ... --out pixcade/weights/shapes-distilled" \\
         --shapes student/shapes.json --teacher-shapes teacher/shapes.json \\
         --sr-psnr student/sr_psnr.json --teacher-sr-psnr teacher/sr_psnr.json \\
         --speed benchmarks/results/cascade-speed-....json --out pixcade/weights/shapes-distilled/MODEL_CARD.md
@@ -14,8 +14,8 @@ Reads the variant and its teacher (cascade.json, weights), each distillation run
 (config.json: the distill section as run, CLI overrides included; metrics.jsonl: steps, time,
 loss), the evaluation reports of both cascades on the same prompts and scenes (each records
 its command and the digest of the model it measured), and a `benchmarks/cascade_speed.py`
-report. `--command` lines are shown in the order given: those before the first `--run` are
-the commands that made the teacher the runs distil, the rest come after the runs.
+report. `--command-before` lines (what made the teacher the runs distil) are shown before the
+runs' `pixcade distill` commands and `--command-after` lines (assembling the variant) after them.
 """
 
 from __future__ import annotations
@@ -175,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", required=True, help="the cascade it was distilled from")
     p.add_argument("--run", action="append", default=[], help="a distillation run directory (repeat, in order)")
     p.add_argument("--distill-config", help="the config file the runs were given (shown in their commands)")
-    p.add_argument("--command", action="append", default=[],
-                   help="a command around the runs (repeat; those given before the first --run come first)")
+    p.add_argument("--command-before", action="append", default=[],
+                   help="a command shown before the runs' commands, e.g. what made their teacher (repeat)")
+    p.add_argument("--command-after", action="append", default=[],
+                   help="a command shown after the runs' commands, e.g. the assembly of the variant (repeat)")
     p.add_argument("--shapes", help="shapes.json of `pixcade eval shapes` on the variant")
     p.add_argument("--teacher-shapes", help="shapes.json of the same benchmark on the teacher")
     p.add_argument("--base-shapes", help="shapes.json of the same benchmark on the variant's base stage with the "
@@ -187,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    # Which commands were given before the first --run: argparse loses the interleaving.
-    raw = sys.argv[1:] if argv is None else argv
-    first_run = next((i for i, a in enumerate(raw) if a == "--run" or a.startswith("--run=")), len(raw))
-    before = sum(1 for i, a in enumerate(raw[:first_run]) if a == "--command" or a.startswith("--command="))
-    commands = (args.command[:before], args.command[before:])
+    commands = (args.command_before, args.command_after)
 
     model = model_summary(Path(args.model))
     teacher = model_summary(Path(args.teacher))

@@ -64,8 +64,8 @@ def test_card_reads_stages_runs_and_reports_and_judges_the_targets(tmp_path):
         (tmp_path / name).write_text(json.dumps(report))
     out = tmp_path / "card.md"
     assert distilled_card.main([
-        "--model", str(model), "--teacher", str(teacher), "--command", "pixcade assemble T --out teacher-w3",
-        "--run", str(run), "--distill-config", "configs/shapes-distill.json", "--command", "pixcade assemble V",
+        "--model", str(model), "--teacher", str(teacher), "--command-after", "pixcade assemble V",
+        "--run", str(run), "--distill-config", "configs/shapes-distill.json", "--command-before", "pixcade assemble T --out teacher-w3",
         "--shapes", str(tmp_path / "s.json"), "--teacher-shapes", str(tmp_path / "t.json"),
         "--base-shapes", str(tmp_path / "b.json"),
         "--speed", str(tmp_path / "speed.json"), "--out", str(out)]) == 0
