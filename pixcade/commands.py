@@ -54,6 +54,8 @@ COMMANDS: Verbs = {
             "train": ("pixcade.eval.emoji_cli:train_main", "train the emoji judge"),
             "generated": ("pixcade.eval.emoji_cli:generated_main", "judge generated images of held-out prompts"),
             "sr": ("pixcade.eval.emoji_cli:sr_main", "SR stage vs bicubic on held-out rows"),
+            "sweep": ("pixcade.eval.emoji_cli:sweep_main", "a grid of sampling settings judged on held-out prompts"),
+            "grid": ("pixcade.eval.emoji_cli:grid_main", "held-out prompts, each stage's image, a real reference"),
         },
     },
     "drawbench": {

@@ -3,6 +3,8 @@
   train      train the judge on DATA/base-64/train.jsonl; report its ceiling on the held-out rows
   generated  judge `pixcade generate` folders of held-out prompts with one or more judges
   sr         PSNR/SSIM of a cascade's SR stage on held-out 256 px rows, beside bicubic
+  sweep      a grid of sampling settings, each drawn on one split's held-out prompts and judged
+  grid       the README picture: held-out prompts, each stage's image, a real one in another style
 
 Every subcommand prints JSON (and with --out writes it), including the command line.
 """
@@ -17,13 +19,19 @@ import torch
 from pixcade.commands import ArgumentParser, emit_json
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
+from pixcade.eval.emoji_grid import save_emoji_grid
+from pixcade.eval.emoji_sweep import SweepRun, parse_axis, run_sweep, split_prompts
 from pixcade.eval.emoji_classifier import (
     ROW_FIELDS, ClassifierConfig, load_classifier, manifest_rows, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.fid import image_index
+from pixcade.eval.provenance import model_digest
 from pixcade.eval.sr_psnr import sr_stage_name
+from pixcade.limits import check_generation
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
+from pixcade.pipeline.options import parse_assignment
+from pixcade.pipeline.shipped import resolve_model
 
 BASE, SR = "base-64", "sr-256"
 
@@ -104,4 +112,73 @@ def sr_main(argv: list[str]) -> int:
     report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
     command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
     emit_json({"command": command, "stage": name, "seed": args.seed, **report}, args.out)
+    return 0
+
+
+def sweep_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval emoji sweep")
+    p.add_argument("--model", required=True, help="cascade folder or shipped model name")
+    p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
+    p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
+    p.add_argument("--split", default="val_cs", help="held-out prompts: val_cs (default; choose settings here), "
+                                                     "test_cs, test_attr or all")
+    p.add_argument("--vary", action="append", required=True, metavar="[STAGE.]KEY=V,V,...",
+                   help="a swept sampling setting (repeat: every combination is a cell)")
+    p.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
+                   help="a sampling setting of every cell")
+    p.add_argument("--stages", help="comma-separated stages to run (default: all); the last one's images are judged")
+    p.add_argument("--limit", type=int, help="only the split's first N prompts")
+    p.add_argument("--n", type=int, default=1, help="images per prompt")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed, the same in every cell")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--copy-psnr", type=float, default=20.0, help="near-copy threshold in dB (64 px pixels)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True, help="folder: one `pixcade generate` folder per cell, "
+                                                            "sweep.json and sweep.md (a rerun resumes)")
+    args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise PixcadeError(f"--limit must be at least 1, got {args.limit}")
+    if args.n < 1 or args.batch_size < 1:
+        raise PixcadeError("--n and --batch-size must be at least 1")
+    held = read_manifest(args.data / BASE / "heldout.jsonl")
+    prompts = split_prompts(held, args.split)[: args.limit]
+    check_generation(prompts, args.n, args.batch_size)
+    model_dir = resolve_model(args.model)
+    cascade = Cascade.from_pretrained(model_dir, device=args.device)
+    axes = [parse_axis(text, cascade.names) for text in args.vary]
+    fixed = tuple(parse_assignment(text, cascade.names) for text in args.set)
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    run = SweepRun(str(model_dir), model_digest(model_dir), prompts, args.n, args.seed, args.batch_size, stages, fixed)
+    judges = {weights: load_classifier(weights) for weights in args.classifier}
+    train = read_manifest(args.data / BASE / "train.jsonl")
+    command = shlex.join(["pixcade", "eval", "emoji", "sweep", *argv])
+    report = run_sweep(cascade, run, axes, args.out, split=args.split, judges=judges, held_out=held, train=train,
+                       copy_psnr=args.copy_psnr, command=command)
+    emit_json({k: report[k] for k in ("command", "split", "prompts", "n", "seed", "summary")}, None)
+    return 0
+
+
+def grid_main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="pixcade eval emoji grid")
+    p.add_argument("--model", required=True, help="cascade folder or shipped model name")
+    p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
+    p.add_argument("--split", default="val_cs", help="held-out prompts: val_cs (default), test_cs, test_attr or all")
+    p.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
+                   help="a held-out prompt (repeat; default: the split's first --limit prompts)")
+    p.add_argument("--limit", type=int, default=8, help="prompts taken from the split (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="the PNG to write (it records this command in its metadata)")
+    args = p.parse_args(argv)
+    if args.limit < 1:
+        raise PixcadeError(f"--limit must be at least 1, got {args.limit}")
+    prompts = args.prompts or split_prompts(read_manifest(args.data / BASE / "heldout.jsonl"), args.split)[: args.limit]
+    check_generation(prompts, 1, None)
+    model_dir = resolve_model(args.model)
+    cascade = Cascade.from_pretrained(model_dir, device=args.device)
+    command = shlex.join(["pixcade", "eval", "emoji", "grid", *argv])
+    grid = save_emoji_grid(cascade, prompts, args.data, args.out, seed=args.seed, command=command,
+                           model_digest=model_digest(model_dir))
+    emit_json({"out": args.out, "command": command, "prompts": prompts, "seed": args.seed, "size": list(grid.size)},
+              None)
     return 0

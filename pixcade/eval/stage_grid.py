@@ -64,25 +64,29 @@ def prompt_label(prompt: str) -> str:
     return f"{prompt} (held-out pair)" if held_out else prompt
 
 
-def labelled_grid(prompts: Sequence[str], stages: dict[str, Sequence[Image.Image]], cell: int | None = None) -> Image.Image:
+def labelled_grid(prompts: Sequence[str], stages: dict[str, Sequence[Image.Image]], cell: int | None = None,
+                  final: str | None = None) -> Image.Image:
     """Rows: prompt text, then each stage's image for it, in ``stages`` order.
 
-    Every image is shown ``cell`` pixels square (default: the last stage's size); smaller
-    ones are enlarged with nearest-neighbour, so their pixels stay visible. The header
-    names each stage and its real resolution.
+    Every image is shown ``cell`` pixels square (default: the ``final`` column's size);
+    smaller ones are enlarged with nearest-neighbour, so their pixels stay visible. The
+    header names each column and its real resolution, and marks ``final`` (default: the
+    last column; columns after it are references, such as real images).
     """
     if not prompts or not stages:
         raise PixcadeError("a grid needs prompts and at least one stage")
     for name, images in stages.items():
         if len(images) != len(prompts):
             raise PixcadeError(f"stage {name!r}: {len(images)} images for {len(prompts)} prompts")
-    cell = cell or max(next(reversed(stages.values()))[0].size)
+    final = final or next(reversed(stages))
+    if final not in stages:
+        raise PixcadeError(f"no column {final!r} to mark final (columns: {', '.join(stages)})")
+    cell = cell or max(stages[final][0].size)
     font = _font()
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = int(scratch.textbbox((0, 0), "Ag", font=font)[3]) + 2
-    headers = [f"{name} ({images[0].size[0]} px)" for name, images in stages.items()]
-    if len(headers) > 1:
-        headers[-1] += ", final"
+    headers = [f"{name} ({images[0].size[0]} px{', final' if name == final and len(stages) > 1 else ''})"
+               for name, images in stages.items()]
     header_h = max(len(wrap(h, scratch, font, cell)) for h in headers) * line_h + PAD
     row_h = max(cell, max(len(wrap(prompt_label(p), scratch, font, TEXT_WIDTH)) for p in prompts) * line_h)
     width = PAD + TEXT_WIDTH + PAD + len(stages) * (cell + PAD)
@@ -112,9 +116,15 @@ def save_grid(cascade: Cascade, prompts: Sequence[str], out: str | Path, *, seed
     ``out`` as a PNG recording ``command`` and the model's digest; (the grid, the stage names)."""
     stages = cascade.generate(list(prompts), seed=seed, return_stages=True)
     grid = labelled_grid(prompts, stages, cell)
+    write_grid(grid, out, command=command, model_digest=model_digest)
+    return grid, list(stages)
+
+
+def write_grid(grid: Image.Image, out: str | Path, *, command: str, model_digest: str | None) -> None:
+    """``grid`` as a PNG at ``out`` (atomically) whose text chunks hold the command that made
+    it and the model's digest, so a picture in the README says where it came from."""
     info = PngInfo()
     info.add_text(GRID_COMMAND_KEY, command)
     info.add_text(GRID_DIGEST_KEY, model_digest or "")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, png_bytes(grid, pnginfo=info))
-    return grid, list(stages)

@@ -1,0 +1,187 @@
+"""A grid of sampling settings judged on the emoji domain's held-out prompts
+(`pixcade eval emoji sweep`).
+
+Two of issue 28's comparisons are such grids: guidance weight x thresholding on the base
+stage (``--vary base.guidance_weight=1,3,5,8 --vary base.threshold=static,dynamic``, on
+val_cs), and the noise-conditioning augmentation ablation (``--vary sr.aug_level=0,0.1``,
+whole cascade). Each cell is a `pixcade generate` output folder (so an interrupted sweep
+resumes where it stopped, and the images are there to look at), drawn from the same seed
+(the cells differ only in their settings), then every cell is judged by every judge at
+once: accuracies beside the ceiling, FD and KID, near-copies, and whether the judges rank
+the cells alike.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pixcade.data.emoji.spec import SPLITS
+from pixcade.diffusion.precision import stage_precisions
+from pixcade.errors import PixcadeError
+from pixcade.eval import emoji
+from pixcade.eval.emoji_classifier import EmojiClassifier, LabelledImages
+from pixcade.eval.fid import image_index
+from pixcade.io import atomic_write_text
+from pixcade.pipeline.cascade import Cascade
+from pixcade.pipeline.folder import write_images
+from pixcade.pipeline.images import open_image
+from pixcade.pipeline.options import parse_assignment, settings_from_text
+from pixcade.pipeline.plan import Plan, choose
+from pixcade.pipeline.request import Request
+
+Assignment = tuple[str | None, str, str]  # (stage or None for all, KEY, VALUE), as `--set` reads them
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept setting: ``[STAGE.]KEY`` and its values, as command-line text."""
+
+    stage: str | None
+    key: str
+    values: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.stage}.{self.key}" if self.stage else self.key
+
+
+def parse_axis(text: str, stage_names: Sequence[str]) -> Axis:
+    """``"base.guidance_weight=1,3,5,8"`` -> an `Axis` (values distinct and non-empty)."""
+    stage, key, raw = parse_assignment(text, stage_names)
+    values = tuple(v.strip() for v in raw.split(","))
+    if any(not v for v in values):
+        raise PixcadeError(f"--vary {text}: empty value")
+    if len(set(values)) != len(values):
+        raise PixcadeError(f"--vary {text}: a value repeats")
+    return Axis(stage, key, values)
+
+
+def cells(axes: Sequence[Axis]) -> list[tuple[Assignment, ...]]:
+    """Every combination of the axes' values, the first axis slowest."""
+    names = [a.name for a in axes]
+    if len(set(names)) != len(names):
+        raise PixcadeError(f"--vary: a setting is swept twice ({', '.join(names)})")
+    return [tuple((a.stage, a.key, v) for a, v in zip(axes, combo)) for combo in
+            itertools.product(*(a.values for a in axes))]
+
+
+def cell_label(cell: Sequence[Assignment]) -> str:
+    """A folder name for a cell: ``base.guidance_weight-5_base.threshold-static``."""
+    parts = [f"{stage + '.' if stage else ''}{key}-{value}" for stage, key, value in cell]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", "_".join(parts)) or "defaults"
+
+
+def split_prompts(held_out: LabelledImages, split: str) -> list[str]:
+    """The prompts of the held-out images of ``split`` (``all``: every split), in manifest order."""
+    if split != "all" and split not in SPLITS:
+        raise PixcadeError(f"unknown split {split!r} (choose from all, {', '.join(SPLITS)})")
+    prompts = [c for c, row in zip(held_out.captions, held_out.extra) if split == "all" or row.get("split") == split]
+    return list(dict.fromkeys(prompts))
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """What every cell of a sweep shares; the report records it."""
+
+    model: str  # the cascade folder, as given
+    model_digest: str | None
+    prompts: list[str]  # held-out prompts, each drawn `n` times per cell
+    n: int
+    seed: int  # every cell draws from the same seed: the cells differ only in their settings
+    batch_size: int
+    stages: list[str] | None  # the stages to run (None: all); the judge reads the last one's images
+    fixed: tuple[Assignment, ...] = ()  # `--set` assignments of every cell
+
+
+def plan_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignment, ...]]) -> list[Plan]:
+    """Each cell's plan: the stages run and their settings, every cell checked before any image."""
+    chosen = choose(cascade.stages, run.stages)
+    configs = [s.config for s in chosen]
+    plans = []
+    for cell in grid:
+        try:
+            plan = Plan(chosen, settings_from_text(configs, [*run.fixed, *cell]))
+        except PixcadeError as err:
+            raise PixcadeError(f"cell {cell_label(cell)}: {err}") from None
+        cascade.check_precision(plan)
+        plans.append(plan)
+    return plans
+
+
+def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignment, ...]], out: Path
+                   ) -> dict[str, list[tuple[Any, str]]]:
+    """Draw every cell into ``out``/LABEL/ (resuming what is there); {label: [(image, prompt)]}."""
+    plans = plan_cells(cascade, run, grid)
+    request = Request.build(run.prompts)
+    sets = {}
+    for cell, plan in zip(grid, plans):
+        label = cell_label(cell)
+        record = {"model": run.model, "model_digest": run.model_digest, "seed": run.seed, "n": run.n,
+                  "batch_size": run.batch_size, "cell": [list(a) for a in cell],
+                  "options": {name: s.to_dict() for name, s in plan.settings.items()},
+                  "precision": stage_precisions(plan.settings, cascade.device)}
+        print(f"cell {label}", file=sys.stderr)
+        write_images(cascade, plan, request, out / label, n=run.n, seed=run.seed, batch_size=run.batch_size,
+                     save_stages=True, rank=0, world=1, record=record)
+        sets[label] = [(open_image(path), prompt) for path, prompt in image_index(out / label) or []]
+    return sets
+
+
+def summary_rows(result: dict[str, Any], grid: Sequence[tuple[Assignment, ...]], split: str) -> list[dict[str, Any]]:
+    """One row per (cell, judge): the swept values, the split's accuracies, FD, KID."""
+    rows = []
+    for cell in grid:
+        label = cell_label(cell)
+        for judge, report in result["judges"].items():
+            judged = report["models"][label]
+            acc = judged["accuracy"][split]
+            rows.append({"cell": label, "values": [v for _, _, v in cell], "judge": judge,
+                         "generated": acc["generated"], "ceiling": acc["ceiling"], **judged["distance"],
+                         "copies_of_another_style": result["near_copies"][label]["generated"]["of_another_style"]})
+    return rows
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], axes: Sequence[Axis], split: str) -> str:
+    """The summary rows as a table, with the ceiling of each judge on the split's real images."""
+    head = [a.name for a in axes] + ["judge", "style", "family", "joint", "FD", "KID", "copies (other style)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    ceilings = {}
+    for r in rows:
+        g = r["generated"]
+        ceilings[r["judge"]] = r["ceiling"]
+        lines.append("| " + " | ".join([*r["values"], Path(r["judge"]).stem, _num(g["style"]), _num(g["family"]),
+                                        _num(g["joint"]), _num(r["fd"], ".2f"), _num(r["kid"], ".4f"),
+                                        str(r["copies_of_another_style"])]) + " |")
+    for judge, c in ceilings.items():
+        lines.append("| " + " | ".join(["real images"] * len(axes) + [Path(judge).stem, _num(c["style"]),
+                                        _num(c["family"]), _num(c["joint"]), "0", "-", "-"]) + " |")
+    return f"Held-out split `{split}`, {rows[0]['generated']['n'] if rows else 0} images per cell.\n\n" + "\n".join(lines)
+
+
+def run_sweep(cascade: Cascade, run: SweepRun, axes: Sequence[Axis], out: Path, *, split: str,
+              judges: dict[str, tuple[EmojiClassifier, dict[str, Any]]], held_out: LabelledImages,
+              train: LabelledImages, copy_psnr: float, command: str) -> dict[str, Any]:
+    """Generate and judge every cell; write sweep.json and sweep.md into ``out``; the report."""
+    grid = cells(axes)
+    sets = generate_cells(cascade, run, grid, out)
+    result = emoji.judge_generated_sets(judges, held_out, train, sets, copy_psnr=copy_psnr)
+    rows = summary_rows(result, grid, split)
+    report = {"command": command, "model": run.model, "model_digest": run.model_digest, "split": split,
+              "prompts": len(run.prompts), "n": run.n, "seed": run.seed, "stages": run.stages,
+              "fixed": [list(a) for a in run.fixed], "axes": [{"name": a.name, "values": list(a.values)} for a in axes],
+              "summary": rows, **result}
+    table = markdown_table(rows, axes, split)
+    atomic_write_text(out / "sweep.md", f"# Emoji sweep: {run.model}\n\n`{command}`\n\n{table}\n")
+    atomic_write_text(out / "sweep.json", json.dumps(report, indent=2) + "\n")
+    print(table, file=sys.stderr)
+    return report
