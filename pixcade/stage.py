@@ -128,15 +128,18 @@ class StageConfig:
         s = settings if settings is not None else self.sampling
         return s.steps * (2 if self.two_passes(s) else 1)
 
+    def distilled_guidance_refusal(self, why: str) -> PixcadeError:
+        """The error for asking a stage with its guidance distilled in (`distilled_guidance`)
+        for something only a two-pass guided stage has; ``why`` says what is missing."""
+        return PixcadeError(f"stage {self.name!r} has guidance weight {self.distilled_guidance:g} distilled into "
+                            f"its one pass: {why}")
+
     def check_sampling(self, settings: SamplingSettings) -> None:
         """What this stage adds to the settings' own checks: only an SR stage has a
         noise-augmentation level and an input to start from; a stage with its guidance
         distilled in (`distilled_guidance`) is not guided again."""
         if self.distilled_guidance is not None and settings.guidance_weight != 1.0:
-            raise PixcadeError(
-                f"stage {self.name!r} has guidance weight {self.distilled_guidance:g} distilled into its one pass: "
-                f"it samples with guidance_weight 1, not {settings.guidance_weight:g}"
-            )
+            raise self.distilled_guidance_refusal(f"it samples with guidance_weight 1, not {settings.guidance_weight:g}")
         if not self.is_super_resolution and settings.aug_level != 0.0:
             raise PixcadeError(
                 f"stage {self.name!r} is not a super-resolution stage: it takes no noise-augmentation level"
@@ -351,10 +354,7 @@ class Stage:
             uncond = None
         else:
             if uncond_text is not None and c.distilled_guidance is not None:
-                raise PixcadeError(
-                    f"stage {c.name!r} has guidance weight {c.distilled_guidance:g} distilled into its one pass: "
-                    "it has no unconditional pass for a negative prompt to replace"
-                )
+                raise c.distilled_guidance_refusal("it has no unconditional pass for a negative prompt to replace")
             cond = self.conditioning(text_emb, text_mask, lowres, aug_t, generator, aug_noise=aug_noise)
             uncond = unconditional(cond, uncond_text)
         net = autocast_net(self.net, check_dtype(s.dtype, device), device)

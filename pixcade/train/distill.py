@@ -87,8 +87,7 @@ def student_config(teacher: StageConfig, cfg: DistillConfig) -> StageConfig:
             raise PixcadeError(f"stage {name!r} already takes the guidance weight as an input: "
                                "distil its steps (distill.phase 'halve')")
         if teacher.distilled_guidance is not None:
-            raise PixcadeError(f"stage {name!r} has guidance weight {teacher.distilled_guidance:g} distilled into "
-                               "its one pass: there is no guidance left to distil")
+            raise teacher.distilled_guidance_refusal("there is no guidance left to distil")
         if teacher.distilled_steps is not None:
             raise PixcadeError(f"stage {name!r} is step-distilled: distil guidance before halving steps")
         if teacher.sampling.guidance_weight == 1.0:
