@@ -37,6 +37,7 @@ COMMANDS: Verbs = {
     "data": {
         "shapes": ("pixcade.data.cli:shapes_main", "write a shapes dataset (images, captions, scenes)"),
         "emoji": ("pixcade.data.emoji.cli:main", "build the emoji dataset from its six pinned npm packages"),
+        "emoji-audit": ("pixcade.data.emoji.cli:audit_main", "check a built emoji dataset trains on no held-out row"),
     },
     "eval": {
         "fid": ("pixcade.eval.cli:fid_main", "FID (and with --kid, KID) between a real and a generated image set"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from emoji_fixtures import EMOJI, HELD_OUT, make_packages, raster, write_tarball
 from pixcade.cli import main as pixcade_main
 from pixcade.data.datasets import open_dataset
 from pixcade.data.emoji import sources
+from pixcade.data.emoji.audit import audit
 from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.data.emoji.render import on_white
 from pixcade.data.emoji.spec import (
@@ -193,3 +195,35 @@ def test_non_square_svg_is_centred_on_a_square_not_refused():
     cols = np.flatnonzero(blue.all(axis=0))
     assert blue.all(axis=0)[4:-4].all() and cols.min() >= 2 and 63 - cols.max() >= 2  # white bars both sides
     assert abs(int(cols.min()) - (63 - int(cols.max()))) <= 1  # centred
+
+
+def test_the_audit_passes_a_build_and_names_every_kind_of_leak(tmp_path, capsys):
+    data = tmp_path / "data"
+    build_emoji_dataset(data, make_packages(tmp_path / "npm"), fetch=False, held_out=HELD_OUT, progress=False)
+    held_list = tmp_path / "heldout.jsonl"  # the fixture's list, as the spec's file spells one
+    held_list.write_text("".join(json.dumps({"style": h.style, "key": h.key, "split": h.split, "prompt": h.prompt})
+                                 + "\n" for h in HELD_OUT))
+    assert pixcade_main(["data", "emoji-audit", "--data", str(data), "--held-out", str(held_list)]) == 0
+    report = audit(data, HELD_OUT)
+    assert report["clean"] and set(report["sets"]) == {"base-64", "sr-256"}
+    assert report["sets"]["base-64"]["held_out_images"] == 2
+    # Leak one held-out drawing under another name, its key, and its prompt into training.
+    base = data / "base-64"
+    held = [json.loads(line) for line in (base / "heldout.jsonl").read_text().splitlines()]
+    rocket = next(r for r in held if r["style"] == "twemoji")
+    shutil.copy(base / rocket["image"], base / "train" / "twemoji" / "copy.png")
+    rows = [{"image": "train/twemoji/copy.png", "style": "twemoji", "key": "ffff", "family": "ffff", "caption": "x"},
+            {**rocket, "image": "train/twemoji/copy.png", "caption": "rocket, Twemoji style"}]
+    with open(base / "train.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    leak = audit(data, HELD_OUT)["sets"]["base-64"]
+    assert not leak["clean"]
+    assert leak["rows_naming_a_held_out_key"] == ["twemoji 1f680"]
+    assert leak["images_with_held_out_pixels"] == ["twemoji train/twemoji/copy.png"]
+    assert leak["captions_that_are_held_out_prompts"] == ["rocket, Twemoji style"]
+    capsys.readouterr()
+    assert pixcade_main(["data", "emoji-audit", "--data", str(data), "--held-out", str(held_list)]) == 1
+    assert json.loads(capsys.readouterr().out)["clean"] is False
+    assert pixcade_main(["data", "emoji-audit", "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no base-64/train.jsonl or sr-256/train.jsonl" in err

@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from pixcade.data.emoji.manifest import manifest_rows
 from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.eval.judge_net import PooledConvNet
@@ -56,31 +57,6 @@ class LabelledImages:
     keys: list[str]
     captions: list[str]  # the first caption row of each image
     extra: list[dict[str, Any]]  # the first manifest row of each image
-
-
-ROW_FIELDS = ("image", "caption", "style", "family", "key")
-
-
-def manifest_rows(manifest: str | Path, fields: tuple[str, ...] = ROW_FIELDS) -> list[dict[str, Any]]:
-    """The rows of an emoji manifest (`pixcade data emoji`), each checked to have ``fields``;
-    an unreadable file or a bad row is one line naming it."""
-    manifest = Path(manifest)
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise PixcadeError(f"cannot read emoji manifest {manifest}: {err}") from None
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not all(isinstance(row[f], str) for f in fields):
-                raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise PixcadeError(f"{manifest}:{n}: not an emoji manifest row ({', '.join(fields)})") from None
-        rows.append(row)
-    return rows
 
 
 def read_manifest(manifest: str | Path, resolution: int = 64) -> LabelledImages:

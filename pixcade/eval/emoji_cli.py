@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from pixcade.commands import ArgumentParser, emit_json
+from pixcade.data.emoji.manifest import ROW_FIELDS, manifest_rows
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_grid import save_emoji_grid
 from pixcade.eval.emoji_sweep import SweepRun, parse_axis, run_sweep, split_prompts
 from pixcade.eval.emoji_classifier import (
-    ROW_FIELDS, ClassifierConfig, load_classifier, manifest_rows, read_manifest, save_classifier, train_classifier,
+    ClassifierConfig, load_classifier, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.fid import image_index
 from pixcade.eval.provenance import model_digest

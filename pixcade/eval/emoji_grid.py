@@ -10,9 +10,9 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from pixcade.data.emoji.manifest import manifest_rows
 from pixcade.data.emoji.spec import STYLES
 from pixcade.errors import PixcadeError
-from pixcade.eval.emoji_classifier import manifest_rows
 from pixcade.eval.stage_grid import labelled_grid, write_grid
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
