@@ -123,3 +123,14 @@ def test_cells_are_the_product_of_the_axes_first_axis_slowest():
     with pytest.raises(PixcadeError, match="swept twice"):
         cells([Axis("base", "steps", ("2",)), Axis("base", "steps", ("3",))])
     assert parse_axis("sr.aug_level=0, 0.1", ["base", "sr"]) == Axis("sr", "aug_level", ("0", "0.1"))
+
+
+def test_no_axis_is_one_cell_the_model_as_it_samples(setup, tmp_path, capsys):
+    out = tmp_path / "defaults"
+    assert sweep(setup, out, "--stages", "base", "--n", "2") == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert [r["cell"] for r in summary] == ["defaults"] and summary[0]["generated"]["n"] == 4
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["axes"] == [] and report["prompts"] == 2 and len(report["model_digest"]) == 64
+    assert sweep(setup, tmp_path / "one", "--split", "test_cs") == 2  # one real image: no FD, no KID
+    assert "split 'test_cs' gives 1 prompt(s); judging needs at least 2" in capsys.readouterr().err

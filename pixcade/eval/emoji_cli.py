@@ -3,7 +3,8 @@
   train      train the judge on DATA/base-64/train.jsonl; report its ceiling on the held-out rows
   generated  judge `pixcade generate` folders of held-out prompts with one or more judges
   sr         PSNR/SSIM of a cascade's SR stage on held-out 256 px rows, beside bicubic
-  sweep      a grid of sampling settings, each drawn on one split's held-out prompts and judged
+  sweep      a grid of sampling settings (or none: the model as it is), each drawn on one split's
+             held-out prompts and judged
   grid       the README picture: held-out prompts, each stage's image, a real one in another style
 
 Every subcommand prints JSON (and with --out writes it), including the command line.
@@ -123,8 +124,9 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
     p.add_argument("--split", default="val_cs", help="held-out prompts: val_cs (default; choose settings here), "
                                                      "test_cs, test_attr or all")
-    p.add_argument("--vary", action="append", required=True, metavar="[STAGE.]KEY=V,V,...",
-                   help="a swept sampling setting (repeat: every combination is a cell)")
+    p.add_argument("--vary", action="append", default=[], metavar="[STAGE.]KEY=V,V,...",
+                   help="a swept sampling setting (repeat: every combination is a cell; none: one cell, "
+                        "`defaults`, the model at its saved settings with --set)")
     p.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                    help="a sampling setting of every cell")
     p.add_argument("--stages", help="comma-separated stages to run (default: all); the last one's images are judged")
@@ -143,6 +145,8 @@ def sweep_main(argv: list[str]) -> int:
         raise PixcadeError("--n and --batch-size must be at least 1")
     held = read_manifest(args.data / BASE / "heldout.jsonl")
     prompts = split_prompts(held, args.split)[: args.limit]
+    if len(prompts) < 2:  # judged against as many real images, and FD and KID need two of each
+        raise PixcadeError(f"split {args.split!r} gives {len(prompts)} prompt(s); judging needs at least 2")
     check_generation(prompts, args.n, args.batch_size)
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=args.device)

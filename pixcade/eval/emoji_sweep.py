@@ -8,7 +8,8 @@ whole cascade). Each cell is a `pixcade generate` output folder (so an interrupt
 resumes where it stopped, and the images are there to look at), drawn from the same seed
 (the cells differ only in their settings), then every cell is judged by every judge at
 once: accuracies beside the ceiling, FD and KID, near-copies, and whether the judges rank
-the cells alike.
+the cells alike. With no axis the grid is one cell, ``defaults``: the model judged as it
+samples (the model card's test_cs and test_attr results).
 """
 
 from __future__ import annotations
