@@ -250,3 +250,24 @@ def test_sr_eval_names_a_bad_manifest_row_in_one_line(tmp_path, capsys, line):
     assert pixcade_main(["eval", "emoji", "sr", "--data", str(tmp_path), "--model", str(tmp_path / "none")]) != 0
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"{manifest}:1: not an emoji manifest row" in err, err
+
+
+def test_sr_cli_judges_a_64_to_256_stage_and_records_the_model(dataset, tmp_path, capsys):
+    from pixcade.diffusion.settings import SamplingSettings
+    from pixcade.nn.configs import get_preset
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.stage import Stage, StageConfig
+
+    torch.manual_seed(0)
+    sr = StageConfig(name="sr", resolution=256, lowres_resolution=64, unet=get_preset("tiny-sr", text_dim=384),
+                     sampling=SamplingSettings(sampler="ddim", steps=1, guidance_weight=1.0, threshold="static"))
+    model = tmp_path / "sr-model"
+    base = StageConfig(name="base", resolution=64, unet=get_preset("tiny-base", text_dim=384))  # not run here
+    Cascade([Stage(base), Stage(sr)], text_encoder="minilm", max_length=32).save_pretrained(model)
+    assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == str(model) and len(report["model_digest"]) == 64 and report["stage"] == "sr"
+    assert report["all"]["n"] == 1 and report["test_cs"]["n"] == 1  # the fixture's one 256 px held-out row
+    row = report["results"][0]
+    assert row["caption"] == "rocket, Twemoji style" and report["all"]["psnr_gain_db"] == pytest.approx(
+        row["psnr_sr"] - row["psnr_bicubic"])

@@ -93,7 +93,7 @@ def generated_main(argv: list[str]) -> int:
 def sr_main(argv: list[str]) -> int:
     p = ArgumentParser(prog="pixcade eval emoji sr")
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
-    p.add_argument("--model", required=True, help="cascade directory")
+    p.add_argument("--model", required=True, help="cascade folder or shipped model name")
     p.add_argument("--stage", help="SR stage name (default: the last)")
     p.add_argument("--limit", type=int, default=None, help="only the first N held-out rows")
     p.add_argument("--seed", type=int, default=0)
@@ -105,7 +105,8 @@ def sr_main(argv: list[str]) -> int:
     rows = manifest_rows(manifest, (*ROW_FIELDS, "split"))
     rows = rows[: args.limit] if args.limit else rows
     truths = [open_image(manifest.parent / r["image"]) for r in rows]
-    cascade = Cascade.from_pretrained(args.model, device=args.device)
+    model_dir = resolve_model(args.model)
+    cascade = Cascade.from_pretrained(model_dir, device=args.device)
     name = sr_stage_name(cascade, args.stage)
 
     def upsample(lows: list, captions: list[str]) -> list:
@@ -113,7 +114,8 @@ def sr_main(argv: list[str]) -> int:
 
     report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
     command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
-    emit_json({"command": command, "stage": name, "seed": args.seed, **report}, args.out)
+    emit_json({"command": command, "model": str(model_dir), "model_digest": model_digest(model_dir), "stage": name,
+               "seed": args.seed, **report}, args.out)
     return 0
 
 
