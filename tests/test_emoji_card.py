@@ -1,0 +1,103 @@
+"""scripts/emoji_card.py: the emoji model's card from the files the real commands write, every
+number read from them and every verdict computed against the judges' ceilings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from emoji_fixtures import HELD_OUT, make_packages
+from pixcade.cli import main as pixcade_main
+from pixcade.data.emoji.build import build_emoji_dataset
+from tiny_cascade import save_tiny_cascade
+from train_support import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))  # emoji_card imports model_card's helpers
+spec = importlib.util.spec_from_file_location("emoji_card", REPO / "scripts" / "emoji_card.py")
+emoji_card = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(emoji_card)
+
+
+def run(*argv):
+    assert pixcade_main(list(argv)) == 0
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    """Everything the card reads, made by the real commands on the fixture packages and a tiny model."""
+    root = tmp_path_factory.mktemp("emoji-card")
+    data = root / "data"
+    build_emoji_dataset(data, make_packages(root / "npm"), fetch=False, held_out=HELD_OUT, progress=False)
+    held = root / "heldout.jsonl"
+    held.write_text("".join(json.dumps({"style": h.style, "key": h.key, "split": h.split, "prompt": h.prompt}) + "\n"
+                            for h in HELD_OUT))
+    run("data", "emoji-audit", "--data", str(data), "--held-out", str(held), "--out", str(root / "audit.json"))
+    run("eval", "emoji", "train", "--data", str(data), "--out", str(root / "judge.safetensors"), "--steps", "2",
+        "--batch-size", "4", "--width", "8", "--report", str(root / "judge.json"))
+    model = save_tiny_cascade(root / "model")
+    common = ["eval", "emoji", "sweep", "--model", str(model), "--data", str(data), "--classifier",
+              str(root / "judge.safetensors"), "--split", "all", "--set", "steps=1"]
+    run(*common, "--out", str(root / "test"))
+    run(*common, "--vary", "sr.aug_level=0,0.3", "--out", str(root / "ablation"))
+    run("eval", "emoji", "grid", "--model", str(model), "--data", str(data), "--split", "all",
+        "--out", str(root / "grid.png"))
+    train_run = root / "base-run"  # a run directory as `pixcade train` leaves it
+    train_run.mkdir()
+    train = {"batch_size": 32, "lr": 3e-4, "seed": 1, "ema_decay": 0.999, "log_every": 25}
+    (train_run / "config.json").write_text(json.dumps(
+        {"stage": "base", "config": {"stages": [{"stage": {"name": "base"}, "train": train}]}}))
+    (train_run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"step": 25, "time": 0.0, "loss": 0.3, "images_per_s": 10.0},
+        {"step": 50, "time": 80.0, "loss": 0.1, "images_per_s": 10.0})))
+    return root, data, model, train_run
+
+
+def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, capsys):
+    root, data, model, train_run = outputs
+    out = tmp_path / "card" / "MODEL_CARD.md"
+    assert emoji_card.main([
+        "--model", str(model), "--data", str(data), "--audit", str(root / "audit.json"),
+        "--judge", str(root / "judge.json"), "--run", str(train_run), "--config", "configs/emoji-phase1.json",
+        "--test", str(root / "test" / "sweep.json"), "--ablation", str(root / "ablation" / "sweep.json"),
+        "--grid", str(root / "grid.png"), "--out", str(out)]) == 0
+    text = out.read_text()
+    summary = json.loads((data / "summary.json").read_text())
+    tw = summary["styles"]["twemoji"]
+    assert (f"| twemoji | `@twemoji/svg@15.0.0` | {tw['files']:,} | {tw['train_images']:,} | "
+            f"{tw['held_out_images']:,} | {tw['merged_keys']:,} |") in text
+    assert "naming a held-out key, 0 images with a held-out image's pixels" in text and "(excluded)." in text
+    judge = json.loads((root / "judge.json").read_text())
+    c = judge["ceiling"]["all"]
+    assert f"| `judge` | 0 | {judge['sha256'][:12]} | 2 | {c['style']:.3f} / {c['family']:.3f} / " in text
+    # Training: 50 steps of 32 at 10 images/s = 160 s.
+    assert "| base | 50 | 32 | 1,600 | 1 | 0.0003 | 0.999 | 0:02:40 | 0:01:20 | 0.2000 |" in text
+    assert f"pixcade train --config configs/emoji-phase1.json --stage base --out {train_run}" in text
+
+    report = json.loads((root / "test" / "sweep.json").read_text())
+    row = report["summary"][0]
+    g, ceil = row["generated"], row["ceiling"]
+    style_ok = g["style"] >= 0.8 * ceil["style"]
+    joint_ok = g["joint"] >= 0.5 * ceil["joint"]
+    assert (f"| all | `judge` | {g['style']:.3f} / {ceil['style']:.3f} "
+            f"({'met' if style_ok else '**not met**'}) |") in text
+    assert f"({'met' if joint_ok else '**not met**'}) | {row['fd']:.2f} |" in text
+    verdict = "meets the target" if style_ok and joint_ok else "**does not meet the target**"
+    assert f"`all` (2 prompts x 1, seed 0): {verdict} by every judge." in text
+    copies = report["near_copies"]["defaults"]
+    assert (f"{copies['generated']['of_another_style']} of 2 generated images, against "
+            f"{copies['real_held_out']['of_another_style']} of the 2 real held-out images") in text
+    assert text.count(f"Measured on this model (digest {report['model_digest'][:12]})") == 3  # test, ablation, grid
+    assert "| sr.aug_level | judge |" in text and "| 0.3 | judge |" in text
+    assert "![held-out prompts](../" in text and "pixcade eval emoji grid --model" in text
+    assert json.loads((out.parent / "training.json").read_text())["runs"][0]["step"] == 50
+
+
+def test_a_test_report_that_varies_settings_is_refused(outputs, tmp_path):
+    root, data, model, train_run = outputs
+    with pytest.raises(SystemExit, match="varies settings"):
+        emoji_card.main(["--model", str(model), "--data", str(data), "--judge", str(root / "judge.json"),
+                         "--run", str(train_run), "--test", str(root / "ablation" / "sweep.json"),
+                         "--out", str(tmp_path / "card.md")])
