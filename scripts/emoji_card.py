@@ -4,7 +4,7 @@
     python scripts/emoji_card.py --model pixcade/weights/emoji --data ~/pixcade-runs/emoji-data \\
         --audit audit.json --judge judge-w32-seed0.json --judge judge-w32-seed1.json \\
         --config configs/emoji-phase1.json --run ~/pixcade-runs/emoji/base-phase1 --run ~/pixcade-runs/emoji/sr-phase1 \\
-        --test test_cs/sweep.json --test-attr test_attr/sweep.json --sr sr.json \\
+        --test test_cs/sweep.json --test test_attr/sweep.json --sr sr.json \\
         --ablation ablation/sweep.json --guidance-sweep val-guidance/sweep.json \\
         --grid docs/images/emoji-grid.png --out pixcade/weights/emoji/MODEL_CARD.md
 
