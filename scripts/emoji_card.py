@@ -140,7 +140,7 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
     out = [f"### Super-resolution ({sr['stage']}: 64 -> 256 px)", ""]
     a = sr["all"]
     out += [f"Given the true 64 px image (the 256 px one downsampled, as in training), the SR stage's output vs the "
-            f"true 256 px image on {a['n']} held-out rows with 256 px sources: {a['psnr_sr']:.2f} dB against "
+            f"true 256 px image on {a['n']} held-out rows with 256 px sources (split {sr.get('split', 'all')}): {a['psnr_sr']:.2f} dB against "
             f"{a['psnr_bicubic']:.2f} dB for bicubic, {a['psnr_gain_db']:+.2f} dB (target >= +{SR_GAIN_DB:g} dB): "
             f"{_verdict(a['psnr_gain_db'] >= SR_GAIN_DB)}. {_measured_on(sr, model)}", "",
             "| split | rows | PSNR SR | PSNR bicubic | gain (dB) | SSIM SR | SSIM bicubic |",

@@ -268,6 +268,9 @@ def test_sr_cli_judges_a_64_to_256_stage_and_records_the_model(dataset, tmp_path
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == str(model) and len(report["model_digest"]) == 64 and report["stage"] == "sr"
     assert report["all"]["n"] == 1 and report["test_cs"]["n"] == 1  # the fixture's one 256 px held-out row
+    assert report["split"] == "all"
+    assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model), "--split", "val_cs"]) == 2
+    assert "has no rows of split 'val_cs'" in capsys.readouterr().err  # the fixture's val_cs row is 64 px only
     row = report["results"][0]
     assert row["caption"] == "rocket, Twemoji style" and report["all"]["psnr_gain_db"] == pytest.approx(
         row["psnr_sr"] - row["psnr_bicubic"])

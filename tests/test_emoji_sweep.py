@@ -13,7 +13,7 @@ from pixcade.cli import main as pixcade_main
 from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.errors import PixcadeError
 from pixcade.eval.emoji_classifier import ClassifierConfig, read_manifest, save_classifier, train_classifier
-from pixcade.eval.emoji_sweep import Axis, cell_label, cells, parse_axis, split_prompts
+from pixcade.eval.emoji_sweep import Axis, cell_label, cells, parse_axis, split_prompts, spread
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
 from tiny_cascade import save_tiny_cascade
@@ -134,3 +134,11 @@ def test_no_axis_is_one_cell_the_model_as_it_samples(setup, tmp_path, capsys):
     assert report["axes"] == [] and report["prompts"] == 2 and len(report["model_digest"]) == 64
     assert sweep(setup, tmp_path / "one", "--split", "test_cs") == 2  # one real image: no FD, no KID
     assert "split 'test_cs' gives 1 prompt(s); judging needs at least 2" in capsys.readouterr().err
+
+
+def test_a_limit_spreads_over_the_list_not_its_first_style():
+    assert spread(list(range(10)), 3) == [0, 3, 6]
+    assert spread(list(range(4)), 4) == [0, 1, 2, 3] and spread(list(range(4)), None) == [0, 1, 2, 3]
+    assert spread(list(range(2)), 5) == [0, 1]
+    with pytest.raises(PixcadeError, match="--limit must be at least 1"):
+        spread([], 0)

@@ -22,7 +22,7 @@ from pixcade.data.emoji.manifest import ROW_FIELDS, manifest_rows
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_grid import save_emoji_grid
-from pixcade.eval.emoji_sweep import SweepRun, parse_axis, run_sweep, split_prompts
+from pixcade.eval.emoji_sweep import SweepRun, check_split, parse_axis, run_sweep, split_prompts, spread
 from pixcade.eval.emoji_classifier import (
     ClassifierConfig, load_classifier, read_manifest, save_classifier, train_classifier,
 )
@@ -95,7 +95,9 @@ def sr_main(argv: list[str]) -> int:
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
     p.add_argument("--model", required=True, help="cascade folder or shipped model name")
     p.add_argument("--stage", help="SR stage name (default: the last)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N held-out rows")
+    p.add_argument("--split", default="all", help="held-out rows of one split: val_cs (choose settings here), "
+                                                  "test_cs, test_attr, or all (default)")
+    p.add_argument("--limit", type=int, default=None, help="only N of the rows, spread evenly over them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out")
@@ -103,7 +105,10 @@ def sr_main(argv: list[str]) -> int:
 
     manifest = args.data / SR / "heldout.jsonl"
     rows = manifest_rows(manifest, (*ROW_FIELDS, "split"))
-    rows = rows[: args.limit] if args.limit else rows
+    check_split(args.split)
+    rows = spread([r for r in rows if args.split in ("all", r["split"])], args.limit)
+    if not rows:
+        raise PixcadeError(f"{manifest} has no rows of split {args.split!r}")
     truths = [open_image(manifest.parent / r["image"]) for r in rows]
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=args.device)
@@ -115,7 +120,7 @@ def sr_main(argv: list[str]) -> int:
     report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
     command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
     emit_json({"command": command, "model": str(model_dir), "model_digest": model_digest(model_dir), "stage": name,
-               "seed": args.seed, **report}, args.out)
+               "split": args.split, "seed": args.seed, **report}, args.out)
     return 0
 
 
@@ -132,7 +137,7 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE",
                    help="a sampling setting of every cell")
     p.add_argument("--stages", help="comma-separated stages to run (default: all); the last one's images are judged")
-    p.add_argument("--limit", type=int, help="only the split's first N prompts")
+    p.add_argument("--limit", type=int, help="only N of the split's prompts, spread evenly over it")
     p.add_argument("--n", type=int, default=1, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="sampling seed, the same in every cell")
     p.add_argument("--batch-size", type=int, default=16)
@@ -141,12 +146,10 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder: one `pixcade generate` folder per cell, "
                                                             "sweep.json and sweep.md (a rerun resumes)")
     args = p.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise PixcadeError(f"--limit must be at least 1, got {args.limit}")
     if args.n < 1 or args.batch_size < 1:
         raise PixcadeError("--n and --batch-size must be at least 1")
     held = read_manifest(args.data / BASE / "heldout.jsonl")
-    prompts = split_prompts(held, args.split)[: args.limit]
+    prompts = split_prompts(held, args.split, args.limit)
     if len(prompts) < 2:  # judged against as many real images, and FD and KID need two of each
         raise PixcadeError(f"split {args.split!r} gives {len(prompts)} prompt(s); judging needs at least 2")
     check_generation(prompts, args.n, args.batch_size)
@@ -171,15 +174,14 @@ def grid_main(argv: list[str]) -> int:
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
     p.add_argument("--split", default="val_cs", help="held-out prompts: val_cs (default), test_cs, test_attr or all")
     p.add_argument("--prompt", action="append", dest="prompts", metavar="TEXT",
-                   help="a held-out prompt (repeat; default: the split's first --limit prompts)")
-    p.add_argument("--limit", type=int, default=8, help="prompts taken from the split (default 8)")
+                   help="a held-out prompt (repeat; default: --limit of the split's prompts)")
+    p.add_argument("--limit", type=int, default=8, help="prompts taken from the split, spread evenly over it "
+                                                         "(default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="the PNG to write (it records this command in its metadata)")
     args = p.parse_args(argv)
-    if args.limit < 1:
-        raise PixcadeError(f"--limit must be at least 1, got {args.limit}")
-    prompts = args.prompts or split_prompts(read_manifest(args.data / BASE / "heldout.jsonl"), args.split)[: args.limit]
+    prompts = args.prompts or split_prompts(read_manifest(args.data / BASE / "heldout.jsonl"), args.split, args.limit)
     check_generation(prompts, 1, None)
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=args.device)

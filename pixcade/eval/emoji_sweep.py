@@ -20,7 +20,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 from pixcade.data.emoji.spec import SPLITS
 from pixcade.diffusion.precision import stage_precisions
@@ -78,12 +78,30 @@ def cell_label(cell: Sequence[Assignment]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", "_".join(parts)) or "defaults"
 
 
-def split_prompts(held_out: LabelledImages, split: str) -> list[str]:
-    """The prompts of the held-out images of ``split`` (``all``: every split), in manifest order."""
+T = TypeVar("T")
+
+
+def spread(items: Sequence[T], limit: int | None) -> list[T]:
+    """``limit`` of ``items`` evenly spaced over them (all when None or at least as many): the
+    manifests are in style order, so the first N would be one style."""
+    if limit is not None and limit < 1:
+        raise PixcadeError(f"--limit must be at least 1, got {limit}")
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def check_split(split: str) -> None:
     if split != "all" and split not in SPLITS:
         raise PixcadeError(f"unknown split {split!r} (choose from all, {', '.join(SPLITS)})")
+
+
+def split_prompts(held_out: LabelledImages, split: str, limit: int | None = None) -> list[str]:
+    """The prompts of the held-out images of ``split`` (``all``: every split), in manifest
+    order, or ``limit`` of them spread over it (`spread`)."""
+    check_split(split)
     prompts = [c for c, row in zip(held_out.captions, held_out.extra) if split == "all" or row.get("split") == split]
-    return list(dict.fromkeys(prompts))
+    return spread(list(dict.fromkeys(prompts)), limit)
 
 
 @dataclass(frozen=True)
