@@ -1,6 +1,6 @@
 """SR PSNR of a cascade's SR stage started from its noised upsampled input
 (`SamplingSettings.start`), over a grid of starts and step counts: the validation sweep
-that chooses the start for each step count (docs/training.md, issue 24).
+that chooses the start for each step count (docs/distillation-notes.md, issue 24).
 
     PYTHONPATH=. python scripts/sr_start_sweep.py --model pixcade/weights/shapes --prompt-seed 7 \\
         --starts 0.05,0.08,0.1,0.15,0.2,0.3 --steps 1,2,3,4 --out sweep.json

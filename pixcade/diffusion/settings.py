@@ -75,7 +75,7 @@ class SamplingSettings:
     # pure noise. Below 1: from the upsampled low-res input noised to that time, with all
     # `steps` calls spread over [0, start] (Chung et al. 2022, "Come-Closer-Diffuse-Faster":
     # the input already holds the coarse image, so a short run from near it needs far fewer
-    # steps). Measured choice for the shapes SR stage: docs/training.md.
+    # steps). Measured choice for the shapes SR stage: docs/distillation-notes.md.
     start: float = 1.0
     # The time grid, a name in pixcade.diffusion.samplers.SPACINGS; None: the sampler's own.
     spacing: str | None = None
