@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model_card import _code, _duration, _measured_on, home_relative, model_summary, read_json, training_summary
+from card_parts import code_block, duration, home_relative, measured_on, model_summary, read_json, training_summary
 
 from pixcade.eval.paired import paired_difference
 from pixcade.eval.shapes import markdown_table as shapes_table
@@ -100,20 +100,20 @@ def card(model: dict, teacher: dict, stage_configs: list, runs: list[dict], comm
             loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
             out.append(f"| {Path(r['run']).name} | {d['phase']} | `{d['teacher']}` | {steps} | {factor} | "
                        f"{r['step']:,} | {r['batch_size']} | {r['lr']:g} | {r['seed']} | "
-                       f"{_duration(r['training_seconds'])} | {loss} |")
+                       f"{duration(r['training_seconds'])} | {loss} |")
         out += ["", "Training time sums each logging window's steps x batch / measured images per second (a pause "
                 "between an interruption and `--resume` is not counted). Final loss: mean of the last five logged "
                 "windows. Commands, in order (add `--resume` to continue a run after an interruption):", ""]
         lines = [*commands[0], *(f"pixcade distill --config {config or 'CONFIG'} {r['args']}" for r in runs),
                  *commands[1]]
-        out += [_code("\n".join(lines)), ""]
+        out += [code_block("\n".join(lines)), ""]
 
     out += ["## Evaluation", ""]
     if shapes is not None:
         acc = shapes["overall"]["accuracy"]
-        line = (f"### Shapes benchmark", "",
+        line = ("### Shapes benchmark", "",
                 f"{shapes['prompts']} prompts x {shapes['images_per_prompt']} image(s) at {shapes['resolution']} px: "
-                f"overall {acc:.3f}, held-out pairs {shapes['held_out']['accuracy']:.3f}. {_measured_on(shapes, model)}")
+                f"overall {acc:.3f}, held-out pairs {shapes['held_out']['accuracy']:.3f}. {measured_on(shapes, model)}")
         out += list(line)
         if teacher_shapes is not None:
             t_acc = teacher_shapes["overall"]["accuracy"]
@@ -128,21 +128,21 @@ def card(model: dict, teacher: dict, stage_configs: list, runs: list[dict], comm
                 out += ["", f"The base stage alone, with the teacher's SR stage at its defaults (`{base_shapes.get('model')}`): "
                         f"{b_acc:.3f}; {_paired(base_shapes, teacher_shapes)}. Issue 24's target for a "
                         f"{base.distilled_steps}-step base stage, one pass each, within {margin:g} of the teacher: "
-                        f"{'met' if met else '**not met**'} (loss {t_acc - b_acc:+.3f}).", "", _code(base_shapes["command"])]
-        out += ["", shapes_table(shapes), "", _code(shapes["command"])]
+                        f"{'met' if met else '**not met**'} (loss {t_acc - b_acc:+.3f}).", "", code_block(base_shapes["command"])]
+        out += ["", shapes_table(shapes), "", code_block(shapes["command"])]
         if teacher_shapes is not None:
-            out += ["", "The teacher's run:", "", _code(teacher_shapes["command"])]
+            out += ["", "The teacher's run:", "", code_block(teacher_shapes["command"])]
         out.append("")
     if sr is not None:
         line = (f"### Super-resolution ({sr['stage']}: {sr['lowres_resolution']} -> {sr['resolution']} px)\n\n"
                 f"Given the true {sr['lowres_resolution']} px render of {sr['n']} scenes: {sr['psnr_sr']:.2f} dB "
-                f"against {sr['psnr_bicubic']:.2f} dB for bicubic. {_measured_on(sr, model)}")
+                f"against {sr['psnr_bicubic']:.2f} dB for bicubic. {measured_on(sr, model)}")
         if teacher_sr is not None:
             loss = teacher_sr["psnr_sr"] - sr["psnr_sr"]
             line += (f" The teacher's SR stage at its defaults: {teacher_sr['psnr_sr']:.2f} dB; issue 24's target, "
                      f"within {SR_ALLOWED_LOSS_DB:g} dB of it: {'met' if loss <= SR_ALLOWED_LOSS_DB else '**not met**'} "
                      f"({-loss:+.2f} dB).")
-        out += [line, "", _code(sr["command"])] + (["", _code(teacher_sr["command"])] if teacher_sr else []) + [""]
+        out += [line, "", code_block(sr["command"])] + (["", code_block(teacher_sr["command"])] if teacher_sr else []) + [""]
     if speed is not None:
         out += ["### Whole-cascade speed", "",
                 f"Seconds per image through the whole cascade (text encoding included), {speed['prompts']} prompts "
@@ -164,7 +164,7 @@ def card(model: dict, teacher: dict, stage_configs: list, runs: list[dict], comm
             out += ["", f"Issue 24's target, at least {SPEEDUP_TARGET:g}x faster than the default: "
                     f"{'met' if ok else '**not met**'} ({mine[0]['speedup']:.1f}x{at})."]
         if speed.get("command"):
-            out += ["", _code(speed["command"])]
+            out += ["", code_block(speed["command"])]
         out.append("")
     return "\n".join(out)
 

@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from model_card import (
-    TRAINING_RECORD, _code, _measured_on, _verdict, collect_runs, grid_info, home_relative, model_summary, read_json,
-    stages_table, training_commands, training_table,
+from card_parts import (
+    TRAINING_RECORD, code_block, collect_runs, grid_info, home_relative, measured_on, model_summary, read_json,
+    stages_table, training_commands, training_table, verdict,
 )
 
 from pixcade.io import atomic_write_text
@@ -83,7 +83,7 @@ def judges_section(judges: list[dict[str, Any]]) -> list[str]:
         cells = [f"{_f(c[s]['style'])} / {_f(c[s]['family'])} / {_f(c[s]['joint'])}" for s in ("all", *SPLITS)]
         out.append(f"| `{Path(j['weights']).stem}` | {t.get('seed', '-')} | {j['sha256'][:12]} | "
                    f"{t.get('steps', '-'):,} | " + " | ".join(cells) + " |")
-    out += ["", "Trained with:", "", _code("\n".join(j["command"] for j in judges)), ""]
+    out += ["", "Trained with:", "", code_block("\n".join(j["command"] for j in judges)), ""]
     return out
 
 
@@ -119,11 +119,11 @@ def results_section(model: dict, tests: list[dict[str, Any]]) -> list[str]:
     for report, ok in verdicts:
         copies = report["near_copies"]["defaults"]
         out += [f"`{report['split']}` ({report['prompts']} prompts x {report['n']}, seed {report['seed']}): "
-                f"{_verdict(ok)} by every judge. Near-copies (nearest training image at least "
+                f"{verdict(ok)} by every judge. Near-copies (nearest training image at least "
                 f"{copies['generated']['threshold_db']:g} dB, of another style): {copies['generated']['of_another_style']} "
                 f"of {copies['generated']['n']} generated images, against {copies['real_held_out']['of_another_style']} "
                 f"of the {copies['real_held_out']['n']} real held-out images. "
-                f"{_measured_on(report, model)}", "", _code(report["command"]), ""]
+                f"{measured_on(report, model)}", "", code_block(report["command"]), ""]
     return out
 
 
@@ -132,8 +132,8 @@ def sweep_section(title: str, intro: str, report: dict[str, Any], model: dict) -
     from pixcade.eval.emoji_sweep import Axis, markdown_table
 
     axes = [Axis(None, a["name"], tuple(a["values"])) for a in report["axes"]]
-    return [f"### {title}", "", intro + f" {_measured_on(report, model)}", "",
-            markdown_table(report["summary"], axes, report["split"]), "", _code(report["command"]), ""]
+    return [f"### {title}", "", intro + f" {measured_on(report, model)}", "",
+            markdown_table(report["summary"], axes, report["split"]), "", code_block(report["command"]), ""]
 
 
 def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
@@ -142,14 +142,14 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
     out += [f"Given the true 64 px image (the 256 px one downsampled, as in training), the SR stage's output vs the "
             f"true 256 px image on {a['n']} held-out rows with 256 px sources (split {sr.get('split', 'all')}): {a['psnr_sr']:.2f} dB against "
             f"{a['psnr_bicubic']:.2f} dB for bicubic, {a['psnr_gain_db']:+.2f} dB (target >= +{SR_GAIN_DB:g} dB): "
-            f"{_verdict(a['psnr_gain_db'] >= SR_GAIN_DB)}. {_measured_on(sr, model)}", "",
+            f"{verdict(a['psnr_gain_db'] >= SR_GAIN_DB)}. {measured_on(sr, model)}", "",
             "| split | rows | PSNR SR | PSNR bicubic | gain (dB) | SSIM SR | SSIM bicubic |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for split in ("all", *SPLITS):
         s = sr[split]
         out.append(f"| {split} | {s['n']} | {_f(s['psnr_sr'], '.2f')} | {_f(s['psnr_bicubic'], '.2f')} | "
                    f"{_f(s['psnr_gain_db'], '+.2f')} | {_f(s['ssim_sr'])} | {_f(s['ssim_bicubic'])} |")
-    return out + ["", _code(sr["command"]), ""]
+    return out + ["", code_block(sr["command"]), ""]
 
 
 def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: dict | None, judges: list[dict],
@@ -162,7 +162,7 @@ def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: 
            "`scripts/emoji_card.py`.", ""]
     out += stages_table(model)
     total = model["total_bytes"]
-    out += ["", f"Weights (EMA, safetensors): {total / 1e6:.1f} MB in all: {_verdict(total <= MAX_WEIGHTS_BYTES)} "
+    out += ["", f"Weights (EMA, safetensors): {total / 1e6:.1f} MB in all: {verdict(total <= MAX_WEIGHTS_BYTES)} "
             f"of at most {MAX_WEIGHTS_BYTES / 1e6:.0f} MB.", ""]
     out += data_section(summary, audit, data_dir)
     out += judges_section(judges)
@@ -185,8 +185,8 @@ def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: 
     if grid is not None:
         out += ["### Samples", "", "Held-out prompts: the base stage's 64 px image, the final 256 px image, and a "
                 "real training image of the same concept in another style (what the model may have learnt it "
-                f"from). {_measured_on(grid, model)}", "", f"![held-out prompts]({grid['link']})", "",
-                _code(grid["command"]) if grid["command"] else "", ""]
+                f"from). {measured_on(grid, model)}", "", f"![held-out prompts]({grid['link']})", "",
+                code_block(grid["command"]) if grid["command"] else "", ""]
     return "\n".join(out)
 
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audit", help="`pixcade data emoji-audit --out` report")
     p.add_argument("--judge", action="append", required=True, help="a judge's `eval emoji train --report` (repeat)")
     p.add_argument("--run", action="append", required=True,
-                   help="a stage's training run directory (repeat, base first; RUN=CONFIG as in model_card.py)")
+                   help="a stage's training run directory (repeat, base first; RUN=CONFIG: the config it trained with)")
     p.add_argument("--config", help="the training config file, for the training commands")
     p.add_argument("--data-command", action="append", default=[], help="a command that made the data (repeat)")
     p.add_argument("--test", action="append", default=[],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ from train_support import REPO
 
 eval_main = verbs("eval")
 
+sys.path.insert(0, str(REPO / "scripts"))  # model_card imports card_parts
+import card_parts  # noqa: E402  (after the path)
+
 spec = importlib.util.spec_from_file_location("model_card", REPO / "scripts" / "model_card.py")
 model_card = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(model_card)
@@ -39,11 +43,11 @@ def test_training_time_counts_windows_not_pauses():
     records = [rec(10, 100, 4.0), rec(20, 110, 4.0), rec(30, 120, 4.0),  # 10 s each
                # killed after step 30, resumed a day later from the checkpoint at step 20:
                rec(30, DAY + 5, 8.0), rec(40, DAY + 10, 8.0)]  # 5 s each
-    assert model_card.training_seconds(records, 4, 10) == pytest.approx(40.0)
+    assert card_parts.training_seconds(records, 4, 10) == pytest.approx(40.0)
     # Stopped by a signal at step 25 (unlogged), resumed an hour later: the window to step 30
     # is charged at the resumed rate for all of its 10 steps (40 images at 2 img/s).
     records = [rec(10, 100, 4.0), rec(20, 110, 4.0), rec(30, 3720, 2.0)]
-    assert model_card.training_seconds(records, 4, 10) == pytest.approx(40.0)
+    assert card_parts.training_seconds(records, 4, 10) == pytest.approx(40.0)
 
 
 def make_run(root: Path, config, steps: int, batch: int, windows: list[tuple[float, float]]) -> Path:
@@ -184,7 +188,7 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
 def test_paths_under_home_read_as_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "alice"))
     text = f"--run {tmp_path}/alice/runs/base --out {tmp_path}/alicia/x --data {tmp_path}/alice"
-    assert model_card.home_relative(text) == f"--run ~/runs/base --out {tmp_path}/alicia/x --data {tmp_path}/alice"
+    assert card_parts.home_relative(text) == f"--run ~/runs/base --out {tmp_path}/alicia/x --data {tmp_path}/alice"
 
 
 def test_model_digest_follows_the_weights_not_the_path(tmp_path):
