@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +297,9 @@ def grid_info(path: Path, card_path: Path) -> dict[str, Any]:
         text = getattr(im, "text", {})
     return {"link": os.path.relpath(path, card_path.parent), "command": text.get(GRID_COMMAND_KEY),
             "model_digest": text.get(GRID_DIGEST_KEY) or None}
+
+
+def generated_by(script: str, argv: list[str] | None) -> str:
+    """The card's last paragraph: the command that wrote it, so it can be made again."""
+    args = sys.argv[1:] if argv is None else argv
+    return "This card was written by:\n\n" + code_block(shlex.join(["python", f"scripts/{script}", *args])) + "\n"

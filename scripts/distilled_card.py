@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from card_parts import code_block, duration, home_relative, measured_on, model_summary, read_json, training_summary
+from card_parts import code_block, duration, generated_by, home_relative, measured_on, model_summary, read_json, training_summary
 
 from pixcade.eval.paired import paired_difference
 from pixcade.eval.shapes import markdown_table as shapes_table
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     text = card(model, teacher, load_cascade_config(args.model).stages, [distill_run(Path(r)) for r in args.run],
                 commands, args.distill_config, *(read_json(f) if f else None for f in (
                     args.shapes, args.teacher_shapes, args.sr_psnr, args.teacher_sr_psnr, args.speed, args.base_shapes)))
-    atomic_write_text(Path(args.out), home_relative(text) + "\n")
+    text += "\n\n" + generated_by("distilled_card.py", argv)
+    atomic_write_text(Path(args.out), home_relative(text))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

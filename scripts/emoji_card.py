@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, grid_info, home_relative, measured_on, model_summary, read_json,
-    stages_table, training_commands, training_table, verdict,
+    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, home_relative, measured_on, model_summary,
+    read_json, stages_table, training_commands, training_table, verdict,
 )
 
 from pixcade.io import atomic_write_text
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         guidance=read_json(args.guidance_sweep) if args.guidance_sweep else None,
         grid=grid_info(Path(args.grid), out) if args.grid else None,
     )
+    text += "\n" + generated_by("emoji_card.py", argv)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, home_relative(text))
     record = out.with_name(TRAINING_RECORD)

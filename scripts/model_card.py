@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, grid_info, home_relative, measured_on, model_summary, read_history,
-    read_json, stages_table, training_commands, training_table, verdict,
+    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, home_relative, measured_on, model_summary,
+    read_history, read_json, stages_table, training_commands, training_table, verdict,
 )
 
 from pixcade.data.shapes import HELD_OUT, parse_caption
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         grid=grid_info(Path(args.grid), out) if args.grid else None,
         data_checks=[held_out_in_data(Path(d)) for d in args.data],
         shapes_by_dtype=[read_json(f) for f in args.shapes_dtype],
-    )
+    ) + "\n" + generated_by("model_card.py", argv)
     if args.notes:
         try:
             notes = Path(args.notes).read_text(encoding="utf-8").strip()

@@ -93,6 +93,7 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
     assert "| sr.aug_level | judge |" in text and "| 0.3 | judge |" in text
     assert "![held-out prompts](../" in text and "pixcade eval emoji grid --model" in text
     assert json.loads((out.parent / "training.json").read_text())["runs"][0]["step"] == 50
+    assert f"python scripts/emoji_card.py --model {model} --data {data}" in text  # how to make it again
 
 
 def test_a_test_report_that_varies_settings_is_refused(outputs, tmp_path):
