@@ -28,6 +28,7 @@ from card_parts import (
     read_json, stages_table, training_commands, training_table, verdict,
 )
 
+from pixcade.eval.emoji_sweep import Axis, markdown_table
 from pixcade.io import atomic_write_text
 
 # Issue 28's targets, each against the judge's ceiling on the same real held-out images.
@@ -127,13 +128,17 @@ def results_section(model: dict, tests: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def sweep_section(title: str, intro: str, report: dict[str, Any], model: dict) -> list[str]:
-    """Markdown: a sweep's cells, each judge's view, FD beside accuracy."""
-    from pixcade.eval.emoji_sweep import Axis, markdown_table
-
+def sweep_section(title: str, intro: str, report: dict[str, Any], model: dict, grid: dict | None) -> list[str]:
+    """Markdown: a sweep's cells, each judge's view, FD beside accuracy, and the cells' images
+    side by side (the sweep's grid.png, copied beside the card) when given."""
     axes = [Axis(None, a["name"], tuple(a["values"])) for a in report["axes"]]
-    return [f"### {title}", "", intro + f" {measured_on(report, model)}", "",
-            markdown_table(report["summary"], axes, report["split"]), "", code_block(report["command"]), ""]
+    out = [f"### {title}", "", intro + f" {measured_on(report, model)}", "",
+           markdown_table(report["summary"], axes, report["split"]), "", code_block(report["command"]), ""]
+    if grid is not None:
+        if grid["command"] != report["command"]:
+            raise SystemExit(f"emoji_card: {grid['link']} was made by {grid['command']!r}, not by this sweep")
+        out += [f"![{title}]({grid['link']})", ""]
+    return out
 
 
 def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
@@ -154,7 +159,8 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
 
 def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: dict | None, judges: list[dict],
          config: str | None, data_commands: list[str], tests: list[dict], sr: dict | None, ablation: dict | None,
-         guidance: dict | None, grid: dict | None) -> str:
+         guidance: dict | None, grid: dict | None, ablation_grid: dict | None = None,
+         guidance_grid: dict | None = None) -> str:
     out = ["# Model card: pixcade emoji cascade", "",
            f"A text-to-image cascade for human-drawn emoji in six openly licensed styles, 64 px base and 64 -> 256 "
            f"super-resolution, text encoder `{model['text_encoder']}` (max {model['max_length']} tokens). Every "
@@ -177,11 +183,11 @@ def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: 
         out += sweep_section("Noise-conditioning augmentation: with and without", (
             "The whole cascade's final images (judged at the judge's 64 px) with the SR stage's input augmentation "
             "level varied at sampling; Imagen's claim is that augmentation makes the SR stage robust to the base "
-            "stage's artefacts, which FD against the real images should show."), ablation, model)
+            "stage's artefacts, which FD against the real images should show."), ablation, model, ablation_grid)
     if guidance is not None:
         out += sweep_section("Guidance weight x thresholding (validation prompts)", (
             "Does dynamic thresholding allow higher guidance weights on real artwork, as Imagen found on photos? "
-            "(On the shapes domain it did not: static clipping won at weights 5 and 8.)"), guidance, model)
+            "(On the shapes domain it did not: static clipping won at weights 5 and 8.)"), guidance, model, guidance_grid)
     if grid is not None:
         out += ["### Samples", "", "Held-out prompts: the base stage's 64 px image, the final 256 px image, and a "
                 "real training image of the same concept in another style (what the model may have learnt it "
@@ -206,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", help="sweep.json varying sr.aug_level")
     p.add_argument("--guidance-sweep", help="sweep.json varying the base's guidance weight and threshold on val_cs")
     p.add_argument("--grid", help="the PNG of `pixcade eval emoji grid`")
+    p.add_argument("--ablation-grid", help="the ablation sweep's grid.png, copied where the card can link it")
+    p.add_argument("--guidance-grid", help="the guidance sweep's grid.png, copied where the card can link it")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -224,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         sr=read_json(args.sr) if args.sr else None, ablation=read_json(args.ablation) if args.ablation else None,
         guidance=read_json(args.guidance_sweep) if args.guidance_sweep else None,
         grid=grid_info(Path(args.grid), out) if args.grid else None,
+        ablation_grid=grid_info(Path(args.ablation_grid), out) if args.ablation_grid else None,
+        guidance_grid=grid_info(Path(args.guidance_grid), out) if args.guidance_grid else None,
     )
     text += "\n" + generated_by("emoji_card.py", argv)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,8 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
         "--model", str(model), "--data", str(data), "--audit", str(root / "audit.json"),
         "--judge", str(root / "judge.json"), "--run", str(train_run), "--config", "configs/emoji-phase1.json",
         "--test", str(root / "test" / "sweep.json"), "--ablation", str(root / "ablation" / "sweep.json"),
-        "--grid", str(root / "grid.png"), "--out", str(out)]) == 0
+        "--grid", str(root / "grid.png"), "--ablation-grid", str(root / "ablation" / "grid.png"),
+        "--out", str(out)]) == 0
     text = out.read_text()
     summary = json.loads((data / "summary.json").read_text())
     tw = summary["styles"]["twemoji"]
@@ -92,6 +93,11 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
     assert text.count(f"Measured on this model (digest {report['model_digest'][:12]})") == 3  # test, ablation, grid
     assert "| sr.aug_level | judge |" in text and "| 0.3 | judge |" in text
     assert "![held-out prompts](../" in text and "pixcade eval emoji grid --model" in text
+    assert "![Noise-conditioning augmentation: with and without](../" in text
+    with pytest.raises(SystemExit, match="not by this sweep"):  # a picture of another sweep
+        emoji_card.main(["--model", str(model), "--data", str(data), "--judge", str(root / "judge.json"),
+                         "--run", str(train_run), "--ablation", str(root / "ablation" / "sweep.json"),
+                         "--ablation-grid", str(root / "test" / "grid.png"), "--out", str(tmp_path / "c.md")])
     assert json.loads((out.parent / "training.json").read_text())["runs"][0]["step"] == 50
     assert f"python scripts/emoji_card.py --model {model} --data {data}" in text  # how to make it again
 

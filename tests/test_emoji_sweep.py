@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from emoji_fixtures import HELD_OUT, make_packages
 from pixcade.cli import main as pixcade_main
@@ -14,6 +15,7 @@ from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.errors import PixcadeError
 from pixcade.eval.emoji_classifier import ClassifierConfig, read_manifest, save_classifier, train_classifier
 from pixcade.eval.emoji_sweep import Axis, cell_label, cells, parse_axis, split_prompts, spread
+from pixcade.eval.stage_grid import GRID_COMMAND_KEY, PAD, TEXT_WIDTH
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
 from tiny_cascade import save_tiny_cascade
@@ -54,6 +56,9 @@ def test_each_cell_is_what_generate_draws_with_its_settings_and_a_rerun_resumes(
     report = json.loads((out / "sweep.json").read_text())
     assert report["axes"][0] == {"name": "base.guidance_weight", "values": ["1", "4"]}
     assert "| 4 | dynamic | judge |" in (out / "sweep.md").read_text()
+    picture = Image.open(out / "grid.png")  # the cells side by side, one row per prompt
+    assert picture.text[GRID_COMMAND_KEY].startswith("pixcade eval emoji sweep")
+    assert picture.size[0] == PAD + TEXT_WIDTH + PAD + 4 * (128 + PAD)
 
     cascade = Cascade.from_pretrained(setup[2])
     prompts = split_prompts(read_manifest(setup[0] / "base-64/heldout.jsonl"), "all")

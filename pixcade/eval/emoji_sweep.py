@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from PIL import Image
+
 from pixcade.data.emoji.spec import SPLITS
 from pixcade.diffusion.precision import stage_precisions
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import EmojiClassifier, LabelledImages
 from pixcade.eval.fid import image_index
+from pixcade.eval.stage_grid import labelled_grid, write_grid
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.folder import write_images
@@ -152,6 +155,20 @@ def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignm
     return sets
 
 
+GRID_PROMPTS = 8  # rows of the comparison picture, spread over the split
+GRID_CELL = 128  # its images' side: small stages enlarged so the differences show
+
+
+def comparison_grid(sets: dict[str, list[tuple[Any, str]]]) -> Image.Image:
+    """One row per prompt (`GRID_PROMPTS` of them, spread), one column per cell: the images
+    the sweep judged, side by side ("with images")."""
+    labels = list(sets)
+    rows = spread(range(len(sets[labels[0]])), GRID_PROMPTS)
+    columns = {label: [sets[label][i][0] for i in rows] for label in labels}
+    side = max(GRID_CELL, max(columns[labels[0]][0].size))
+    return labelled_grid([sets[labels[0]][i][1] for i in rows], columns, side, mark_final=False)
+
+
 def summary_rows(result: dict[str, Any], grid: Sequence[tuple[Assignment, ...]], split: str) -> list[dict[str, Any]]:
     """One row per (cell, judge): the swept values, the split's accuracies, FD, KID."""
     rows = []
@@ -193,6 +210,7 @@ def run_sweep(cascade: Cascade, run: SweepRun, axes: Sequence[Axis], out: Path, 
     """Generate and judge every cell; write sweep.json and sweep.md into ``out``; the report."""
     grid = cells(axes)
     sets = generate_cells(cascade, run, grid, out)
+    write_grid(comparison_grid(sets), out / "grid.png", command=command, model_digest=run.model_digest)
     result = emoji.judge_generated_sets(judges, held_out, train, sets, copy_psnr=copy_psnr)
     rows = summary_rows(result, grid, split)
     report = {"command": command, "model": run.model, "model_digest": run.model_digest, "split": split,

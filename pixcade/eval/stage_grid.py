@@ -65,13 +65,14 @@ def prompt_label(prompt: str) -> str:
 
 
 def labelled_grid(prompts: Sequence[str], stages: dict[str, Sequence[Image.Image]], cell: int | None = None,
-                  final: str | None = None) -> Image.Image:
+                  final: str | None = None, mark_final: bool = True) -> Image.Image:
     """Rows: prompt text, then each stage's image for it, in ``stages`` order.
 
     Every image is shown ``cell`` pixels square (default: the ``final`` column's size);
     smaller ones are enlarged with nearest-neighbour, so their pixels stay visible. The
     header names each column and its real resolution, and marks ``final`` (default: the
-    last column; columns after it are references, such as real images).
+    last column; columns after it are references, such as real images) unless not
+    ``mark_final`` (columns that are alternatives, not stages).
     """
     if not prompts or not stages:
         raise PixcadeError("a grid needs prompts and at least one stage")
@@ -85,7 +86,8 @@ def labelled_grid(prompts: Sequence[str], stages: dict[str, Sequence[Image.Image
     font = _font()
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = int(scratch.textbbox((0, 0), "Ag", font=font)[3]) + 2
-    headers = [f"{name} ({images[0].size[0]} px{', final' if name == final and len(stages) > 1 else ''})"
+    marked = final if mark_final and len(stages) > 1 else None
+    headers = [f"{name} ({images[0].size[0]} px{', final' if name == marked else ''})"
                for name, images in stages.items()]
     header_h = max(len(wrap(h, scratch, font, cell)) for h in headers) * line_h + PAD
     row_h = max(cell, max(len(wrap(prompt_label(p), scratch, font, TEXT_WIDTH)) for p in prompts) * line_h)
