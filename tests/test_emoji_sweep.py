@@ -77,6 +77,9 @@ def test_each_cell_is_what_generate_draws_with_its_settings_and_a_rerun_resumes(
     lost.unlink()
     assert sweep(setup, out, *args) == 0
     assert np.array_equal(pixels(lost), before)
+    capsys.readouterr()
+    assert sweep(setup, out, *args, "--set", "base.steps=1") == 2  # other settings never mix into a cell
+    assert "holds images of a different run" in capsys.readouterr().err
 
 
 def test_the_augmentation_ablation_changes_only_the_sr_images(setup, tmp_path, capsys):

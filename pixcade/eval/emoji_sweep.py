@@ -144,7 +144,7 @@ def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignm
     sets = {}
     for cell, plan in zip(grid, plans):
         label = cell_label(cell)
-        record = {"model": run.model, "model_digest": run.model_digest, "seed": run.seed, "n": run.n,
+        record = {"model": str(Path(run.model).resolve()), "model_digest": run.model_digest, "seed": run.seed, "n": run.n,
                   "batch_size": run.batch_size, "cell": [list(a) for a in cell],
                   "options": {name: s.to_dict() for name, s in plan.settings.items()},
                   "precision": stage_precisions(plan.settings, cascade.device)}
