@@ -14,7 +14,7 @@ from pixcade.cli import main as pixcade_main
 from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.errors import PixcadeError
 from pixcade.eval.emoji_classifier import ClassifierConfig, read_manifest, save_classifier, train_classifier
-from pixcade.eval.emoji_sweep import Axis, cell_label, cells, parse_axis, split_prompts, spread
+from pixcade.eval.emoji_sweep import Axis, cell_label, cell_title, cells, parse_axis, split_prompts, spread
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, PAD, TEXT_WIDTH
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
@@ -58,7 +58,7 @@ def test_each_cell_is_what_generate_draws_with_its_settings_and_a_rerun_resumes(
     assert "| 4 | dynamic | judge |" in (out / "sweep.md").read_text()
     picture = Image.open(out / "grid.png")  # the cells side by side, one row per prompt
     assert picture.text[GRID_COMMAND_KEY].startswith("pixcade eval emoji sweep")
-    assert picture.size[0] == PAD + TEXT_WIDTH + PAD + 4 * (128 + PAD)
+    assert picture.size[0] == PAD + TEXT_WIDTH + PAD + 4 * (160 + PAD)
 
     cascade = Cascade.from_pretrained(setup[2])
     prompts = split_prompts(read_manifest(setup[0] / "base-64/heldout.jsonl"), "all")
@@ -128,6 +128,7 @@ def test_cells_are_the_product_of_the_axes_first_axis_slowest():
     assert len(grid) == 6 and grid[1] == (("base", "guidance_weight", "1"), (None, "steps", "3"))
     assert cell_label(grid[1]) == "base.guidance_weight-1_steps-3"
     assert cell_label([("base", "threshold", "dynamic:99.5")]) == "base.threshold-dynamic-99.5"
+    assert cell_title(grid[1]) == "guidance_weight 1, steps 3" and cell_title(()) == "defaults"
     with pytest.raises(PixcadeError, match="swept twice"):
         cells([Axis("base", "steps", ("2",)), Axis("base", "steps", ("3",))])
     assert parse_axis("sr.aug_level=0, 0.1", ["base", "sr"]) == Axis("sr", "aug_level", ("0", "0.1"))

@@ -156,16 +156,21 @@ def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignm
 
 
 GRID_PROMPTS = 8  # rows of the comparison picture, spread over the split
-GRID_CELL = 128  # its images' side: small stages enlarged so the differences show
+GRID_CELL = 160  # its images' side: small stages enlarged so the differences show
 
 
-def comparison_grid(sets: dict[str, list[tuple[Any, str]]]) -> Image.Image:
-    """One row per prompt (`GRID_PROMPTS` of them, spread), one column per cell: the images
-    the sweep judged, side by side ("with images")."""
+def cell_title(cell: Sequence[Assignment]) -> str:
+    """A column header that wraps at its spaces: ``guidance_weight 5, threshold static``."""
+    return ", ".join(f"{key} {value}" for _, key, value in cell) or "defaults"
+
+
+def comparison_grid(sets: dict[str, list[tuple[Any, str]]], titles: Sequence[str]) -> Image.Image:
+    """One row per prompt (`GRID_PROMPTS` of them, spread), one column per cell (headed by
+    ``titles``): the images the sweep judged, side by side ("with images")."""
     labels = list(sets)
     rows = spread(range(len(sets[labels[0]])), GRID_PROMPTS)
-    columns = {label: [sets[label][i][0] for i in rows] for label in labels}
-    side = max(GRID_CELL, max(columns[labels[0]][0].size))
+    columns = {title: [sets[label][i][0] for i in rows] for title, label in zip(titles, labels)}
+    side = max(GRID_CELL, max(sets[labels[0]][0][0].size))
     return labelled_grid([sets[labels[0]][i][1] for i in rows], columns, side, mark_final=False)
 
 
@@ -210,7 +215,8 @@ def run_sweep(cascade: Cascade, run: SweepRun, axes: Sequence[Axis], out: Path, 
     """Generate and judge every cell; write sweep.json and sweep.md into ``out``; the report."""
     grid = cells(axes)
     sets = generate_cells(cascade, run, grid, out)
-    write_grid(comparison_grid(sets), out / "grid.png", command=command, model_digest=run.model_digest)
+    write_grid(comparison_grid(sets, [cell_title(c) for c in grid]), out / "grid.png", command=command,
+               model_digest=run.model_digest)
     result = emoji.judge_generated_sets(judges, held_out, train, sets, copy_psnr=copy_psnr)
     rows = summary_rows(result, grid, split)
     report = {"command": command, "model": run.model, "model_digest": run.model_digest, "split": split,
