@@ -119,11 +119,12 @@ def results_section(model: dict, tests: list[dict[str, Any]]) -> list[str]:
     out.append("")
     for report, ok in verdicts:
         copies = report["near_copies"]["defaults"]
+        generated, real = copies["generated"], copies["real_held_out"]
         out += [f"`{report['split']}` ({report['prompts']} prompts x {report['n']}, seed {report['seed']}): "
                 f"{verdict(ok)} by every judge. Near-copies (nearest training image at least "
-                f"{copies['generated']['threshold_db']:g} dB, of another style): {copies['generated']['of_another_style']} "
-                f"of {copies['generated']['n']} generated images, against {copies['real_held_out']['of_another_style']} "
-                f"of the {copies['real_held_out']['n']} real held-out images. "
+                f"{generated['threshold_db']:g} dB, of another style): {generated['of_another_style']} of "
+                f"{generated['n']} generated images, against {real['of_another_style']} of the {real['n']} real "
+                "held-out images. "
                 f"{measured_on(report, model)}", "", code_block(report["command"]), ""]
     return out
 
@@ -145,7 +146,8 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
     out = [f"### Super-resolution ({sr['stage']}: 64 -> 256 px)", ""]
     a = sr["all"]
     out += [f"Given the true 64 px image (the 256 px one downsampled, as in training), the SR stage's output vs the "
-            f"true 256 px image on {a['n']} held-out rows with 256 px sources (split {sr.get('split', 'all')}): {a['psnr_sr']:.2f} dB against "
+            f"true 256 px image on {a['n']} held-out rows with 256 px sources (split {sr.get('split', 'all')}): "
+            f"{a['psnr_sr']:.2f} dB against "
             f"{a['psnr_bicubic']:.2f} dB for bicubic, {a['psnr_gain_db']:+.2f} dB (target >= +{SR_GAIN_DB:g} dB): "
             f"{verdict(a['psnr_gain_db'] >= SR_GAIN_DB)}. {measured_on(sr, model)}", "",
             "| split | rows | PSNR SR | PSNR bicubic | gain (dB) | SSIM SR | SSIM bicubic |",
@@ -187,7 +189,8 @@ def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: 
     if guidance is not None:
         out += sweep_section("Guidance weight x thresholding (validation prompts)", (
             "Does dynamic thresholding allow higher guidance weights on real artwork, as Imagen found on photos? "
-            "(On the shapes domain it did not: static clipping won at weights 5 and 8.)"), guidance, model, guidance_grid)
+            "(On the shapes domain it did not: static clipping won at weights 5 and 8.)"),
+            guidance, model, guidance_grid)
     if grid is not None:
         out += ["### Samples", "", "Held-out prompts: the base stage's 64 px image, the final 256 px image, and a "
                 "real training image of the same concept in another style (what the model may have learnt it "

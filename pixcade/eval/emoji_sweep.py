@@ -144,8 +144,8 @@ def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignm
     sets = {}
     for cell, plan in zip(grid, plans):
         label = cell_label(cell)
-        record = {"model": str(Path(run.model).resolve()), "model_digest": run.model_digest, "seed": run.seed, "n": run.n,
-                  "batch_size": run.batch_size, "cell": [list(a) for a in cell],
+        record = {"model": str(Path(run.model).resolve()), "model_digest": run.model_digest, "seed": run.seed,
+                  "n": run.n, "batch_size": run.batch_size, "cell": [list(a) for a in cell],
                   "options": {name: s.to_dict() for name, s in plan.settings.items()},
                   "precision": stage_precisions(plan.settings, cascade.device)}
         print(f"cell {label}", file=sys.stderr)
@@ -206,7 +206,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], axes: Sequence[Axis], split: 
     for judge, c in ceilings.items():
         lines.append("| " + " | ".join(["real images"] * len(axes) + [Path(judge).stem, _num(c["style"]),
                                         _num(c["family"]), _num(c["joint"]), "0", "-", "-"]) + " |")
-    return f"Held-out split `{split}`, {rows[0]['generated']['n'] if rows else 0} images per cell.\n\n" + "\n".join(lines)
+    per_cell = rows[0]["generated"]["n"] if rows else 0
+    return f"Held-out split `{split}`, {per_cell} images per cell.\n\n" + "\n".join(lines)
 
 
 def run_sweep(cascade: Cascade, run: SweepRun, axes: Sequence[Axis], out: Path, *, split: str,
