@@ -16,7 +16,7 @@ from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.nn.configs import get_preset
 from pixcade.pipeline.cascade import Cascade
-from pixcade.pipeline.options import parse_per_stage, resolve
+from pixcade.pipeline.options import as_overrides, parse_per_stage, resolve, settings_from_text
 from pixcade.stage import Stage, StageConfig
 from tiny_cascade import BASE_RES, SR_RES, build_tiny_cascade, tiny_configs
 
@@ -339,3 +339,11 @@ def test_text_encoder_dimension_must_match() -> None:
                          sampling=SamplingSettings(steps=1))
     with pytest.raises(PixcadeError, match="expects 32-d text embeddings .* gives 384-d"):
         Cascade([Stage(config)]).generate("x", progress=False)
+
+
+def test_settings_read_from_text_reach_generate_unchanged(cascade: Cascade) -> None:
+    configs = [s.config for s in cascade.stages]
+    text = settings_from_text(configs, [("base", "sampler", "ddim"), ("base", "sampler_args.eta", "0.5"),
+                                        ("sr", "aug_level", "0.7"), (None, "steps", "3")])
+    assert resolve(configs, **as_overrides(text)) == text
+    assert text["base"].sampler_args == {"eta": 0.5} and text["sr"].aug_level == 0.7

@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 from emoji_fixtures import HELD_OUT, make_packages
 from pixcade.cli import main as pixcade_main
 from pixcade.data.emoji.build import build_emoji_dataset
+from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import (
@@ -20,6 +21,10 @@ from pixcade.eval.emoji_classifier import (
     to_unit, train_classifier,
 )
 from pixcade.eval.fid import fid_from_features, kernel_inception_distance
+from pixcade.nn.configs import get_preset
+from pixcade.pipeline.cascade import Cascade
+from pixcade.stage import Stage, StageConfig
+from random_weights import perturb
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220)}  # style = colour
 QUADRANTS = {"tl": (0, 0), "tr": (8, 0), "bl": (0, 8), "br": (8, 8)}  # family = where the square is
@@ -253,22 +258,25 @@ def test_sr_eval_names_a_bad_manifest_row_in_one_line(tmp_path, capsys, line):
 
 
 def test_sr_cli_judges_a_64_to_256_stage_and_records_the_model(dataset, tmp_path, capsys):
-    from pixcade.diffusion.settings import SamplingSettings
-    from pixcade.nn.configs import get_preset
-    from pixcade.pipeline.cascade import Cascade
-    from pixcade.stage import Stage, StageConfig
-
     torch.manual_seed(0)
     sr = StageConfig(name="sr", resolution=256, lowres_resolution=64, unet=get_preset("tiny-sr", text_dim=384),
                      sampling=SamplingSettings(sampler="ddim", steps=1, guidance_weight=1.0, threshold="static"))
     model = tmp_path / "sr-model"
     base = StageConfig(name="base", resolution=64, unet=get_preset("tiny-base", text_dim=384))  # not run here
-    Cascade([Stage(base), Stage(sr)], text_encoder="minilm", max_length=32).save_pretrained(model)
+    stages = [Stage(base), Stage(sr)]
+    perturb(stages[1].net)  # its zero-initialised output layer too, so the output depends on the input
+    Cascade(stages, text_encoder="minilm", max_length=32).save_pretrained(model)
     assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == str(model) and len(report["model_digest"]) == 64 and report["stage"] == "sr"
     assert report["all"]["n"] == 1 and report["test_cs"]["n"] == 1  # the fixture's one 256 px held-out row
-    assert report["split"] == "all"
+    assert report["split"] == "all" and report["settings"]["aug_level"] == 0.0
+    assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model),
+                         "--set", "aug_level=0.5"]) == 0
+    augmented = json.loads(capsys.readouterr().out)
+    assert augmented["settings"]["aug_level"] == 0.5
+    assert augmented["results"][0]["psnr_sr"] != report["results"][0]["psnr_sr"]  # the setting reached the stage
+    assert augmented["results"][0]["psnr_bicubic"] == report["results"][0]["psnr_bicubic"]
     assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model), "--split", "val_cs"]) == 2
     assert "has no rows of split 'val_cs'" in capsys.readouterr().err  # the fixture's val_cs row is 64 px only
     row = report["results"][0]

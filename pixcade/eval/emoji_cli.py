@@ -32,7 +32,7 @@ from pixcade.eval.sr_psnr import sr_stage_name
 from pixcade.limits import check_generation
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
-from pixcade.pipeline.options import parse_assignment
+from pixcade.pipeline.options import as_overrides, parse_assignment, settings_from_text
 from pixcade.pipeline.shipped import resolve_model
 
 BASE, SR = "base-64", "sr-256"
@@ -98,6 +98,8 @@ def sr_main(argv: list[str]) -> int:
     p.add_argument("--split", default="all", help="held-out rows of one split: val_cs (choose settings here), "
                                                   "test_cs, test_attr, or all (default)")
     p.add_argument("--limit", type=int, default=None, help="only N of the rows, spread evenly over them")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampling setting of the SR stage (repeat), e.g. aug_level=0 or start=0.3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out")
@@ -113,14 +115,16 @@ def sr_main(argv: list[str]) -> int:
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=args.device)
     name = sr_stage_name(cascade, args.stage)
+    config = cascade.stage(name).config
+    settings = settings_from_text([config], [(name, *parse_assignment(text, [name])[1:]) for text in args.set])
 
     def upsample(lows: list, captions: list[str]) -> list:
-        return cascade.generate(captions, seed=args.seed, stages=[name], start_image=lows)
+        return cascade.generate(captions, seed=args.seed, stages=[name], start_image=lows, **as_overrides(settings))
 
     report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
     command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
     emit_json({"command": command, "model": str(model_dir), "model_digest": model_digest(model_dir), "stage": name,
-               "split": args.split, "seed": args.seed, **report}, args.out)
+               "split": args.split, "seed": args.seed, "settings": settings[name].to_dict(), **report}, args.out)
     return 0
 
 

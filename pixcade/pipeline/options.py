@@ -162,3 +162,11 @@ def settings_from_text(
                     raise PixcadeError(f"stage {c.name!r}: {key} is set twice")
                 per_stage[c.name][key] = value
     return _derive(configs, lambda c: c.sampling.replace_text(per_stage[c.name]))
+
+
+def as_overrides(settings: Mapping[str, SamplingSettings]) -> dict[str, dict[str, Any]]:
+    """``{stage: settings}`` as `Cascade.generate` overrides, ``{field: {stage: value}}``: how
+    settings read from text (`settings_from_text`) reach the Python API unchanged."""
+    return {name: {stage: (dict(value) if name in MAPPING_FIELDS else value)
+                   for stage, s in settings.items() for value in [getattr(s, name)]}
+            for name in FIELD_NAMES}
