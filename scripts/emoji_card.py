@@ -43,6 +43,15 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def attribution_table(data: Path) -> list[str]:
+    """The style / package / licence table of the dataset's ATTRIBUTION.md."""
+    try:
+        text = (data / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    except OSError as err:
+        raise SystemExit(f"emoji_card: cannot read the dataset's ATTRIBUTION.md: {err}")
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
 def data_section(summary: dict[str, Any], audit: dict[str, Any] | None, data_dir: str) -> list[str]:
     """Markdown: the packages, the counts per style, and the held-out audit's verdict."""
     out = ["## Data", "", f"Built by `pixcade data emoji` into `{data_dir}` from the pinned packages "
@@ -162,7 +171,7 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
 def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: dict | None, judges: list[dict],
          config: str | None, data_commands: list[str], tests: list[dict], sr: dict | None, ablation: dict | None,
          guidance: dict | None, grid: dict | None, ablation_grid: dict | None = None,
-         guidance_grid: dict | None = None) -> str:
+         guidance_grid: dict | None = None, attribution: list[str] = ()) -> str:
     out = ["# Model card: pixcade emoji cascade", "",
            f"A text-to-image cascade for human-drawn emoji in six openly licensed styles, 64 px base and 64 -> 256 "
            f"super-resolution, text encoder `{model['text_encoder']}` (max {model['max_length']} tokens). Every "
@@ -195,7 +204,10 @@ def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: 
         out += ["### Samples", "", "Held-out prompts: the base stage's 64 px image, the final 256 px image, and a "
                 "real training image of the same concept in another style (what the model may have learnt it "
                 f"from). {measured_on(grid, model)}", "", f"![held-out prompts]({grid['link']})", "",
-                code_block(grid["command"]) if grid["command"] else "", ""]
+                code_block(grid["command"]) if grid["command"] else "", "",
+                "The reference drawings (each row names its style; Apache-2.0 and MIT styles are preferred, "
+                "the share-alike one used last) are the work of each style's artists, under these licences "
+                "(the dataset's ATTRIBUTION.md):", "", *attribution, ""]
     return "\n".join(out)
 
 
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         grid=grid_info(Path(args.grid), out) if args.grid else None,
         ablation_grid=grid_info(Path(args.ablation_grid), out) if args.ablation_grid else None,
         guidance_grid=grid_info(Path(args.guidance_grid), out) if args.guidance_grid else None,
+        attribution=attribution_table(Path(args.data)),
     )
     text += "\n" + generated_by("emoji_card.py", argv)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,7 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
     assert "| sr.aug_level | judge |" in text and "| 0.3 | judge |" in text
     assert "![held-out prompts](../" in text and "pixcade eval emoji grid --model" in text
     assert "![Noise-conditioning augmentation: with and without](../" in text
+    assert "| Twemoji style | @twemoji/svg@15.0.0 | CC-BY-4.0 |" in text  # the references' licences
     with pytest.raises(SystemExit, match="not by this sweep"):  # a picture of another sweep
         emoji_card.main(["--model", str(model), "--data", str(data), "--judge", str(root / "judge.json"),
                          "--run", str(train_run), "--ablation", str(root / "ablation" / "sweep.json"),

@@ -22,13 +22,17 @@ def row(style, family, caption="", image=""):
     return {"style": style, "family": family, "caption": caption, "image": image}
 
 
-def test_the_reference_is_the_first_other_style_that_draws_the_family():
+def test_the_reference_is_another_style_that_draws_the_family_the_most_permissively_licensed():
     held = [row("google", "rocket", "rocket, Google Noto style"), row("twemoji", "rose", "rose, Twemoji style")]
     train = [row("openmoji", "rocket", image="o.png"), row("twemoji", "rocket", image="t.png"),
-             row("google", "rocket", image="g.png"), row("twemoji", "rose", image="r.png")]
-    refs = reference_rows(held, train, ["rocket, Google Noto style", "rose, Twemoji style"])
-    assert refs[0]["image"] == "t.png"  # twemoji precedes openmoji in the spec's order; google is the asked style
-    assert refs[1] is None  # only the asked style draws it
+             row("google", "rocket", image="g.png"), row("twemoji", "rose", image="r.png"),
+             row("openmoji", "rose", image="or.png"), row("fluent-flat", "rose", image="fr.png")]
+    refs = reference_rows(held + [row("google", "rose", "rose, Google Noto style")], train,
+                          ["rocket, Google Noto style", "rose, Twemoji style", "rose, Google Noto style"])
+    assert refs[0]["image"] == "t.png"  # CC-BY before CC-BY-SA (google, the asked style, is not a reference)
+    assert refs[1]["image"] == "fr.png"  # MIT before CC-BY-SA
+    assert refs[2]["image"] == "fr.png"  # MIT before CC-BY
+    assert reference_rows(held, train[:3], ["rose, Twemoji style"]) == [None]  # only the asked style draws it
     with pytest.raises(PixcadeError, match="not held-out emoji prompts"):
         reference_rows(held, train, ["a cat"])
 

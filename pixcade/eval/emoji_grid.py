@@ -18,7 +18,12 @@ from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
 
 REFERENCE = "real, another style"  # the reference column's header
-STYLE_ORDER = [s.name for s in STYLES]  # which other style's drawing is shown: the first that has one
+# Which other style's drawing is shown: the first in this order that draws the concept. The
+# picture goes into the README, and the spec forbids committing share-alike art and asks that
+# every image keep its attribution, so permissive licences come first (Apache-2.0, MIT), then
+# CC-BY, and the share-alike style last; the card names each reference's style and licence.
+LICENCE_RANK = {"Apache-2.0": 0, "MIT": 0, "CC-BY-4.0": 1, "CC-BY-SA-4.0": 2}
+STYLE_ORDER = [s.name for s in sorted(STYLES, key=lambda s: LICENCE_RANK.get(s.licence, 3))]
 
 
 def reference_rows(held_rows: Sequence[dict[str, Any]], train_rows: Sequence[dict[str, Any]],
