@@ -1,4 +1,5 @@
-"""`pixcade eval emoji SUBCOMMAND`: parse, call pixcade.eval.emoji / emoji_classifier.
+"""`pixcade eval emoji SUBCOMMAND`: parse, then call pixcade.eval.emoji, emoji_classifier,
+emoji_sweep or emoji_grid.
 
   train      train the judge on DATA/base-64/train.jsonl; report its ceiling on the held-out rows
   generated  judge `pixcade generate` folders of held-out prompts with one or more judges
@@ -21,11 +22,11 @@ from pixcade.commands import ArgumentParser, emit_json
 from pixcade.data.emoji.manifest import ROW_FIELDS, manifest_rows
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
-from pixcade.eval.emoji_grid import save_emoji_grid
-from pixcade.eval.emoji_sweep import SweepRun, check_split, parse_axis, run_sweep, split_prompts, spread
 from pixcade.eval.emoji_classifier import (
     ClassifierConfig, load_classifier, read_manifest, save_classifier, train_classifier,
 )
+from pixcade.eval.emoji_grid import save_emoji_grid
+from pixcade.eval.emoji_sweep import SweepRun, check_split, parse_axis, run_sweep, split_prompts, spread
 from pixcade.eval.fid import image_index
 from pixcade.eval.provenance import model_digest
 from pixcade.eval.sr_psnr import sr_stage_name
