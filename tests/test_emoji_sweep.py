@@ -113,6 +113,15 @@ def test_a_bad_axis_is_one_line_before_any_image(setup, tmp_path, capsys, vary, 
     assert not out.exists()
 
 
+def test_the_images_of_all_cells_are_bounded_before_any_is_drawn(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PIXCADE_MAX_IMAGES", "7")
+    out = tmp_path / "big"
+    assert sweep(setup, out, "--stages", "base", "--n", "2", "--vary", "base.steps=1,2") == 2  # 2 x 2 x 2 = 8
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "2 cell(s) x 2 prompt(s) x 2 image(s)" in err, err
+    assert not out.exists()
+
+
 def test_a_bad_split_or_limit_is_one_line(setup, tmp_path, capsys):
     data, judge, model = setup
     base = ["eval", "emoji", "sweep", "--model", str(model), "--data", str(data), "--classifier", str(judge),
@@ -132,6 +141,8 @@ def test_cells_are_the_product_of_the_axes_first_axis_slowest():
     with pytest.raises(PixcadeError, match="swept twice"):
         cells([Axis("base", "steps", ("2",)), Axis("base", "steps", ("3",))])
     assert parse_axis("sr.aug_level=0, 0.1", ["base", "sr"]) == Axis("sr", "aug_level", ("0", "0.1"))
+    with pytest.raises(PixcadeError, match="share the folder base.sampler_args.x-a-b"):
+        cells([Axis("base", "sampler_args.x", ("a:b", "a/b"))])
 
 
 def test_no_axis_is_one_cell_the_model_as_it_samples(setup, tmp_path, capsys):

@@ -26,11 +26,11 @@ from pixcade.eval.emoji_classifier import (
     ClassifierConfig, load_classifier, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.emoji_grid import save_emoji_grid
-from pixcade.eval.emoji_sweep import SweepRun, check_split, parse_axis, run_sweep, split_prompts, spread
+from pixcade.eval.emoji_sweep import SweepRun, cells, check_split, parse_axis, run_sweep, split_prompts, spread
 from pixcade.eval.fid import image_index
 from pixcade.eval.provenance import model_digest
 from pixcade.eval.sr_psnr import sr_stage_name
-from pixcade.limits import check_generation
+from pixcade.limits import check_generation, check_limit
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
 from pixcade.pipeline.options import as_overrides, parse_assignment, settings_from_text
@@ -161,6 +161,8 @@ def sweep_main(argv: list[str]) -> int:
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=args.device)
     axes = [parse_axis(text, cascade.names) for text in args.vary]
+    check_limit("images", len(cells(axes)) * len(prompts) * args.n,
+                f"{len(cells(axes))} cell(s) x {len(prompts)} prompt(s) x {args.n} image(s)")
     fixed = tuple(parse_assignment(text, cascade.names) for text in args.set)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     run = SweepRun(str(model_dir), model_digest(model_dir), prompts, args.n, args.seed, args.batch_size, stages, fixed)

@@ -71,8 +71,12 @@ def cells(axes: Sequence[Axis]) -> list[tuple[Assignment, ...]]:
     names = [a.name for a in axes]
     if len(set(names)) != len(names):
         raise PixcadeError(f"--vary: a setting is swept twice ({', '.join(names)})")
-    return [tuple((a.stage, a.key, v) for a, v in zip(axes, combo)) for combo in
+    grid = [tuple((a.stage, a.key, v) for a, v in zip(axes, combo)) for combo in
             itertools.product(*(a.values for a in axes))]
+    labels = [cell_label(c) for c in grid]
+    if len(set(labels)) != len(labels):  # each cell is a folder, and is judged under its name
+        raise PixcadeError(f"--vary: two cells would share the folder {next(x for x in labels if labels.count(x) > 1)}")
+    return grid
 
 
 def cell_label(cell: Sequence[Assignment]) -> str:
