@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from pixcade.eval.provenance import model_digest
+from pixcade.io import atomic_write_text
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, GRID_DIGEST_KEY
 from pixcade.nn.unet import count_parameters
 from pixcade.pipeline.saving import load_cascade_config
@@ -303,3 +304,13 @@ def generated_by(script: str, argv: list[str] | None) -> str:
     """The card's last paragraph: the command that wrote it, so it can be made again."""
     args = sys.argv[1:] if argv is None else argv
     return "This card was written by:\n\n" + code_block(shlex.join(["python", f"scripts/{script}", *args])) + "\n"
+
+
+def write_card(out: Path, text: str, runs: list[dict[str, Any]]) -> None:
+    """The card at ``out`` and, beside it, `TRAINING_RECORD` (every run's summary, for a later
+    card's ``--history``), both with home paths as ~/ (`home_relative`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, home_relative(text))
+    record = out.with_name(TRAINING_RECORD)
+    atomic_write_text(record, home_relative(json.dumps({"runs": runs}, indent=1)) + "\n")
+    print(f"wrote {out} and {record}", file=sys.stderr)

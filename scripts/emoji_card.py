@@ -18,18 +18,16 @@ each of which records its command and the digest of the model it measured.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, home_relative, measured_on, model_summary,
-    read_json, stages_table, training_commands, training_table, verdict,
+    code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, read_json, stages_table,
+    training_commands, training_table, verdict, write_card,
 )
 
 from pixcade.eval.emoji_sweep import Axis, markdown_table
-from pixcade.io import atomic_write_text
 
 # Issue 28's targets, each against the judge's ceiling on the same real held-out images.
 JOINT_SHARE = 0.5  # joint (family and style) accuracy at least half the ceiling
@@ -252,11 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         attribution=attribution_table(Path(args.data)),
     )
     text += "\n" + generated_by("emoji_card.py", argv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, home_relative(text))
-    record = out.with_name(TRAINING_RECORD)
-    atomic_write_text(record, home_relative(json.dumps({"runs": runs}, indent=1)) + "\n")
-    print(f"wrote {out} and {record}", file=sys.stderr)
+    write_card(out, text, runs)
     return 0
 
 

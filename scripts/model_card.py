@@ -16,14 +16,13 @@ a machine where some of those run directories no longer exist.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, home_relative, measured_on, model_summary,
-    read_history, read_json, stages_table, training_commands, training_table, verdict,
+    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, read_history,
+    read_json, stages_table, training_commands, training_table, verdict, write_card,
 )
 
 from pixcade.data.shapes import HELD_OUT, parse_caption
@@ -31,7 +30,6 @@ from pixcade.eval.paired import paired_difference
 from pixcade.eval.shapes import markdown_table as shapes_table
 from pixcade.eval.sr_psnr import markdown_table as sr_table
 from pixcade.eval.sweep import markdown_table as sweep_table
-from pixcade.io import atomic_write_text
 
 # Targets of issue 7 (the shipped model must meet them; the card says whether it does).
 TARGET_OVERALL = 0.80
@@ -191,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             raise SystemExit(f"model_card: cannot read --notes {args.notes}: {err}")
         text += "\n## Notes\n\n" + notes + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, home_relative(text))
-    record = out.with_name(TRAINING_RECORD)
-    atomic_write_text(record, home_relative(json.dumps({"runs": runs}, indent=1)) + "\n")
-    print(f"wrote {out} and {record}", file=sys.stderr)
+    write_card(out, text, runs)
     return 0
 
 
