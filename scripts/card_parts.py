@@ -15,8 +15,8 @@ from typing import Any
 from PIL import Image
 
 from pixcade.eval.provenance import model_digest
-from pixcade.io import atomic_write_text
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, GRID_DIGEST_KEY
+from pixcade.io import atomic_write_text
 from pixcade.nn.unet import count_parameters
 from pixcade.pipeline.saving import load_cascade_config
 from pixcade.stage import StageConfig

@@ -161,8 +161,9 @@ def sweep_main(argv: list[str]) -> int:
     model_dir = resolve_model(args.model)
     cascade = Cascade.from_pretrained(model_dir, device=args.device)
     axes = [parse_axis(text, cascade.names) for text in args.vary]
-    check_limit("images", len(cells(axes)) * len(prompts) * args.n,
-                f"{len(cells(axes))} cell(s) x {len(prompts)} prompt(s) x {args.n} image(s)")
+    n_cells = len(cells(axes))  # also checks the axes, before the bound that uses their count
+    check_limit("images", n_cells * len(prompts) * args.n,
+                f"{n_cells} cell(s) x {len(prompts)} prompt(s) x {args.n} image(s)")
     fixed = tuple(parse_assignment(text, cascade.names) for text in args.set)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     run = SweepRun(str(model_dir), model_digest(model_dir), prompts, args.n, args.seed, args.batch_size, stages, fixed)
