@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from common import gpu_peak_bf16
 
+    from pixcade.diffusion.precision import computes_bf16
+
     a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = a.device.startswith("cuda")
     a.suite = a.suite or ("gpu" if gpu else "cpu")
@@ -312,15 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         a.steps = 2 if a.quick else suite.sample_steps
     a.steps = a.steps or None  # 0 -> every step
     if a.pixcade_opts is None:
-        # The trainer's default is bf16 autocast. channels_last pays on GPUs, not on the CPU
+        # The trainer's default precision (train.bf16 "auto"): bf16 autocast where the device
+        # computes bf16 natively, else fp32. channels_last pays on GPUs, not on the CPUs
         # measured here (benchmarks/README.md).
-        a.pixcade_opts = "bf16,cl" if gpu else "bf16"
+        a.pixcade_opts = ",".join(["bf16"] * computes_bf16(a.device) + ["cl"] * gpu)
     a.peak_flops = gpu_peak_bf16() if gpu else None
     if a.impls is None:
         # Each library's default precision, plus the other precision for pixcade and
         # imagen-pytorch's training (its trainer offers bf16 through accelerate).
-        a.impls = ",".join(["pixcade"] + (["pixcade@fp32"] if "bf16" in a.pixcade_opts else [])
-                           + ["imagen-pytorch", "imagen-pytorch@bf16", "diffusers"])
+        other = "pixcade@fp32" if "bf16" in a.pixcade_opts else "pixcade@bf16"
+        a.impls = ",".join(["pixcade", other, "imagen-pytorch", "imagen-pytorch@bf16", "diffusers"])
     impls = [i for i in a.impls.split(",") if i]
     tasks = [t for t in a.tasks.split(",") if t]
 

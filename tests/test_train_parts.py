@@ -18,6 +18,7 @@ from pixcade.train.config import CascadeTrainConfig, TrainConfig, load_config
 from pixcade.train.data import BatchStream, DataPosition
 from pixcade.train.ema import EMA
 from pixcade.train.rng import capture_rng, restore_rng
+from pixcade.train import setup
 from pixcade.train.setup import build_optimizer, lr_at
 from train_support import TINY_CONFIG, state_equal
 
@@ -63,10 +64,25 @@ def test_toml_config_reads_like_json(tmp_path):
     ({"learning_rate": 1e-4}, "unknown keys"),
     ({"high_noise_share": 1.2}, "high_noise_share"),
     ({"high_noise_from": 1.0}, "high_noise_from"),
+    ({"bf16": "yes"}, 'train.bf16 must be true, false or "auto"'),
+    ({"bf16": 1}, "train.bf16"),
 ])
 def test_bad_train_settings_name_the_problem(train, words):
     with pytest.raises(PixcadeError, match=words):
         TrainConfig.from_dict(train)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_follows_the_device_and_explicit_settings_do_not(monkeypatch, native):
+    monkeypatch.setattr(setup, "computes_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert TrainConfig().bf16 == "auto"  # the default: emulated bf16 is many times slower than fp32
+    assert setup.autocast_bf16(TrainConfig(bf16="auto"), cpu) is native
+    assert setup.autocast_bf16(TrainConfig(bf16=True), cpu) is True
+    assert setup.autocast_bf16(TrainConfig(bf16=False), cpu) is False
+    note = setup.precision_note(TrainConfig(bf16="auto"), native)
+    assert note.startswith("pixcade train: bf16 autocast" if native else "pixcade train: fp32")
+    assert ("does not compute" in note) is not native
 
 
 def test_batch_must_split_over_ranks_and_accumulation():

@@ -20,6 +20,7 @@ from pixcade.errors import PixcadeError
 from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import Stage, StageConfig
 from pixcade.train import checkpoint as ckpt
+from pixcade.train import setup
 from pixcade.train.trainer import NonFiniteLossError, train
 from train_support import REPO, build_cache, make_shapes, state_equal, tiny_config, tiny_config_dict
 
@@ -224,6 +225,25 @@ def test_bf16_adafactor_and_accumulation(shapes, tmp_path):
     # Two micro-batches of 4 per optimizer step (global batch 8).
     batches = (tmp_path / "run/sample_keys/rank-0.jsonl").read_text().splitlines()
     assert [len(json.loads(b)["keys"]) for b in batches] == [4] * 6
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_runs_the_steps_under_autocast_only_where_native(shapes, tmp_path, monkeypatch, capsys, native):
+    data, cache = shapes
+    monkeypatch.setattr(setup, "computes_bf16", lambda device: native)
+    seen = []
+    forward = EfficientUNet.forward
+
+    def recording(self, x, t, *args, **kwargs):
+        if self.training:
+            seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, x, t, *args, **kwargs)
+
+    monkeypatch.setattr(EfficientUNet, "forward", recording)
+    cfg = tiny_config(data, cache, "base", **dict(QUICK, max_steps=2, bf16="auto"))
+    train(cfg, "base", tmp_path / "run")
+    assert len(seen) == 2 and set(seen) == {native}
+    assert ("bf16 autocast" if native else "fp32 (train.bf16") in capsys.readouterr().err
 
 
 def test_high_noise_share_reaches_the_training_noise_levels(shapes, tmp_path, monkeypatch):

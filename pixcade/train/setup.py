@@ -13,6 +13,7 @@ from torch import nn
 from pixcade.data.datasets import CaptionedImages, open_dataset
 from pixcade.data.samples import Skipped
 from pixcade.data.transforms import stage_transform
+from pixcade.diffusion.precision import computes_bf16
 from pixcade.errors import PixcadeError
 from pixcade.stage import StageConfig
 from pixcade.text.cache import EmbeddingCache
@@ -28,6 +29,21 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
     # single-tensor loop on CPU, measured in benchmarks/); other devices take the default.
     fused = True if device.type in ("cuda", "cpu") else None
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
+
+
+def autocast_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the run's forward and backward go under bf16 autocast on ``device``:
+    ``train.bf16`` as given, or for "auto" whether the device computes bf16 natively."""
+    return computes_bf16(device) if cfg.bf16 == "auto" else bool(cfg.bf16)
+
+
+def precision_note(cfg: TrainConfig, bf16: bool) -> str:
+    """The log line saying what a run computes in, and why where "auto" chose it."""
+    what = "bf16 autocast" if bf16 else "fp32"
+    if cfg.bf16 != "auto":
+        return f"pixcade train: {what} (train.bf16 {str(cfg.bf16).lower()})"
+    native = "computes" if bf16 else "does not compute"
+    return f'pixcade train: {what} (train.bf16 "auto": this device {native} bf16 natively)'
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:

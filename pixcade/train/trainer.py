@@ -108,7 +108,8 @@ def train(
 def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dist.DistInfo,
            resume: bool, max_steps: int | None, resume_from: str | Path | None = None) -> TrainResult:
     entry = config.stage(stage_name)
-    opts = entry.train
+    # "auto" precision is decided here, once, for this device; every part below reads the bool.
+    opts = dataclasses.replace(entry.train, bf16=setup.autocast_bf16(entry.train, info.device))
     # A distillation entry's model is its teacher's, made into the student.
     distilling = distill.prepare(config, entry, info.device) if entry.distill is not None else None
     stage_config = distilling.student if distilling is not None else entry.stage_config()
@@ -122,7 +123,7 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
     parts = build_parts(stage_config, opts, info, distilling)
 
     # -- state: the newest checkpoint, or a fresh start (perhaps from other weights) -------
-    notes: list[str] = []
+    notes = [setup.precision_note(entry.train, opts.bf16)]
     progress = Progress()
     if resume:
         progress = _resume(ckpt_dir, parts, info, notes, resume_from)
