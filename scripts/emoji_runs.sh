@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Issue 28's emoji runs on one machine, from nothing (docs/emoji-model-notes.md says why each
+# step is what it is):
+#
+#   scripts/emoji_runs.sh data          # the dataset from the six pinned npm packages (~10-45 min)
+#   scripts/emoji_runs.sh embed         # the training captions' MiniLM embeddings (~4 min)
+#   scripts/emoji_runs.sh audit         # held-out rows absent from training (~30 s)
+#   scripts/emoji_runs.sh judges        # the two fixed judges, one core each (~1.5 h)
+#   scripts/emoji_runs.sh base | sr     # train a stage; resumes from its newest checkpoint
+#   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
+#   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows
+#
+# Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
+# step is safe to rerun (training and the judges resume, the sweep resumes by cell). The runs
+# import a frozen copy of HEAD (emoji/code-REV): a run lives for hours and a worktree changes
+# under it. Stop a training run with `kill -TERM` (it checkpoints first). THREADS sets the
+# threads of a training run (default 2, both cores).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+R=${PIXCADE_RUNS:-$HOME/pixcade-runs}
+D=$R/emoji-data
+E=$R/emoji
+JUDGES=(--classifier "$E/judge2/judge-w32-seed0.safetensors" --classifier "$E/judge2/judge-w32-seed1.safetensors")
+
+frozen_code() {
+    local rev
+    rev=$(git -C "$REPO" rev-parse --short HEAD)
+    if [ ! -d "$E/code-$rev" ]; then
+        mkdir -p "$E"
+        git -C "$REPO" archive --prefix="code-$rev/" HEAD | tar -x -C "$E"
+    fi
+    echo "$E/code-$rev"
+}
+CODE=$(frozen_code)
+px() { (cd "$CODE" && python -m pixcade.cli "$@"); }
+
+export_stage() {  # export_stage base|sr step-N -> prints the export folder
+    local out="$E/exports/$1-${2#step-}"
+    [ -d "$out" ] || px train export --run "$E/$1-phase1" --checkpoint "$2" --out "$out" >&2
+    echo "$out"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+data) px data emoji --out "$D" ;;
+embed)
+    OMP_NUM_THREADS=2 px embed --data "$D/base-64/train.jsonl" --encoder minilm --max-length 64 \
+        --out "$E/embeddings" ;;
+audit)
+    mkdir -p "$E/audit"
+    px data emoji-audit --data "$D" --held-out "$REPO/../shared/emoji/heldout.jsonl" --out "$E/audit/audit.json" ;;
+judges)
+    mkdir -p "$E/judge2"
+    for seed in 0 1; do
+        OMP_NUM_THREADS=1 px eval emoji train --data "$D" --out "$E/judge2/judge-w32-seed$seed.safetensors" \
+            --steps 15000 --width 32 --seed "$seed" --threads 1 --checkpoints "$E/judge2/ckpt-seed$seed" \
+            --report "$E/judge2/judge-w32-seed$seed.json" > "$E/judge2/seed$seed.log" 2>&1 &
+    done
+    wait ;;
+base | sr)
+    data=$D/base-64/train.jsonl
+    [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
+    resume=()
+    [ -d "$E/$cmd-phase1/checkpoints" ] && resume=(--resume)
+    OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config configs/emoji-phase1.json \
+        --stage "$cmd" --data "$data" --embedding-cache "$E/embeddings" --out "$E/$cmd-phase1" "${resume[@]}" ;;
+check-base)
+    step=${1:?check-base needs a checkpoint name, e.g. step-00004000}
+    shift
+    base=$(export_stage base "$step")
+    model="$E/candidates/base-${step#step-}"
+    [ -d "$model" ] || px assemble "$base" --out "$model"
+    OMP_NUM_THREADS=1 px eval emoji sweep --model "$model" --data "$D" "${JUDGES[@]}" --split val_cs \
+        --stages base --limit "${LIMIT:-60}" --out "$E/base-checks/base-${step#step-}${TAG:-}" "$@" ;;
+check-sr)
+    step=${1:?check-sr needs a checkpoint name, e.g. step-00006000}
+    shift
+    sr=$(export_stage sr "$step")
+    newest=$(ls -d "$E"/exports/base-* 2>/dev/null | sort | tail -1)
+    [ -n "$newest" ] || { echo "check-sr: no base export to pair the SR stage with (run check-base first)" >&2; exit 2; }
+    model="$E/candidates/sr-${step#step-}"
+    [ -d "$model" ] || px assemble "$newest" "$sr" --out "$model"
+    OMP_NUM_THREADS=1 px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
+        --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
+*)
+    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|check-base STEP|check-sr STEP" >&2
+    exit 2 ;;
+esac
