@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pixcade.diffusion import precision
 from pixcade.nn.configs import get_preset
 from pixcade.nn.layers import Upsample
 from pixcade.nn.unet import EfficientUNet, count_parameters
@@ -67,12 +68,16 @@ def test_traced_u_net_peak_is_within_25_percent_below_the_measured_one():
     # The trace sees every tensor an operator returns but not what a kernel allocates and
     # frees inside itself, so it may only fall short; at these sizes by 5-12% (torch 2.13,
     # this repo's CPU). Byte counts, not timings: a loaded machine does not move them.
+    # Where the CPU emulates bf16 (no avx512_bf16 or AMX), oneDNN keeps fp32 copies of the
+    # operands inside its kernels, 2.4x the traced peak at tiny-base (AVX2 EPYC), so there
+    # bf16 is bounded from one side only; `auto` samples in fp32 on such a CPU.
     for preset, side in (("tiny-base", 16), ("tiny-sr", 32)):
         call = memory.unet_call(get_preset(preset), side, text_tokens=8)
         for dtype in (torch.float32, torch.bfloat16):
             traced = memory.trace_call(*call, dtype).peak_bytes
             measured = memory.measure_call(*call, dtype).peak_bytes
-            assert 0.75 * measured <= traced <= 1.02 * measured, (preset, dtype, traced, measured)
+            low = 0.75 if dtype == torch.float32 or precision.cpu_computes_bf16() else 0.0
+            assert low * measured <= traced <= 1.02 * measured, (preset, dtype, traced, measured)
 
 
 def test_docs_hold_the_current_sampling_memory_tables():

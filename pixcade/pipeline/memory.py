@@ -7,7 +7,10 @@ the bytes of every storage an operator creates and subtracts them when the last 
 on it dies. The peak of that sum is the peak of live tensors, at the paper's sizes in
 seconds. It follows the CPU's code path (pixcade's Upsample without the upsampled image,
 attention in fp32 under bf16 autocast); what it cannot see is memory an operator
-allocates and frees inside itself (a convolution's workspace).
+allocates and frees inside itself (a convolution's workspace). That is small, except in bf16
+on a CPU that emulates it (no avx512_bf16 or AMX), where the kernels hold fp32 copies of
+their operands: 2.4x the traced peak at tiny-base on an AVX2 EPYC (sampling's ``auto``
+precision is fp32 there).
 
 Measured: the same call on real tensors under ``torch.profiler`` with ``profile_memory``,
 which records every allocation and free of c10's CPU allocator (all tensor storages,
