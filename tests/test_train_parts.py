@@ -80,9 +80,12 @@ def test_bf16_auto_follows_the_device_and_explicit_settings_do_not(monkeypatch, 
     assert setup.autocast_bf16(TrainConfig(bf16="auto"), cpu) is native
     assert setup.autocast_bf16(TrainConfig(bf16=True), cpu) is True
     assert setup.autocast_bf16(TrainConfig(bf16=False), cpu) is False
-    note = setup.precision_note(TrainConfig(bf16="auto"), native)
+    note = setup.precision_note(TrainConfig(bf16="auto"), cpu)
     assert note.startswith("pixcade train: bf16 autocast" if native else "pixcade train: fp32")
     assert ("does not compute" in note) is not native
+    # Asking for bf16 where it is emulated trains as asked, with a warning.
+    assert ("emulated" in setup.precision_note(TrainConfig(bf16=True), cpu)) is not native
+    assert "emulated" not in setup.precision_note(TrainConfig(bf16=False), cpu)
 
 
 def test_batch_must_split_over_ranks_and_accumulation():

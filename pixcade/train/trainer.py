@@ -123,7 +123,7 @@ def _train(config: CascadeTrainConfig, stage_name: str, run_dir: Path, info: dis
     parts = build_parts(stage_config, opts, info, distilling)
 
     # -- state: the newest checkpoint, or a fresh start (perhaps from other weights) -------
-    notes = [setup.precision_note(entry.train, opts.bf16)]
+    notes = [setup.precision_note(entry.train, info.device)]
     progress = Progress()
     if resume:
         progress = _resume(ckpt_dir, parts, info, notes, resume_from)
