@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pixcade.diffusion.precision import computes_bf16
 from pixcade.io import atomic_write_text
 from pixcade.stage import Stage
 from pixcade.train.config import DistillConfig
@@ -84,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--fp32", action="store_true", help="no bf16 autocast (the trainer's default is bf16)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training precision, as train.bf16 (default auto, the trainer's: bf16 autocast where "
+                        "the device computes bf16 natively, else fp32)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the result here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    result = measure(a.model, a.stage, a.batch, a.repeats, not a.fp32, a.device)
+    bf16 = computes_bf16(a.device) if a.precision == "auto" else a.precision == "bf16"
+    result = measure(a.model, a.stage, a.batch, a.repeats, bf16, a.device)
     text = json.dumps(result, indent=1)
     print(text)
     if a.json:
