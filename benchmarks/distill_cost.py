@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pixcade.diffusion.precision import computes_bf16
+from pixcade.diffusion.precision import check_dtype
 from pixcade.io import atomic_write_text
 from pixcade.stage import Stage
 from pixcade.train.config import DistillConfig
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the result here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    bf16 = computes_bf16(a.device) if a.precision == "auto" else a.precision == "bf16"
+    bf16 = check_dtype(a.precision, a.device) == torch.bfloat16  # "auto" resolved as the trainer does
     result = measure(a.model, a.stage, a.batch, a.repeats, bf16, a.device)
     text = json.dumps(result, indent=1)
     print(text)
