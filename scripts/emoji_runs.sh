@@ -7,6 +7,8 @@
 #   scripts/emoji_runs.sh audit         # held-out rows absent from training (~30 s)
 #   scripts/emoji_runs.sh judges        # the two fixed judges, one core each (~1.5 h)
 #   scripts/emoji_runs.sh base | sr     # train a stage; resumes from its newest checkpoint
+#   scripts/emoji_runs.sh base32        # the base stage at 32 px (configs/emoji-phase0-32.json), ~3.7x
+#                                       # cheaper per image, to init the 64 px base from (init_from)
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
 #   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows
 #
@@ -58,13 +60,14 @@ judges)
             --report "$E/judge2/judge-w32-seed$seed.json" > "$E/judge2/seed$seed.log" 2>&1 &
     done
     wait ;;
-base | sr)
-    data=$D/base-64/train.jsonl
+base | sr | base32)
+    config=configs/emoji-phase1.json stage=$cmd out=$E/$cmd-phase1 data=$D/base-64/train.jsonl
     [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
+    [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base out=$E/base32-phase0
     resume=()
-    [ -d "$E/$cmd-phase1/checkpoints" ] && resume=(--resume)
-    OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config configs/emoji-phase1.json \
-        --stage "$cmd" --data "$data" --embedding-cache "$E/embeddings" --out "$E/$cmd-phase1" "${resume[@]}" ;;
+    [ -d "$out/checkpoints" ] && resume=(--resume)
+    OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config "$config" \
+        --stage "$stage" --data "$data" --embedding-cache "$E/embeddings" --out "$out" "${resume[@]}" ;;
 check-base)
     step=${1:?check-base needs a checkpoint name, e.g. step-00004000}
     shift
@@ -84,6 +87,6 @@ check-sr)
     OMP_NUM_THREADS=1 px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
 *)
-    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|check-base STEP|check-sr STEP" >&2
+    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|base32|check-base STEP|check-sr STEP" >&2
     exit 2 ;;
 esac
