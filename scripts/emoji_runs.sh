@@ -10,6 +10,7 @@
 #   scripts/emoji_runs.sh base32        # the base stage at 32 px (configs/emoji-phase0-32.json), ~3.7x
 #                                       # cheaper per image, to init the 64 px base from (init_from)
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
+#   scripts/emoji_runs.sh check-base32 step-N [sweep options] # the same for the 32 px base
 #   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows
 #
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
@@ -36,9 +37,13 @@ frozen_code() {
 CODE=$(frozen_code)
 px() { (cd "$CODE" && python -m pixcade.cli "$@"); }
 
-export_stage() {  # export_stage base|sr step-N -> prints the export folder
+run_dir() {  # run_dir base|sr|base32 -> the stage's run folder
+    if [ "$1" = base32 ]; then echo "$E/base32-phase0"; else echo "$E/$1-phase1"; fi
+}
+
+export_stage() {  # export_stage base|sr|base32 step-N -> prints the export folder
     local out="$E/exports/$1-${2#step-}"
-    [ -d "$out" ] || px train export --run "$E/$1-phase1" --checkpoint "$2" --out "$out" >&2
+    [ -d "$out" ] || px train export --run "$(run_dir "$1")" --checkpoint "$2" --out "$out" >&2
     echo "$out"
 }
 
@@ -61,21 +66,22 @@ judges)
     done
     wait ;;
 base | sr | base32)
-    config=configs/emoji-phase1.json stage=$cmd out=$E/$cmd-phase1 data=$D/base-64/train.jsonl
+    config=configs/emoji-phase1.json stage=$cmd out=$(run_dir "$cmd") data=$D/base-64/train.jsonl
     [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
-    [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base out=$E/base32-phase0
+    [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base
     resume=()
     [ -d "$out/checkpoints" ] && resume=(--resume)
     OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config "$config" \
         --stage "$stage" --data "$data" --embedding-cache "$E/embeddings" --out "$out" "${resume[@]}" ;;
-check-base)
-    step=${1:?check-base needs a checkpoint name, e.g. step-00004000}
+check-base | check-base32)
+    step=${1:?$cmd needs a checkpoint name, e.g. step-00004000}
     shift
-    base=$(export_stage base "$step")
-    model="$E/candidates/base-${step#step-}"
+    name=${cmd#check-}
+    base=$(export_stage "$name" "$step")
+    model="$E/candidates/$name-${step#step-}"
     [ -d "$model" ] || px assemble "$base" --out "$model"
     OMP_NUM_THREADS=1 px eval emoji sweep --model "$model" --data "$D" "${JUDGES[@]}" --split val_cs \
-        --stages base --limit "${LIMIT:-60}" --out "$E/base-checks/base-${step#step-}${TAG:-}" "$@" ;;
+        --stages base --limit "${LIMIT:-60}" --out "$E/base-checks/$name-${step#step-}${TAG:-}" "$@" ;;
 check-sr)
     step=${1:?check-sr needs a checkpoint name, e.g. step-00006000}
     shift
@@ -87,6 +93,6 @@ check-sr)
     OMP_NUM_THREADS=1 px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
 *)
-    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|base32|check-base STEP|check-sr STEP" >&2
+    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|base32|check-base STEP|check-base32 STEP|check-sr STEP" >&2
     exit 2 ;;
 esac
