@@ -49,6 +49,9 @@ export_stage() {  # export_stage base|sr|base32 step-N -> prints the export fold
 
 cmd=${1:-}
 shift || true
+# One compound command ending in exit: bash parses it whole before running it, so editing this
+# file while a run lasts (hours) cannot make bash read the new bytes at the old offset.
+{
 case "$cmd" in
 data) px data emoji --out "$D" ;;
 embed)
@@ -96,3 +99,5 @@ check-sr)
     echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|base32|check-base STEP|check-base32 STEP|check-sr STEP" >&2
     exit 2 ;;
 esac
+exit
+}
