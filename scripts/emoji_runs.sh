@@ -6,15 +6,17 @@
 #   scripts/emoji_runs.sh embed         # the training captions' MiniLM embeddings (~4 min)
 #   scripts/emoji_runs.sh audit         # held-out rows absent from training (~30 s)
 #   scripts/emoji_runs.sh judges        # the two fixed judges, one core each (~1.5 h)
-#   scripts/emoji_runs.sh base | sr     # train a stage; resumes from its newest checkpoint
-#   scripts/emoji_runs.sh base32        # the base stage at 32 px (configs/emoji-phase0-32.json), ~3.7x
-#                                       # cheaper per image, to init the 64 px base from (init_from)
+#   scripts/emoji_runs.sh base32        # phase 0: the base stage at 32 px (configs/emoji-phase0-32.json),
+#                                       # ~3.7x cheaper per image than at 64 px
+#   INIT=step-N scripts/emoji_runs.sh base   # phase 1: the 64 px base, started from phase 0's
+#                                       # checkpoint step-N (INIT is needed only to start it)
+#   scripts/emoji_runs.sh sr            # the SR stage, 64 -> 256
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
 #   scripts/emoji_runs.sh check-base32 step-N [sweep options] # the same for the 32 px base
 #   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows
 #
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
-# step is safe to rerun (training and the judges resume, the sweep resumes by cell). The runs
+# step is safe to rerun (training resumes from its newest checkpoint, the judges resume, the sweep resumes by cell). The runs
 # import a frozen copy of HEAD (emoji/code-REV): a run lives for hours and a worktree changes
 # under it. Stop a training run with `kill -TERM` (it checkpoints first). THREADS sets the
 # threads of a training run (default 2, both cores).
@@ -37,8 +39,13 @@ frozen_code() {
 CODE=$(frozen_code)
 px() { (cd "$CODE" && python -m pixcade.cli "$@"); }
 
-run_dir() {  # run_dir base|sr|base32 -> the stage's run folder
-    if [ "$1" = base32 ]; then echo "$E/base32-phase0"; else echo "$E/$1-phase1"; fi
+run_dir() {  # run_dir base32|base|sr -> the run's folder
+    case "$1" in
+    base32) echo "$E/base32-phase0" ;;
+    base) echo "$E/base-phase1-from32" ;;  # $E/base-phase1 is the 64 px run from scratch, superseded
+    sr) echo "$E/sr-phase1" ;;
+    *) echo "run_dir: no run named $1" >&2; exit 2 ;;
+    esac
 }
 
 export_stage() {  # export_stage base|sr|base32 step-N -> prints the export folder
@@ -72,10 +79,15 @@ base | sr | base32)
     config=configs/emoji-phase1.json stage=$cmd out=$(run_dir "$cmd") data=$D/base-64/train.jsonl
     [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
     [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base
-    resume=()
-    [ -d "$out/checkpoints" ] && resume=(--resume)
+    start=()
+    if [ -d "$out/checkpoints" ]; then
+        start=(--resume)
+    elif [ "$cmd" = base ]; then
+        init=${INIT:?"base starts from a phase 0 checkpoint: INIT=step-N scripts/emoji_runs.sh base"}
+        start=(--init-from "$(export_stage base32 "$init")")
+    fi
     OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config "$config" \
-        --stage "$stage" --data "$data" --embedding-cache "$E/embeddings" --out "$out" "${resume[@]}" ;;
+        --stage "$stage" --data "$data" --embedding-cache "$E/embeddings" --out "$out" "${start[@]}" ;;
 check-base | check-base32)
     step=${1:?$cmd needs a checkpoint name, e.g. step-00004000}
     shift

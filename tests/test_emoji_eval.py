@@ -226,6 +226,12 @@ def test_cli_train_then_judge_real_held_out_images_as_generated(dataset, tmp_pat
     judged = out["judges"][str(weights)]["models"][str(gen)]
     assert judged["accuracy"]["all"]["generated"] == judged["accuracy"]["all"]["ceiling"]
     assert abs(judged["distance"]["fd"]) < 1e-5  # the same images: 0 up to the matrix square root's rounding
+    per = judged["per_image"]  # what the judge read in each image, in the folder's order
+    assert [r["prompt"] for r in per] == [row["caption"] for row in held.extra]
+    assert [r["style_right"] for r in per] == [r["style"] == s for r, s in zip(per, held.styles)]
+    acc = judged["accuracy"]["all"]["generated"]
+    assert np.mean([r["style_right"] for r in per]) == acc["style"]
+    assert np.mean([r["style_right"] and r["family_right"] for r in per]) == acc["joint"]
     # The fixture's styles all draw the same square, so each held-out image IS a copy of
     # the same emoji in another style: the check must say so, for real and "generated" alike.
     copies = out["near_copies"][str(gen)]

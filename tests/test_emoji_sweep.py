@@ -56,6 +56,12 @@ def test_each_cell_is_what_generate_draws_with_its_settings_and_a_rerun_resumes(
     report = json.loads((out / "sweep.json").read_text())
     assert report["axes"][0] == {"name": "base.guidance_weight", "values": ["1", "4"]}
     assert "| 4 | dynamic | judge |" in (out / "sweep.md").read_text()
+    for label, row in zip(labels, summary):  # the list of images judged right agrees with the means
+        per = report["judges"][str(setup[1])]["models"][label]["per_image"]
+        right = [r["prompt"] for r in per if r["style_right"] and r["family_right"]]
+        assert len(right) == round(row["generated"]["joint"] * row["generated"]["n"])
+        title = f"guidance_weight {row['values'][0]}, threshold {row['values'][1]}"
+        assert f"- {title} ({len(right)}): {'; '.join(right) or 'none'}" in (out / "sweep.md").read_text()
     picture = Image.open(out / "grid.png")  # the cells side by side, one row per prompt
     assert picture.text[GRID_COMMAND_KEY].startswith("pixcade eval emoji sweep")
     assert picture.size[0] == PAD + TEXT_WIDTH + PAD + 4 * (160 + PAD)

@@ -100,17 +100,22 @@ def judge_generated(
     net: EmojiClassifier, held_out: LabelledImages, generated: Sequence[tuple[Image.Image, str]],
 ) -> dict[str, Any]:
     """One judge's view of generated (image, prompt) pairs of held-out prompts: accuracies
-    beside the ceiling on the same rows, FD and KID against those rows' real images."""
+    beside the ceiling on the same rows, FD and KID against those rows' real images, and what
+    it read in each image (``per_image``, in the order given: which concepts a model draws)."""
     index = held_out_index(held_out, generated)
     pred = predict(net, to_pixels([im for im, _ in generated], net.config.resolution))
     rows = sorted(set(index))
     real = predict(net, held_out.pixels[rows])
     real_acc = by_split(real, held_out, rows)
     gen_acc = by_split(pred, held_out, index)
+    per_image = [{"prompt": prompt, "style": style, "family": family,
+                  "style_right": style == held_out.styles[i], "family_right": family == held_out.families[i]}
+                 for (_, prompt), i, style, family in zip(generated, index, pred["styles"], pred["families"])]
     return {
         "images": len(generated), "prompts": len(rows),
         "accuracy": {split: {"generated": gen_acc[split], "ceiling": real_acc[split]} for split in gen_acc},
         "distance": distances(real["features"], pred["features"]),
+        "per_image": per_image,
     }
 
 

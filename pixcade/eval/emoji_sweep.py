@@ -214,6 +214,23 @@ def markdown_table(rows: Sequence[dict[str, Any]], axes: Sequence[Axis], split: 
     return f"Held-out split `{split}`, {per_cell} images per cell.\n\n" + "\n".join(lines)
 
 
+def right_by_every_judge(result: dict[str, Any], label: str) -> list[str]:
+    """The prompts of the cell's images that every judge reads as the right family and style."""
+    per_judge = [r["models"][label]["per_image"] for r in result["judges"].values()]
+    return [images[0]["prompt"] for images in zip(*per_judge)
+            if all(x["style_right"] and x["family_right"] for x in images)]
+
+
+def right_list(result: dict[str, Any], grid: Sequence[tuple[Assignment, ...]]) -> str:
+    """Markdown: per cell, the images every judge gets right (as steps rise, whether the same
+    concepts are learnt shows here, not in the means)."""
+    lines = ["Images every judge reads as the right family and style:", ""]
+    for cell in grid:
+        right = right_by_every_judge(result, cell_label(cell))
+        lines.append(f"- {cell_title(cell)} ({len(right)}): " + ("; ".join(right) or "none"))
+    return "\n".join(lines)
+
+
 def run_sweep(cascade: Cascade, run: SweepRun, axes: Sequence[Axis], out: Path, *, split: str,
               judges: dict[str, tuple[EmojiClassifier, dict[str, Any]]], held_out: LabelledImages,
               train: LabelledImages, copy_psnr: float, command: str) -> dict[str, Any]:
@@ -229,7 +246,8 @@ def run_sweep(cascade: Cascade, run: SweepRun, axes: Sequence[Axis], out: Path, 
               "fixed": [list(a) for a in run.fixed], "axes": [{"name": a.name, "values": list(a.values)} for a in axes],
               "summary": rows, **result}
     table = markdown_table(rows, axes, split)
-    atomic_write_text(out / "sweep.md", f"# Emoji sweep: {run.model}\n\n`{command}`\n\n{table}\n")
+    atomic_write_text(out / "sweep.md", f"# Emoji sweep: {run.model}\n\n`{command}`\n\n{table}\n\n"
+                                        f"{right_list(result, grid)}\n")
     atomic_write_text(out / "sweep.json", json.dumps(report, indent=2) + "\n")
     print(table, file=sys.stderr)
     return report
