@@ -8,11 +8,14 @@
 #   scripts/emoji_runs.sh judges        # the two fixed judges, one core each (~1.5 h)
 #   scripts/emoji_runs.sh base32        # phase 0: the base stage at 32 px (configs/emoji-phase0-32.json),
 #                                       # ~3.7x cheaper per image than at 64 px
+#   scripts/emoji_runs.sh base32-shifted   # phase 0 on the cosine schedule with 4x the SNR
+#                                       # (configs/emoji-phase0-32-shifted.json: the 64 px layout noise)
 #   INIT=step-N scripts/emoji_runs.sh base   # phase 1: the 64 px base, started from phase 0's
-#                                       # checkpoint step-N (INIT is needed only to start it)
+#                                       # checkpoint step-N (INIT is needed only to start it;
+#                                       # INIT_RUN=base32-shifted takes the shifted phase 0's)
 #   scripts/emoji_runs.sh sr            # the SR stage, 64 -> 256
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
-#   scripts/emoji_runs.sh check-base32 step-N [sweep options] # the same for the 32 px base
+#   scripts/emoji_runs.sh check-base32[-shifted] step-N [sweep options] # the same for a 32 px base
 #   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows
 #
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
@@ -42,15 +45,17 @@ px() { (cd "$CODE" && python -m pixcade.cli "$@"); }
 run_dir() {  # run_dir base32|base|sr -> the run's folder
     case "$1" in
     base32) echo "$E/base32-phase0" ;;
+    base32-shifted) echo "$E/base32-shifted-phase0" ;;
     base) echo "$E/base-phase1-from32" ;;  # $E/base-phase1 is the 64 px run from scratch, superseded
     sr) echo "$E/sr-phase1" ;;
     *) echo "run_dir: no run named $1" >&2; exit 2 ;;
     esac
 }
 
-export_stage() {  # export_stage base|sr|base32 step-N -> prints the export folder
+export_stage() {  # export_stage RUN step-N (RUN as run_dir names it) -> prints the export folder
     local out="$E/exports/$1-${2#step-}"
-    [ -d "$out" ] || px train export --run "$(run_dir "$1")" --checkpoint "$2" --out "$out" >&2
+    # (set -e does not reach into the $(...) that calls this, hence the explicit return)
+    [ -d "$out" ] || px train export --run "$(run_dir "$1")" --checkpoint "$2" --out "$out" >&2 || return 1
     echo "$out"
 }
 
@@ -75,20 +80,22 @@ judges)
             --report "$E/judge2/judge-w32-seed$seed.json" > "$E/judge2/seed$seed.log" 2>&1 &
     done
     wait ;;
-base | sr | base32)
+base | sr | base32 | base32-shifted)
     config=configs/emoji-phase1.json stage=$cmd out=$(run_dir "$cmd") data=$D/base-64/train.jsonl
     [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
     [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base
+    [ "$cmd" = base32-shifted ] && config=configs/emoji-phase0-32-shifted.json stage=base
     start=()
     if [ -d "$out/checkpoints" ]; then
         start=(--resume)
     elif [ "$cmd" = base ]; then
         init=${INIT:?"base starts from a phase 0 checkpoint: INIT=step-N scripts/emoji_runs.sh base"}
-        start=(--init-from "$(export_stage base32 "$init")")
+        src=$(export_stage "${INIT_RUN:-base32}" "$init")
+        start=(--init-from "$src")
     fi
     OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config "$config" \
         --stage "$stage" --data "$data" --embedding-cache "$E/embeddings" --out "$out" "${start[@]}" ;;
-check-base | check-base32)
+check-base | check-base32 | check-base32-shifted)
     step=${1:?$cmd needs a checkpoint name, e.g. step-00004000}
     shift
     name=${cmd#check-}
@@ -108,7 +115,7 @@ check-sr)
     OMP_NUM_THREADS=1 px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
 *)
-    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base|sr|base32|check-base STEP|check-base32 STEP|check-sr STEP" >&2
+    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base32|base32-shifted|base|sr|check-base STEP|check-base32[-shifted] STEP|check-sr STEP" >&2
     exit 2 ;;
 esac
 exit

@@ -15,7 +15,7 @@ from pixcade.diffusion.schedules import (
 )
 from pixcade.errors import PixcadeError
 
-NAMES = list(SCHEDULES)
+NAMES = [*SCHEDULES, "cosine:4", "cosine:0.25"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,6 +66,32 @@ def test_cosine_is_cos_squared():
     t = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
     alpha, _ = alpha_sigma(get_schedule("cosine").log_snr(t))
     torch.testing.assert_close(alpha**2, torch.cos(math.pi * t / 2) ** 2, atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
+def test_scaled_cosine_is_the_layout_noise_of_twice_the_size(t):
+    """Averaging a 2d px noisy image 2x2 gives a d px image whose SNR is 4x: the plain
+    cosine at 2d px, pooled, has the log-SNR of cosine:4 at d px at the same t."""
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(64, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    large = small.repeat_interleave(2, -1).repeat_interleave(2, -2)  # its layout at 32 px
+    alpha, sigma = alpha_sigma(get_schedule("cosine").log_snr(torch.tensor(t, dtype=torch.float64)))
+    noisy = alpha * large + sigma * torch.randn(large.shape, generator=g, dtype=torch.float64)
+    pooled = torch.nn.functional.avg_pool2d(noisy, 2)
+    measured = torch.log(alpha**2 / (pooled - alpha * small).var())
+    expected = get_schedule("cosine:4").log_snr(torch.tensor(t, dtype=torch.float64))
+    assert measured.item() == pytest.approx(expected.item(), abs=0.02)  # 49k noise samples
+    assert expected.item() == pytest.approx(get_schedule("cosine").log_snr(torch.tensor(t)).item() + math.log(4),
+                                            abs=1e-3)
+
+
+@pytest.mark.parametrize("name, message", [("cosine:x", "SCALE must be a number"),
+                                           ("cosine:0", "must be a positive number"),
+                                           ("cosine:nan", "must be a positive number"),
+                                           ("linear:2", "unknown schedule 'linear:2'")])
+def test_a_bad_scale_is_one_line(name, message):
+    with pytest.raises(PixcadeError, match=message):
+        get_schedule(name)
 
 
 def test_linear_matches_discrete_ddpm_betas():

@@ -3,11 +3,13 @@ later phase build U-Nets whose tensors that phase can take whole."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from pixcade.diffusion.schedules import get_schedule
 from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import StageConfig
 from pixcade.train.config import load_config
@@ -29,10 +31,19 @@ def test_every_shipped_config_loads_and_builds_its_unets(path):
             assert _tensor_shapes(entry.stage_config())
 
 
-def test_the_32px_emoji_base_initialises_every_tensor_of_the_64px_base():
+@pytest.mark.parametrize("name", ["emoji-phase0-32.json", "emoji-phase0-32-shifted.json"])
+def test_the_32px_emoji_base_initialises_every_tensor_of_the_64px_base(name):
     # Phase 0 trains the base at 32 px to start phase 1 from (train.init_from); the U-Net is
     # fully convolutional, so the same tensors serve both resolutions, if the configs agree.
-    low = load_config(CONFIGS / "emoji-phase0-32.json").stage("base").stage_config()
+    low = load_config(CONFIGS / name).stage("base").stage_config()
     high = load_config(CONFIGS / "emoji-phase1.json").stage("base").stage_config()
     assert (low.resolution, high.resolution) == (32, 64)
     assert _tensor_shapes(low) == _tensor_shapes(high)
+
+
+def test_the_shifted_32px_base_sees_the_64px_bases_layout_noise():
+    # (64 / 32)^2: a 64 px image at log-SNR lambda, 2x2 averaged, is a 32 px one at lambda + log 4.
+    low = get_schedule(load_config(CONFIGS / "emoji-phase0-32-shifted.json").stage("base").stage_config().schedule)
+    high = get_schedule(load_config(CONFIGS / "emoji-phase1.json").stage("base").stage_config().schedule)
+    t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    torch.testing.assert_close(low.log_snr(t), high.log_snr(t) + 2 * math.log(64 / 32), atol=1e-3, rtol=0)

@@ -40,24 +40,42 @@ class Schedule:
 
 
 class CosineSchedule(Schedule):
-    """alpha^2 = cos^2(pi t / 2), i.e. log-SNR = -2 log tan(pi t / 2) (Nichol & Dhariwal 2021).
+    """alpha^2 = cos^2(pi t / 2), i.e. log-SNR = -2 log tan(pi t / 2) (Nichol & Dhariwal 2021),
+    its SNR multiplied by ``snr_scale`` (log-SNR shifted by log snr_scale).
 
     Rather than clipping log-SNR afterwards, t is mapped linearly onto the angles whose
     log-SNR spans [LOG_SNR_MIN, LOG_SNR_MAX] (the form of Hoogeboom et al. 2023), so the
     map stays smooth and exactly invertible on all of [0, 1].
+
+    Why a scale: averaging an image 2x2 quarters its noise variance, so a d px image at
+    log-SNR lambda shows its layout as a d/2 px image does at lambda + log 4. A stage
+    trained at d px to start a D px stage from (`train.init_from`) sees, at each t, the
+    layout noise the D px stage will see when its SNR is scaled by (D / d)^2 (Hoogeboom et
+    al. 2023 shift log-SNR by 2 log(64 / d) for the same reason). Named ``"cosine:SCALE"``.
     """
 
-    name = "cosine"
-    _lo = math.atan(math.exp(-LOG_SNR_MAX / 2))  # angle at t = 0
-    _hi = math.atan(math.exp(-LOG_SNR_MIN / 2))  # angle at t = 1
+    def __init__(self, snr_scale: float = 1.0) -> None:
+        if not (math.isfinite(snr_scale) and snr_scale > 0):
+            raise PixcadeError(f"schedule cosine:{snr_scale}: the SNR scale must be a positive number")
+        self.snr_scale = snr_scale
+        self._shift = math.log(snr_scale)
+        self._lo = math.atan(math.exp(-(LOG_SNR_MAX - self._shift) / 2))  # angle at t = 0
+        self._hi = math.atan(math.exp(-(LOG_SNR_MIN - self._shift) / 2))  # angle at t = 1
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "cosine" if self.snr_scale == 1.0 else f"cosine:{self.snr_scale:g}"
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        log_snr = -2.0 * torch.log(torch.tan(self._lo + t * (self._hi - self._lo)))
+        log_snr = self._shift - 2.0 * torch.log(torch.tan(self._lo + t * (self._hi - self._lo)))
         return log_snr.clamp(LOG_SNR_MIN, LOG_SNR_MAX)  # float32 tan near pi/2 overshoots
 
     def t_from_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
-        angle = torch.atan(torch.exp(-0.5 * log_snr))
+        angle = torch.atan(torch.exp(-0.5 * (log_snr - self._shift)))
         return ((angle - self._lo) / (self._hi - self._lo)).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"CosineSchedule(snr_scale={self.snr_scale:g})"
 
 
 class LinearBetaSchedule(Schedule):
@@ -88,7 +106,15 @@ SCHEDULES: dict[str, type[Schedule]] = {"cosine": CosineSchedule, "linear": Line
 
 
 def get_schedule(name: str) -> Schedule:
-    """The schedule called ``name`` ("cosine" or "linear")."""
-    if name not in SCHEDULES:
-        raise PixcadeError(f"unknown schedule {name!r} (choose from {', '.join(SCHEDULES)})")
-    return SCHEDULES[name]()
+    """The schedule called ``name``: "cosine", "linear", or "cosine:SCALE" (the cosine
+    schedule with its SNR multiplied by SCALE, `CosineSchedule`)."""
+    kind, colon, arg = name.partition(":")
+    if kind not in SCHEDULES or (colon and kind != "cosine"):
+        raise PixcadeError(f"unknown schedule {name!r} (choose from {', '.join(SCHEDULES)}, cosine:SCALE)")
+    if not colon:
+        return SCHEDULES[kind]()
+    try:
+        scale = float(arg)
+    except ValueError:
+        raise PixcadeError(f"schedule {name!r}: SCALE must be a number, e.g. cosine:4") from None
+    return CosineSchedule(scale)
