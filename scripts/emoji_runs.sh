@@ -12,7 +12,8 @@
 #                                       # (configs/emoji-phase0-32-shifted.json: the 64 px layout noise)
 #   INIT=step-N scripts/emoji_runs.sh base   # phase 1: the 64 px base, started from phase 0's
 #                                       # checkpoint step-N (INIT is needed only to start it;
-#                                       # INIT_RUN=base32-shifted takes the shifted phase 0's)
+#                                       # INIT_RUN=base32-shifted: from the shifted phase 0, a
+#                                       # run of its own; give INIT_RUN to resume and check it too)
 #   scripts/emoji_runs.sh sr            # the SR stage, 64 -> 256
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
 #   scripts/emoji_runs.sh check-base32[-shifted] step-N [sweep options] # the same for a 32 px base
@@ -42,17 +43,23 @@ frozen_code() {
 CODE=$(frozen_code)
 px() { (cd "$CODE" && python -m pixcade.cli "$@"); }
 
-run_dir() {  # run_dir base32|base|sr -> the run's folder
+run_name() {  # the run a mode means: `base` is phase 1 from INIT_RUN's phase 0 (default base32),
+    # each its own run (folder, exports, checks), so give INIT_RUN on every call about it
+    if [ "$1" = base ] && [ "${INIT_RUN:-base32}" != base32 ]; then echo "base-from-$INIT_RUN"; else echo "$1"; fi
+}
+
+run_dir() {  # run_dir RUN (as run_name names it) -> the run's folder
     case "$1" in
     base32) echo "$E/base32-phase0" ;;
     base32-shifted) echo "$E/base32-shifted-phase0" ;;
     base) echo "$E/base-phase1-from32" ;;  # $E/base-phase1 is the 64 px run from scratch, superseded
+    base-from-base32-shifted) echo "$E/base-phase1-from32-shifted" ;;
     sr) echo "$E/sr-phase1" ;;
     *) echo "run_dir: no run named $1" >&2; exit 2 ;;
     esac
 }
 
-export_stage() {  # export_stage RUN step-N (RUN as run_dir names it) -> prints the export folder
+export_stage() {  # export_stage RUN step-N (RUN as run_name names it) -> prints the export folder
     local out="$E/exports/$1-${2#step-}"
     # (set -e does not reach into the $(...) that calls this, hence the explicit return)
     [ -d "$out" ] || px train export --run "$(run_dir "$1")" --checkpoint "$2" --out "$out" >&2 || return 1
@@ -81,7 +88,7 @@ judges)
     done
     wait ;;
 base | sr | base32 | base32-shifted)
-    config=configs/emoji-phase1.json stage=$cmd out=$(run_dir "$cmd") data=$D/base-64/train.jsonl
+    config=configs/emoji-phase1.json stage=$cmd out=$(run_dir "$(run_name "$cmd")") data=$D/base-64/train.jsonl
     [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
     [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base
     [ "$cmd" = base32-shifted ] && config=configs/emoji-phase0-32-shifted.json stage=base
@@ -98,7 +105,7 @@ base | sr | base32 | base32-shifted)
 check-base | check-base32 | check-base32-shifted)
     step=${1:?$cmd needs a checkpoint name, e.g. step-00004000}
     shift
-    name=${cmd#check-}
+    name=$(run_name "${cmd#check-}")
     base=$(export_stage "$name" "$step")
     model="$E/candidates/$name-${step#step-}"
     [ -d "$model" ] || px assemble "$base" --out "$model"
@@ -108,7 +115,7 @@ check-sr)
     step=${1:?check-sr needs a checkpoint name, e.g. step-00006000}
     shift
     sr=$(export_stage sr "$step")
-    newest=$(ls -d "$E"/exports/base-* 2>/dev/null | sort | tail -1)
+    newest=$(ls -d "$E/exports/$(run_name base)"-[0-9]* 2>/dev/null | sort | tail -1)  # INIT_RUN picks the base
     [ -n "$newest" ] || { echo "check-sr: no base export to pair the SR stage with (run check-base first)" >&2; exit 2; }
     model="$E/candidates/sr-${step#step-}"
     [ -d "$model" ] || px assemble "$newest" "$sr" --out "$model"
