@@ -22,8 +22,8 @@
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
 # step is safe to rerun (training resumes from its newest checkpoint, the judges resume, the
 # sweep resumes by cell). The runs import a frozen copy of HEAD (emoji/code-REV): a run lives
-# for hours and a worktree changes under it. Stop a training run with `kill -TERM` (it checkpoints first). THREADS sets the
-# threads of a training run (default 2, both cores).
+# for hours and a worktree changes under it. Stop a training run with `kill -TERM` (it
+# checkpoints first). THREADS sets the threads of a training run (default 2, both cores).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 R=${PIXCADE_RUNS:-$HOME/pixcade-runs}
