@@ -18,7 +18,7 @@ from pixcade.stage import Stage, StageConfig
 from pixcade.train import checkpoint as ckpt
 from pixcade.train.export import write_stage_export
 from random_weights import perturb
-from train_support import build_cache, launch, make_shapes, state_equal, tiny_config_dict, wait_all
+from train_support import RERUN_ON_RANK_CRASH, build_cache, launch, make_shapes, state_equal, tiny_config_dict, wait_all
 
 QUICK = dict(batch_size=4, max_steps=4, log_every=1, checkpoint_every=2, sample_every=1000, warmup_steps=1,
              num_workers=0)
@@ -143,6 +143,7 @@ def test_train_and_distill_refuse_each_others_entries(shapes, teachers, tmp_path
     assert "samples unguided (guidance_weight 1): there is no guidance to distil" in capsys.readouterr().err
 
 
+@RERUN_ON_RANK_CRASH
 def test_guided_phase_under_two_process_ddp(shapes, teachers, tmp_path):
     """`pixcade distill` started as torchrun starts it (gloo, 2 ranks, global batch 4 = 2 x 2):
     the student trains from its teacher's weights and exports a guidance-conditioned stage."""

@@ -18,11 +18,12 @@ from pixcade.text.cache import EmbeddingCache, cache_key
 from pixcade.text.distributed import PARTS, merge_parts, parts_root
 from pixcade.text.encoders import encoder_name
 from tiny_text import WORDS
-from train_support import launch, wait_all
+from train_support import RERUN_ON_RANK_CRASH, launch, wait_all
 
 CAPTIONS = [" ".join(w) for w in itertools.islice(itertools.combinations(WORDS[3:12], 3), 30)]
 
 
+@RERUN_ON_RANK_CRASH
 def test_two_process_embed_equals_one_process_entry_for_entry(t5_dir, tmp_path, capsys):
     captions = tmp_path / "captions.txt"
     captions.write_text("\n".join(CAPTIONS + CAPTIONS[:5]) + "\n")
@@ -65,6 +66,7 @@ BUILDER = textwrap.dedent("""
 """)
 
 
+@RERUN_ON_RANK_CRASH
 def test_killed_distributed_embed_resumes_without_reencoding(tmp_path):
     script = tmp_path / "build.py"
     script.write_text(BUILDER)

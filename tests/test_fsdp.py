@@ -25,7 +25,7 @@ from pixcade.train.distributed import DistInfo
 from pixcade.train.ema import EMA
 from pixcade.train.export import export_checkpoint
 from pixcade.train.parallel import Parallel, check_checkpoint
-from train_support import REPO, launch, wait_all
+from train_support import REPO, RERUN_ON_RANK_CRASH, launch, wait_all
 
 WORKER = str(REPO / "tests" / "fsdp_worker.py")
 
@@ -35,6 +35,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+@RERUN_ON_RANK_CRASH
 def test_two_process_fsdp_matches_one_process_and_resumes_at_any_world_size(tmp_path):
     one, two, r1, r2 = (tmp_path / n for n in ("one", "two", "resume1", "resume2"))
     for d in (one, two, r1, r2):

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import StageConfig
 from pixcade.train.config import resolve_unet
-from train_support import (build_cache, launch, make_shapes, sample_keys_by_rank, state_equal, tiny_config_dict,
-                           wait_all)
+from train_support import (RERUN_ON_RANK_CRASH, build_cache, launch, make_shapes, sample_keys_by_rank, state_equal,
+                           tiny_config_dict, wait_all)
 
 WORKER = textwrap.dedent("""
     import json, os, sys
@@ -31,6 +31,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@RERUN_ON_RANK_CRASH
 def test_two_process_ddp(tmp_path):
     n = 24
     data = make_shapes(tmp_path / "data", n, resolution=16)

@@ -14,7 +14,8 @@ from pixcade.cli import main as pixcade_main
 from pixcade.train import sharded_checkpoint as sc
 from pixcade.train.config import CascadeTrainConfig
 from pixcade.train.trainer import train
-from train_support import build_cache, launch, make_shapes, sample_keys_by_rank, tiny_config_dict, wait_all
+from train_support import (RERUN_ON_RANK_CRASH, build_cache, launch, make_shapes, sample_keys_by_rank,
+                           tiny_config_dict, wait_all)
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -25,6 +26,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@RERUN_ON_RANK_CRASH
 def test_two_process_fsdp_run_and_a_one_process_resume(tmp_path):
     n = 24
     data = make_shapes(tmp_path / "data", n, resolution=16)

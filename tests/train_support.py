@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from pixcade.train.config import CascadeTrainConfig
@@ -75,10 +77,30 @@ def launch(argv: list[str], world_size: int, **env: str) -> list[subprocess.Pope
     return procs
 
 
+class RankCrashed(AssertionError):
+    """A rank was killed by a signal (SIGABRT, SIGSEGV, ...): a crash in native code, which
+    our Python cannot cause by a wrong result; any rank that merely failed is an ordinary
+    AssertionError."""
+
+
+# gloo on CPU (torch 2.13) crashes now and then in a rank that did nothing wrong: heap
+# corruption ("malloc(): unaligned tcache chunk detected") while resuming the two-rank FSDP
+# run, "terminate called without an active exception" at exit in the two-rank embed, each
+# seen once in CI and never in dozens of runs here (also under glibc's malloc checker). A
+# multi-process test therefore reruns once, from scratch, on RankCrashed only; the rerun is
+# listed in the summary, and a second crash or any wrong result still fails.
+RERUN_ON_RANK_CRASH = pytest.mark.flaky(reruns=1, only_rerun=["RankCrashed"])
+
+
 def wait_all(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
-    """Their outputs; asserts every process exited 0."""
+    """Their outputs; asserts every process exited 0 (RankCrashed if one died by a signal)."""
     outputs = [p.communicate(timeout=timeout)[0].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0] * len(procs), "\n".join(outputs)[-4000:]
+    codes = [p.returncode for p in procs]
+    tail = "\n".join(outputs)[-4000:]
+    crashed = [f"rank {r}: {signal.Signals(-c).name}" for r, c in enumerate(codes) if c < 0]
+    if crashed:
+        raise RankCrashed(f"{', '.join(crashed)}\n{tail}")
+    assert codes == [0] * len(procs), tail
     return outputs
 
 
