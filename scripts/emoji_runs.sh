@@ -91,10 +91,13 @@ base | sr | base32 | base32-shifted)
     # The run reads HEAD's configs (the frozen copy): an uncommitted edit would silently not apply.
     dirty=$(git -C "$REPO" status --porcelain -- configs)
     [ -z "$dirty" ] || { echo "emoji_runs.sh: uncommitted changes in configs/ (a run uses HEAD's; commit first): ${dirty//$'\n'/;}" >&2; exit 2; }
-    config=configs/emoji-phase1.json stage=$cmd out=$(run_dir "$(run_name "$cmd")") data=$D/base-64/train.jsonl
-    [ "$cmd" = sr ] && data=$D/sr-256/train.jsonl
-    [ "$cmd" = base32 ] && config=configs/emoji-phase0-32.json stage=base
-    [ "$cmd" = base32-shifted ] && config=configs/emoji-phase0-32-shifted.json stage=base
+    case "$cmd" in  # each run's config, stage and data (phase 0 reads the 64 px set, resized)
+    base32) config=configs/emoji-phase0-32.json stage=base data=$D/base-64/train.jsonl ;;
+    base32-shifted) config=configs/emoji-phase0-32-shifted.json stage=base data=$D/base-64/train.jsonl ;;
+    base) config=configs/emoji-phase1.json stage=base data=$D/base-64/train.jsonl ;;
+    sr) config=configs/emoji-phase1.json stage=sr data=$D/sr-256/train.jsonl ;;
+    esac
+    out=$(run_dir "$(run_name "$cmd")")
     start=()
     if [ -d "$out/checkpoints" ]; then
         start=(--resume)
