@@ -31,19 +31,26 @@ def test_every_shipped_config_loads_and_builds_its_unets(path):
             assert _tensor_shapes(entry.stage_config())
 
 
-@pytest.mark.parametrize("name", ["emoji-phase0-32.json", "emoji-phase0-32-shifted.json"])
-def test_the_32px_emoji_base_initialises_every_tensor_of_the_64px_base(name):
+# Phase 0 (32 px) -> phase 1 (64 px) pairs: phase 1 starts from phase 0's weights.
+PHASES = [("emoji-phase0-32.json", "emoji-phase1.json"), ("emoji-phase0-32-shifted.json", "emoji-phase1.json"),
+          ("emoji-phase0-32.json", "emoji-phase1-cosine025.json")]
+
+
+@pytest.mark.parametrize("low_name, high_name", PHASES)
+def test_the_32px_emoji_base_initialises_every_tensor_of_the_64px_base(low_name, high_name):
     # Phase 0 trains the base at 32 px to start phase 1 from (train.init_from); the U-Net is
     # fully convolutional, so the same tensors serve both resolutions, if the configs agree.
-    low = load_config(CONFIGS / name).stage("base").stage_config()
-    high = load_config(CONFIGS / "emoji-phase1.json").stage("base").stage_config()
+    low = load_config(CONFIGS / low_name).stage("base").stage_config()
+    high = load_config(CONFIGS / high_name).stage("base").stage_config()
     assert (low.resolution, high.resolution) == (32, 64)
     assert _tensor_shapes(low) == _tensor_shapes(high)
 
 
-def test_the_shifted_32px_base_sees_the_64px_bases_layout_noise():
-    # (64 / 32)^2: a 64 px image at log-SNR lambda, 2x2 averaged, is a 32 px one at lambda + log 4.
-    low = get_schedule(load_config(CONFIGS / "emoji-phase0-32-shifted.json").stage("base").stage_config().schedule)
-    high = get_schedule(load_config(CONFIGS / "emoji-phase1.json").stage("base").stage_config().schedule)
+@pytest.mark.parametrize("low_name, high_name", PHASES[1:])
+def test_a_shifted_pair_sees_the_same_layout_noise_at_both_resolutions(low_name, high_name):
+    # (64 / 32)^2: a 64 px image at log-SNR lambda, 2x2 averaged, is a 32 px one at lambda + log 4
+    # (tests/test_schedules.py measures it): either phase 0 takes 4x the SNR or phase 1 a quarter.
+    low = get_schedule(load_config(CONFIGS / low_name).stage("base").stage_config().schedule)
+    high = get_schedule(load_config(CONFIGS / high_name).stage("base").stage_config().schedule)
     t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
     torch.testing.assert_close(low.log_snr(t), high.log_snr(t) + 2 * math.log(64 / 32), atol=1e-3, rtol=0)
