@@ -27,7 +27,8 @@
 # step is safe to rerun (training resumes from its newest checkpoint, the judges resume, the
 # sweep resumes by cell). The runs import a frozen copy of HEAD (emoji/code-REV): a run lives
 # for hours and a worktree changes under it. Stop a training run with `kill -TERM` (it
-# checkpoints first). THREADS sets the threads of a training run (default 2, both cores).
+# checkpoints first). THREADS sets the threads of a training run (default 2, both cores) or of a
+# check (default 1, to run beside training; 2 when training is stopped).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 R=${PIXCADE_RUNS:-$HOME/pixcade-runs}
@@ -121,7 +122,7 @@ check-base | check-base32 | check-base32-shifted | check-base-cosine025)
     base=$(export_stage "$name" "$step")
     model="$E/candidates/$name-${step#step-}"
     [ -d "$model" ] || px assemble "$base" --out "$model"
-    OMP_NUM_THREADS=1 px eval emoji sweep --model "$model" --data "$D" "${JUDGES[@]}" --split val_cs \
+    OMP_NUM_THREADS=${THREADS:-1} px eval emoji sweep --model "$model" --data "$D" "${JUDGES[@]}" --split val_cs \
         --stages base --limit "${LIMIT:-60}" --out "$E/base-checks/$name-${step#step-}${TAG:-}" "$@" ;;
 check-sr)
     step=${1:?check-sr needs a checkpoint name, e.g. step-00006000}
@@ -131,7 +132,7 @@ check-sr)
     [ -n "$newest" ] || { echo "check-sr: no base export to pair the SR stage with (run check-base first)" >&2; exit 2; }
     model="$E/candidates/sr-${step#step-}"
     [ -d "$model" ] || px assemble "$newest" "$sr" --out "$model"
-    OMP_NUM_THREADS=1 px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
+    OMP_NUM_THREADS=${THREADS:-1} px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
 *)
     echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base32|base32-shifted|base|base-cosine025|sr|check-base[-cosine025] STEP|check-base32[-shifted] STEP|check-sr STEP" >&2
