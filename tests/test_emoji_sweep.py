@@ -13,7 +13,8 @@ from emoji_fixtures import HELD_OUT, make_packages
 from pixcade.cli import main as pixcade_main
 from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.errors import PixcadeError
-from pixcade.eval.emoji_classifier import ClassifierConfig, read_manifest, save_classifier, train_classifier
+from pixcade.eval.emoji_classifier import (ClassifierConfig, load_classifier, predict, read_manifest, save_classifier,
+                                          train_classifier)
 from pixcade.eval.emoji_sweep import Axis, cell_label, cell_title, cells, parse_axis, split_prompts, spread
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, PAD, TEXT_WIDTH
 from pixcade.pipeline.cascade import Cascade
@@ -132,10 +133,29 @@ def test_a_bad_split_or_limit_is_one_line(setup, tmp_path, capsys):
     data, judge, model = setup
     base = ["eval", "emoji", "sweep", "--model", str(model), "--data", str(data), "--classifier", str(judge),
             "--vary", "steps=1", "--out", str(tmp_path / "o")]
-    assert pixcade_main([*base, "--split", "train"]) == 2
-    assert "unknown split 'train'" in capsys.readouterr().err
+    assert pixcade_main([*base, "--split", "training"]) == 2
+    assert "unknown split 'training'" in capsys.readouterr().err
     assert pixcade_main([*base, "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_the_train_split_judges_training_prompts_against_their_own_images(setup, tmp_path, capsys):
+    data, judge, _ = setup
+    out = tmp_path / "fit"
+    assert sweep(setup, out, "--stages", "base", "--split", "train", "--limit", "3") == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    train = read_manifest(data / "base-64/train.jsonl")
+    index = spread(list(range(len(train.captions))), 3)
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["split"] == "train" and report["prompts"] == 3
+    drawn = {json.loads(line)["prompt"] for line in (out / "defaults/prompts.jsonl").read_text().splitlines()}
+    assert drawn == {train.captions[i] for i in index}
+    # The "ceiling" is the judge's reading of those very training images.
+    net, _ = load_classifier(judge)
+    real = predict(net, train.pixels[index])
+    right = [s == train.styles[i] for s, i in zip(real["styles"], index)]
+    assert summary[0]["ceiling"]["n"] == 3 and summary[0]["ceiling"]["style"] == pytest.approx(sum(right) / 3)
+    assert (out / "sweep.md").read_text().count("Training prompts (fit, not generalisation") == 1
 
 
 def test_cells_are_the_product_of_the_axes_first_axis_slowest():

@@ -26,7 +26,7 @@ from pixcade.eval.emoji_classifier import (
     ClassifierConfig, load_classifier, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.emoji_grid import save_emoji_grid
-from pixcade.eval.emoji_sweep import SweepRun, cells, check_split, parse_axis, run_sweep, split_prompts, spread
+from pixcade.eval.emoji_sweep import TRAIN, SweepRun, cells, check_split, parse_axis, run_sweep, split_prompts, spread
 from pixcade.eval.fid import image_index
 from pixcade.eval.provenance import model_digest
 from pixcade.eval.sr_psnr import sr_stage_name
@@ -135,7 +135,8 @@ def sweep_main(argv: list[str]) -> int:
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
     p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
     p.add_argument("--split", default="val_cs", help="held-out prompts: val_cs (default; choose settings here), "
-                                                     "test_cs, test_attr or all")
+                                                     "test_cs, test_attr or all; or train: training images' "
+                                                     "prompts, to measure fit")
     p.add_argument("--vary", action="append", default=[], metavar="[STAGE.]KEY=V,V,...",
                    help="a swept sampling setting (repeat: every combination is a cell; none: one cell, "
                         "`defaults`, the model at its saved settings with --set)")
@@ -153,8 +154,13 @@ def sweep_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
         raise PixcadeError("--n and --batch-size must be at least 1")
-    held = read_manifest(args.data / BASE / "heldout.jsonl")
-    prompts = split_prompts(held, args.split, args.limit)
+    train = read_manifest(args.data / BASE / "train.jsonl")
+    if args.split == TRAIN:  # each training image's first caption, "{name}, {style}"
+        held = train
+        prompts = spread(list(dict.fromkeys(train.captions)), args.limit)
+    else:
+        held = read_manifest(args.data / BASE / "heldout.jsonl")
+        prompts = split_prompts(held, args.split, args.limit)
     if len(prompts) < 2:  # judged against as many real images, and FD and KID need two of each
         raise PixcadeError(f"split {args.split!r} gives {len(prompts)} prompt(s); judging needs at least 2")
     check_generation(prompts, args.n, args.batch_size)
@@ -168,7 +174,6 @@ def sweep_main(argv: list[str]) -> int:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     run = SweepRun(str(model_dir), model_digest(model_dir), prompts, args.n, args.seed, args.batch_size, stages, fixed)
     judges = {weights: load_classifier(weights) for weights in args.classifier}
-    train = read_manifest(args.data / BASE / "train.jsonl")
     command = shlex.join(["pixcade", "eval", "emoji", "sweep", *argv])
     report = run_sweep(cascade, run, axes, args.out, split=args.split, judges=judges, held_out=held, train=train,
                        copy_psnr=args.copy_psnr, command=command)
