@@ -85,10 +85,11 @@ class RankCrashed(AssertionError):
 
 # gloo on CPU (torch 2.13) crashes now and then in a rank that did nothing wrong: heap
 # corruption ("malloc(): unaligned tcache chunk detected") while resuming the two-rank FSDP
-# run, "terminate called without an active exception" at exit in the two-rank embed, each
-# seen once in CI and never in dozens of runs here (also under glibc's malloc checker). A
-# multi-process test therefore reruns once, from scratch, on RankCrashed only; the rerun is
-# listed in the summary, and a second crash or any wrong result still fails.
+# run, once in CI, never in 45 runs here (also under glibc's malloc checker); "terminate
+# called without an active exception" at exit of the two-rank embed (about 1 run in 7 one
+# session, 0 in 13 the next). A multi-process test therefore reruns once, from scratch, on
+# RankCrashed only; the rerun is listed in the summary, and a second crash or any wrong
+# result still fails.
 RERUN_ON_RANK_CRASH = pytest.mark.flaky(reruns=1, only_rerun=["RankCrashed"])
 
 
