@@ -97,20 +97,23 @@ base | sr | base32 | base32-shifted | base-cosine025)
     # The run reads HEAD's configs (the frozen copy): an uncommitted edit would silently not apply.
     dirty=$(git -C "$REPO" status --porcelain -- configs)
     [ -z "$dirty" ] || { echo "emoji_runs.sh: uncommitted changes in configs/ (a run uses HEAD's; commit first): ${dirty//$'\n'/;}" >&2; exit 2; }
-    case "$cmd" in  # each run's config, stage and data (phase 0 reads the 64 px set, resized)
+    # Each run's config, stage, data (phase 0 reads the 64 px set, resized) and, for a phase 1,
+    # the phase 0 run it starts from.
+    init_run=
+    case "$cmd" in
     base32) config=configs/emoji-phase0-32.json stage=base data=$D/base-64/train.jsonl ;;
     base32-shifted) config=configs/emoji-phase0-32-shifted.json stage=base data=$D/base-64/train.jsonl ;;
-    base) config=configs/emoji-phase1.json stage=base data=$D/base-64/train.jsonl ;;
-    base-cosine025) config=configs/emoji-phase1-cosine025.json stage=base data=$D/base-64/train.jsonl ;;
+    base) config=configs/emoji-phase1.json stage=base data=$D/base-64/train.jsonl init_run=${INIT_RUN:-base32} ;;
+    base-cosine025) config=configs/emoji-phase1-cosine025.json stage=base data=$D/base-64/train.jsonl init_run=base32 ;;
     sr) config=configs/emoji-phase1.json stage=sr data=$D/sr-256/train.jsonl ;;
     esac
     out=$(run_dir "$(run_name "$cmd")")
     start=()
     if [ -d "$out/checkpoints" ]; then
         start=(--resume)
-    elif [ "$cmd" = base ] || [ "$cmd" = base-cosine025 ]; then
+    elif [ -n "$init_run" ]; then
         init=${INIT:?"$cmd starts from a phase 0 checkpoint: INIT=step-N scripts/emoji_runs.sh $cmd"}
-        src=$(export_stage "$([ "$cmd" = base ] && echo "${INIT_RUN:-base32}" || echo base32)" "$init")
+        src=$(export_stage "$init_run" "$init")
         start=(--init-from "$src")
     fi
     OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config "$config" \

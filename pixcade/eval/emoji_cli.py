@@ -155,9 +155,8 @@ def sweep_main(argv: list[str]) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise PixcadeError("--n and --batch-size must be at least 1")
     train = read_manifest(args.data / BASE / "train.jsonl")
-    if args.split == TRAIN:  # each training image's first caption, "{name}, {style}"
-        held = train
-        prompts = spread(list(dict.fromkeys(train.captions)), args.limit)
+    if args.split == TRAIN:  # every training image's first caption, "{name}, {style}"
+        held, prompts = train, split_prompts(train, "all", args.limit)
     else:
         held = read_manifest(args.data / BASE / "heldout.jsonl")
         prompts = split_prompts(held, args.split, args.limit)
