@@ -29,6 +29,7 @@ COMMANDS: Verbs = {
     "train": {
         "": ("pixcade.train.cli:main", "train one stage of a cascade"),
         "export": ("pixcade.train.cli:export_main", "write a run's checkpoint as a stage export"),
+        "grow": ("pixcade.train.cli:grow_main", "grow a base stage export by one full-resolution level"),
     },
     "distill": ("pixcade.train.cli:distill_main",
                 "distil a trained stage: guidance into one pass, then halved step counts"),

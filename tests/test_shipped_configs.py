@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pixcade.diffusion.schedules import get_schedule
+from pixcade.nn.grow import grown_config
 from pixcade.nn.unet import EfficientUNet
 from pixcade.stage import StageConfig
 from pixcade.train.config import load_config
@@ -54,3 +55,15 @@ def test_a_shifted_pair_sees_the_same_layout_noise_at_both_resolutions(low_name,
     high = get_schedule(load_config(CONFIGS / high_name).stage("base").stage_config().schedule)
     t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
     torch.testing.assert_close(low.log_snr(t), high.log_snr(t) + 2 * math.log(64 / 32), atol=1e-3, rtol=0)
+
+
+def test_the_grown_emoji_base_is_phase_0_grown_by_one_level_on_phase_0s_noise():
+    # `pixcade train grow` turns phase 0's export into this U-Net (pixcade.nn.grow), whose old
+    # levels see the 2x2-averaged image: at a quarter of the SNR, the noise phase 0 trained on.
+    low = load_config(CONFIGS / "emoji-phase0-32.json").stage("base").stage_config()
+    high = load_config(CONFIGS / "emoji-phase1-grown.json").stage("base").stage_config()
+    assert (low.resolution, high.resolution) == (32, 64)
+    assert high.unet == grown_config(low.unet)
+    t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
+    torch.testing.assert_close(get_schedule(low.schedule).log_snr(t),
+                               get_schedule(high.schedule).log_snr(t) + 2 * math.log(2), atol=1e-3, rtol=0)

@@ -1,7 +1,7 @@
 """`pixcade train` (one stage of a cascade described by a config file), `pixcade distill`
-(the same for a stage entry with a distill section) and `pixcade train export` (a
-checkpoint as a stage export): parse, then `pixcade.train.trainer.train` /
-`pixcade.train.export.export_checkpoint`."""
+(the same for a stage entry with a distill section), `pixcade train export` (a
+checkpoint as a stage export) and `pixcade train grow` (a base export at twice the
+resolution): parse, then `pixcade.train.trainer.train` / `pixcade.train.export`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ Captions of a folder or manifest dataset that are missing from the embedding cac
 embedded once before training starts; for tar shards run `pixcade embed` first.
 `pixcade train export --run RUN_DIR [--checkpoint step-N]` writes a checkpoint's EMA
 weights as a stage export (like RUN_DIR/final/), e.g. to evaluate a run still training.
+`pixcade train grow --from EXPORT --out DIR` grows a base stage export by one full-resolution
+level (twice the resolution) to start a higher-resolution run from with --init-from.
 """
 
 
@@ -125,5 +127,25 @@ def export_main(argv: list[str]) -> int:
     out = export_checkpoint(args.run, args.checkpoint, args.out)
     step = json.loads((out / "stage.json").read_text())["step"]
     print(f"exported step {step} of {args.run} to {out}", file=sys.stderr)
+    print(out)
+    return 0
+
+
+def grow_main(argv: list[str]) -> int:
+    p = ArgumentParser(
+        prog="pixcade train grow",
+        description="grow a base stage export by one full-resolution level (twice the resolution; the trained "
+                    "levels keep their weights and pixel scale, the new top level starts as a pass-through), "
+                    "to start a higher-resolution run from with --init-from",
+    )
+    p.add_argument("--from", dest="source", required=True, help="a stage export (or run directory, or CASCADE_DIR:STAGE)")
+    p.add_argument("--out", required=True, help="directory for the grown stage export")
+    args = p.parse_args(argv)
+    from pixcade.train.export import grow_export  # torch: only once the arguments are good
+
+    out = grow_export(args.source, args.out)
+    stage = json.loads((out / "stage.json").read_text())["stage"]
+    print(f"grew {args.source} to {stage['resolution']} px at {out}; train it with this U-Net config:", file=sys.stderr)
+    print(json.dumps(stage["unet"]), file=sys.stderr)
     print(out)
     return 0

@@ -8,6 +8,7 @@ An export is a directory holding ``stage.json`` = ``{"stage": StageConfig, "text
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,6 +20,9 @@ import torch
 
 from pixcade.errors import PixcadeError
 from pixcade.io import pid_alive, remove_stale_temps, save_tensors, temp_name
+from pixcade.nn.grow import grow_state
+from pixcade.nn.unet import EfficientUNet
+from pixcade.pipeline.saving import load_weights, read_stage_export
 from pixcade.train import checkpoint as ckpt
 from pixcade.train import sharded_checkpoint as sharded
 
@@ -113,3 +117,20 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str | None = None, out: s
     out = Path(out) if out is not None else run_dir / "exports" / path.name
     return write_stage_export(out, state["stage"], encoder["text_encoder"], encoder["max_length"], ema,
                               int(state["step"]))
+
+
+def grow_export(source: str | Path, out: str | Path) -> Path:
+    """Write ``source``'s base stage grown by one full-resolution level (`pixcade.nn.grow`) as
+    a stage export at twice the resolution, to start a higher-resolution run from with
+    ``train.init_from``. Its stage config keeps the source's schedule and sampling settings;
+    the run's config decides what it trains with (its U-Net must be the grown one)."""
+    export = read_stage_export(source)
+    stage = export.config
+    if stage.is_super_resolution:
+        raise PixcadeError(f"{source}: stage {stage.name!r} is a super-resolution stage; only a base stage grows "
+                           "(an SR stage's input would change meaning)")
+    net = EfficientUNet(stage.unet)
+    load_weights(net, export.weights, stage.name)
+    unet, state = grow_state(stage.unet, net.state_dict())
+    grown = dataclasses.replace(stage, resolution=2 * stage.resolution, unet=unet)  # re-validates
+    return write_stage_export(out, grown.to_dict(), export.text_encoder, export.max_length, state, export.step or 0)
