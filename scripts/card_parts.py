@@ -138,13 +138,18 @@ def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], hi
         raise SystemExit(f"card: runs of stage(s) {', '.join(unknown)} that the model at {model['dir']} does not have")
     entries.sort(key=lambda e: order.index(e["stage"]))  # stable: phases keep their order
 
-    def init_step(e: dict[str, Any]) -> int | None:
+    def init_export(e: dict[str, Any]) -> tuple[int | None, str | None]:
+        """The step of the export a phase started from, and the export that one was grown
+        from (`pixcade train grow`), if it was."""
         if e["live"] is None:
-            return e.get("init_step")
+            return e.get("init_step"), e.get("grown_from")
         source = e["live"]["train"].get("init_from")
-        return read_json(Path(source) / "stage.json")["step"] if source else None
+        if not source:
+            return None, None
+        meta = read_json(Path(source) / "stage.json")
+        return meta["step"], meta.get("grown_from")
 
-    starts = [init_step(e) for e in entries]
+    starts, grown = zip(*(init_export(e) for e in entries)) if entries else ((), ())
     runs: list[dict[str, Any]] = []
     for i, e in enumerate(entries):
         previous = [j for j in range(i) if entries[j]["stage"] == e["stage"]]
@@ -161,6 +166,8 @@ def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], hi
             if summary["init_from"]:
                 summary["init_run"] = str(entries[previous[-1]]["run"]) if previous else "RUN_DIR"
                 summary["init_step"] = starts[i]
+                if grown[i]:
+                    summary["grown_from"] = grown[i]
         phases = len(previous) + 1 + len(later)
         summary["label"] = e["stage"] if phases == 1 else f"{e['stage']} ({len(previous) + 1}/{phases})"
         runs.append(summary)
@@ -277,8 +284,11 @@ def training_commands(model: dict, runs: list[dict], config: str | None, data_co
         lines = list(data_commands)
         for r in runs:
             if r["init_from"]:
+                exported = r.get("grown_from") or r["init_from"]
                 lines.append(f"pixcade train export --run {r['init_run']} --checkpoint step-{r['init_step']} "
-                             f"--out {r['init_from']}")
+                             f"--out {exported}")
+                if r.get("grown_from"):
+                    lines.append(f"pixcade train grow --from {exported} --out {r['init_from']}")
             init = f" --init-from {r['init_from']}" if r["init_from"] else ""
             lines.append(f"pixcade train --config {r['config'] or config} --stage {r['stage']} --out {r['run']}{init}")
         out += [code_block("\n".join(lines)), ""]

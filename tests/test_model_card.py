@@ -17,6 +17,7 @@ from pixcade.data.render import render
 from pixcade.data.shapes import BACKGROUND, HELD_OUT, evaluation_prompts
 from cli_support import verbs
 from pixcade.eval.provenance import model_digest
+from pixcade.nn.grow import grown_config
 from pixcade.stage import Stage
 from pixcade.train import checkpoint as ckpt
 from tiny_cascade import tiny_configs
@@ -205,6 +206,39 @@ def test_model_digest_follows_the_weights_not_the_path(tmp_path):
     (tmp_path / "copy/sr.safetensors").write_bytes(bytes(data))
     assert model_digest(tmp_path / "copy") != model_digest(a)
     assert model_digest(tmp_path / "nowhere") is None
+
+
+def test_a_phase_started_from_a_grown_export_shows_the_grow_command(tmp_path, capsys):
+    import dataclasses
+
+    base_cfg, _ = tiny_configs()
+    first = make_run(tmp_path / "p1", base_cfg, 20, 4, [(0, 4.0), (10, 4.0)])
+    export1, grown = tmp_path / "exports/base-p1", tmp_path / "exports/base-p1-grown"
+    assert pixcade_main(["train", "export", "--run", str(first), "--checkpoint", "step-20", "--out", str(export1)]) == 0
+    assert pixcade_main(["train", "grow", "--from", str(export1), "--out", str(grown)]) == 0
+    big = json.loads((grown / "stage.json").read_text())
+    assert big["grown_from"] == str(export1) and big["step"] == 20
+    second = make_run(tmp_path / "p2", dataclasses.replace(base_cfg, resolution=2 * base_cfg.resolution,
+                                                           unet=grown_config(base_cfg.unet)),
+                      30, 4, [(100, 8.0), (105, 8.0)])
+    conf = json.loads((second / "config.json").read_text())
+    conf["config"]["stages"][0]["train"]["init_from"] = str(grown)
+    (second / "config.json").write_text(json.dumps(conf))
+    assert pixcade_main(["train", "export", "--run", str(second), "--out", str(tmp_path / "exports/base")]) == 0
+    model = tmp_path / "model"
+    assert pixcade_main(["assemble", str(tmp_path / "exports/base"), "--out", str(model)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "card.md"
+    assert model_card.main(["--model", str(model), "--run", str(first), "--run", str(second),
+                            "--config", "configs/shapes.json", "--out", str(out)]) == 0
+    # Phase 1 counts up to the step its grown export was taken at; the commands grow it.
+    assert "| base (1/2) | 20 | 4 | 80 |" in out.read_text()
+    assert (f"pixcade train --config configs/shapes.json --stage base --out {first}\n"
+            f"pixcade train export --run {first} --checkpoint step-20 --out {export1}\n"
+            f"pixcade train grow --from {export1} --out {grown}\n"
+            f"pixcade train --config configs/shapes.json --stage base --out {second} --init-from {grown}") \
+        in out.read_text()
+    assert json.loads(out.with_name("training.json").read_text())["runs"][1]["grown_from"] == str(export1)
 
 
 def test_a_stage_trained_in_phases(tmp_path, capsys):

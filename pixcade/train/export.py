@@ -3,7 +3,8 @@
 The trainer writes ``RUN_DIR/final/`` when a run finishes; `export_checkpoint` writes the
 same thing from any of its checkpoints, so a model can be evaluated while it still trains.
 An export is a directory holding ``stage.json`` = ``{"stage": StageConfig, "text_encoder",
-"max_length", "step"}`` and ``ema.safetensors``.
+"max_length", "step"}`` (plus ``"grown_from"``, the source export, when `grow_export` wrote it)
+and ``ema.safetensors``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def write_stage_export(
     max_length: int,
     ema: Mapping[str, torch.Tensor],
     step: int,
+    grown_from: str | None = None,
 ) -> Path:
     """Write ``out/stage.json`` + ``out/ema.safetensors``, replacing ``out`` as a whole.
 
@@ -50,6 +52,8 @@ def write_stage_export(
     tmp = temp_name(out)
     tmp.mkdir()
     meta = {"stage": dict(stage), "text_encoder": text_encoder, "max_length": max_length, "step": step}
+    if grown_from is not None:
+        meta["grown_from"] = grown_from
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1))
     save_tensors(tmp / "ema.safetensors", ema)
     old = out.with_name(f".{out.name}.{os.getpid()}.old")
@@ -133,4 +137,5 @@ def grow_export(source: str | Path, out: str | Path) -> Path:
     load_weights(net, export.weights, stage.name)
     unet, state = grow_state(stage.unet, net.state_dict())
     grown = dataclasses.replace(stage, resolution=2 * stage.resolution, unet=unet)  # re-validates
-    return write_stage_export(out, grown.to_dict(), export.text_encoder, export.max_length, state, export.step or 0)
+    return write_stage_export(out, grown.to_dict(), export.text_encoder, export.max_length, state, export.step or 0,
+                              grown_from=str(source))
