@@ -75,6 +75,15 @@ def test_every_old_tensor_moves_one_level_down_unchanged():
     assert all(torch.equal(state[moved[k]], v) for k, v in old.items())
 
 
+def test_growing_is_reproducible_whatever_the_random_state():
+    cfg = tiny_unet()
+    old = random_net(cfg).state_dict()
+    torch.manual_seed(5)
+    _, a = grow_state(cfg, old)
+    _, b = grow_state(cfg, old)  # the global generator has moved on (or would have)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_weights_of_another_config_are_one_line_errors():
     state = random_net(tiny_unet()).state_dict()
     with pytest.raises(PixcadeError, match="do not fit"):

@@ -31,6 +31,11 @@ from pixcade.errors import PixcadeError
 from pixcade.nn.configs import UNetConfig
 from pixcade.nn.unet import EfficientUNet
 
+# The new level's first convolutions keep a random initialisation (their output is zeroed
+# further on, but their gradients are not); a fixed seed makes a grown export reproducible
+# whatever the caller's random state.
+GROW_SEED = 0
+
 
 def grown_config(cfg: UNetConfig) -> UNetConfig:
     """``cfg`` with a new level 0 of level 0's channels and ResNet blocks and no attention;
@@ -55,7 +60,9 @@ def grow_state(cfg: UNetConfig, state: dict[str, torch.Tensor]) -> tuple[UNetCon
     """The grown config and a full state dict for it: ``state`` (an ``EfficientUNet(cfg)``'s)
     moved one level down, the new top level as the pass-through of the module docstring."""
     new_cfg = grown_config(cfg)
-    net = EfficientUNet(new_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GROW_SEED)
+        net = EfficientUNet(new_cfg)
     moved = {_moved(k): v for k, v in state.items()}
     own = net.state_dict()
     unexpected = [k for k in moved if k not in own]
