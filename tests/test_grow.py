@@ -88,6 +88,8 @@ def test_weights_of_another_config_are_one_line_errors():
     state = random_net(tiny_unet()).state_dict()
     with pytest.raises(PixcadeError, match="do not fit"):
         grow_state(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, text_dim=12, norm_groups=4), state)
+    with pytest.raises(PixcadeError, match="do not fit.*conv_out.bias"):  # a tensor short: never left random
+        grow_state(tiny_unet(), {k: v for k, v in state.items() if k != "conv_out.bias"})
 
 
 def base_export(tmp_path, **stage) -> tuple[StageConfig, dict[str, torch.Tensor]]:

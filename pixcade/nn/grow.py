@@ -63,13 +63,15 @@ def grow_state(cfg: UNetConfig, state: dict[str, torch.Tensor]) -> tuple[UNetCon
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(GROW_SEED)
         net = EfficientUNet(new_cfg)
-    moved = {_moved(k): v for k, v in state.items()}
-    own = net.state_dict()
-    unexpected = [k for k in moved if k not in own]
-    wrong = [k for k in moved if k in own and own[k].shape != moved[k].shape]
-    if unexpected or wrong:
-        k = (unexpected or wrong)[0]
+    with torch.device("meta"):  # names and shapes only
+        expected = EfficientUNet(cfg).state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and expected[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        k = (missing or unexpected or wrong)[0]
         raise PixcadeError(f"grow: the weights do not fit the U-Net config (e.g. {k!r})")
+    moved = {_moved(k): v for k, v in state.items()}
     net.load_state_dict(moved, strict=False)
     _pass_through(net, len(cfg.channel_mult))
     return new_cfg, {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
