@@ -59,10 +59,6 @@ def _moved(key: str) -> str:
 def grow_state(cfg: UNetConfig, state: dict[str, torch.Tensor]) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
     """The grown config and a full state dict for it: ``state`` (an ``EfficientUNet(cfg)``'s)
     moved one level down, the new top level as the pass-through of the module docstring."""
-    new_cfg = grown_config(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(GROW_SEED)
-        net = EfficientUNet(new_cfg)
     with torch.device("meta"):  # names and shapes only
         expected = EfficientUNet(cfg).state_dict()
     missing = [k for k in expected if k not in state]
@@ -71,6 +67,10 @@ def grow_state(cfg: UNetConfig, state: dict[str, torch.Tensor]) -> tuple[UNetCon
     if missing or unexpected or wrong:
         k = (missing or unexpected or wrong)[0]
         raise PixcadeError(f"grow: the weights do not fit the U-Net config (e.g. {k!r})")
+    new_cfg = grown_config(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GROW_SEED)
+        net = EfficientUNet(new_cfg)
     moved = {_moved(k): v for k, v in state.items()}
     net.load_state_dict(moved, strict=False)
     _pass_through(net, len(cfg.channel_mult))
