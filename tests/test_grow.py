@@ -42,7 +42,7 @@ def test_the_grown_net_is_the_old_one_on_the_averaged_input_upsampled(top_blocks
     # nearest-neighbour x2 (group norm and swish commute with that upsampling).
     cfg = tiny_unet(top_blocks)
     old = random_net(cfg)
-    new_cfg, state = grow_state(cfg, old.state_dict())
+    new_cfg, state = grow_state(old)
     new = EfficientUNet(new_cfg)
     new.load_state_dict(state)  # strict: the grown state is complete
 
@@ -61,9 +61,9 @@ def test_the_grown_net_is_the_old_one_on_the_averaged_input_upsampled(top_blocks
 
 
 def test_every_old_tensor_moves_one_level_down_unchanged():
-    cfg = tiny_unet()
-    old = random_net(cfg).state_dict()
-    new_cfg, state = grow_state(cfg, old)
+    net = random_net(tiny_unet())
+    old = net.state_dict()
+    new_cfg, state = grow_state(net)
     assert new_cfg.channel_mult == (1, 1, 2) and new_cfg.num_res_blocks == (1, 1, 1)
     assert (new_cfg.attn_levels, new_cfg.cross_attn_levels) == ((2,), (1, 2))
     assert torch.equal(state["down.1.res.0.conv1.weight"], old["down.0.res.0.conv1.weight"])
@@ -76,20 +76,11 @@ def test_every_old_tensor_moves_one_level_down_unchanged():
 
 
 def test_growing_is_reproducible_whatever_the_random_state():
-    cfg = tiny_unet()
-    old = random_net(cfg).state_dict()
+    net = random_net(tiny_unet())
     torch.manual_seed(5)
-    _, a = grow_state(cfg, old)
-    _, b = grow_state(cfg, old)  # the global generator has moved on (or would have)
+    _, a = grow_state(net)
+    _, b = grow_state(net)  # the global generator has moved on (or would have)
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_weights_of_another_config_are_one_line_errors():
-    state = random_net(tiny_unet()).state_dict()
-    with pytest.raises(PixcadeError, match="do not fit"):
-        grow_state(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, text_dim=12, norm_groups=4), state)
-    with pytest.raises(PixcadeError, match="do not fit.*conv_out.bias"):  # a tensor short: never left random
-        grow_state(tiny_unet(), {k: v for k, v in state.items() if k != "conv_out.bias"})
 
 
 def base_export(tmp_path, **stage) -> tuple[StageConfig, dict[str, torch.Tensor]]:
@@ -111,6 +102,19 @@ def test_pixcade_train_grow_writes_an_export_that_initialises_every_tensor_of_th
                        state["down.0.res.0.conv1.weight"])
     # train.init_from takes it whole: no tensor of the grown U-Net keeps a random initialisation.
     assert load_init_weights(EfficientUNet(grown.unet), tmp_path / "big", "base") == []
+
+
+def test_an_export_whose_weights_do_not_fit_its_config_is_a_one_line_error(tmp_path):
+    config, state = base_export(tmp_path)
+    other = random_net(UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=1, text_dim=12, norm_groups=4))
+    for name, weights in (("other", other.state_dict()),  # another config's weights
+                          ("short", {k: v for k, v in state.items() if k != "conv_out.bias"})):  # never left random
+        write_stage_export(tmp_path / name, config.to_dict(), "minilm", 16, weights, step=1)
+    with pytest.raises(PixcadeError, match="does not fit the stage's U-Net"):
+        train(["grow", "--from", str(tmp_path / "other"), "--out", str(tmp_path / "out")])
+    with pytest.raises(PixcadeError, match="does not fit the stage's U-Net: 1 missing tensor.*conv_out.bias"):
+        train(["grow", "--from", str(tmp_path / "short"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_growing_a_super_resolution_stage_or_a_missing_export_is_refused(tmp_path):

@@ -27,7 +27,6 @@ import re
 
 import torch
 
-from pixcade.errors import PixcadeError
 from pixcade.nn.configs import UNetConfig
 from pixcade.nn.unet import EfficientUNet
 
@@ -56,25 +55,18 @@ def _moved(key: str) -> str:
     return f"down.{int(m.group(1)) + 1}.{m.group(2)}" if m else key
 
 
-def grow_state(cfg: UNetConfig, state: dict[str, torch.Tensor]) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
-    """The grown config and a full state dict for it: ``state`` (an ``EfficientUNet(cfg)``'s)
-    moved one level down, the new top level as the pass-through of the module docstring."""
-    with torch.device("meta"):  # names and shapes only
-        expected = EfficientUNet(cfg).state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and expected[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        k = (missing or unexpected or wrong)[0]
-        raise PixcadeError(f"grow: the weights do not fit the U-Net config (e.g. {k!r})")
-    new_cfg = grown_config(cfg)
+def grow_state(old: EfficientUNet) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
+    """The grown config and a full state dict for it: ``old``'s tensors moved one level down,
+    the new top level as the pass-through of the module docstring. (A network has every
+    tensor of its config; reading weights into it, `pipeline.saving.load_weights`, is where
+    a file that lacks one is refused.)"""
+    new_cfg = grown_config(old.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(GROW_SEED)
         net = EfficientUNet(new_cfg)
-    moved = {_moved(k): v for k, v in state.items()}
-    net.load_state_dict(moved, strict=False)
-    _pass_through(net, len(cfg.channel_mult))
-    return new_cfg, {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    net.load_state_dict({_moved(k): v for k, v in old.state_dict().items()}, strict=False)
+    _pass_through(net, len(old.config.channel_mult))
+    return new_cfg, net.state_dict()
 
 
 @torch.no_grad()
@@ -85,8 +77,7 @@ def _pass_through(net: EfficientUNet, old_levels: int) -> None:
         block.conv2.bias.zero_()
     # Each identity-skip block halves the variance: x -> x / sqrt 2.
     down_gain = math.sqrt(2) ** len(top_down.res)
-    _diagonal(net.down[1].down.conv, {(1, 1): 0.25 * down_gain, (1, 2): 0.25 * down_gain,
-                                      (2, 1): 0.25 * down_gain, (2, 2): 0.25 * down_gain})
+    _diagonal(net.down[1].down.conv, {(r, c): 0.25 * down_gain for r in (1, 2) for c in (1, 2)})
     _diagonal(net.up[old_levels - 1].up.conv, {(1, 1): 1.0})
     first = top_up.res[0].skip  # 1x1 conv over [upsampled path, skip connection]
     first.weight.zero_()

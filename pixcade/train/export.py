@@ -135,7 +135,7 @@ def grow_export(source: str | Path, out: str | Path) -> Path:
                            "(an SR stage's input would change meaning)")
     net = EfficientUNet(stage.unet)
     load_weights(net, export.weights, stage.name)
-    unet, state = grow_state(stage.unet, net.state_dict())
+    unet, state = grow_state(net)
     grown = dataclasses.replace(stage, resolution=2 * stage.resolution, unet=unet)  # re-validates
     return write_stage_export(out, grown.to_dict(), export.text_encoder, export.max_length, state, export.step or 0,
                               grown_from=str(source))
