@@ -67,3 +67,13 @@ def test_the_grown_emoji_base_is_phase_0_grown_by_one_level_on_phase_0s_noise():
     t = torch.linspace(0.1, 0.9, 9, dtype=torch.float64)
     torch.testing.assert_close(get_schedule(low.schedule).log_snr(t),
                                get_schedule(high.schedule).log_snr(t) + 2 * math.log(2), atol=1e-3, rtol=0)
+
+
+def test_the_decay_phase_continues_the_grown_run_with_only_its_lr_changed():
+    # Phase 2 starts from an export of the grown run: same network, noise and sampling settings
+    # (else its weights would meet another task); only the lr schedule, length and data order differ.
+    grown = load_config(CONFIGS / "emoji-phase1-grown.json").stage("base")
+    decay = load_config(CONFIGS / "emoji-phase2-grown-decay.json").stage("base")
+    assert decay.stage_config() == grown.stage_config()
+    assert (grown.train.lr_schedule, decay.train.lr_schedule) == ("constant", "cosine")
+    assert decay.train.lr == grown.train.lr and decay.train.max_steps < grown.train.max_steps
