@@ -182,10 +182,15 @@ def test_shards_that_cannot_be_adopted_are_set_aside_never_deleted(t5, tmp_path)
     save_file(tensors, str(shard), metadata={k: v for k, v in meta.items() if k != "entries"})
     legacy = shard.read_bytes()
     (tmp_path / INDEX_NAME).write_text("{")
-    with pytest.warns(UserWarning, match="not a readable pixcade cache shard"):
+    with pytest.warns(UserWarning) as warned:
         cache, _, computed = built_cache(tmp_path, t5)
+    messages = [str(w.message) for w in warned]
+    assert any("index was unreadable" in m for m in messages), messages
+    assert any("not a readable pixcade cache shard" in m for m in messages), messages
     assert computed == len(CAPTIONS)
     assert (tmp_path / "set-aside" / shard.name).read_bytes() == legacy
+    # The unreadable index is kept beside the rebuilt one, byte for byte.
+    assert [p.read_text() for p in tmp_path.glob(f"{INDEX_NAME}.unreadable-*")] == ["{"]
     assert_matches(cache.get(CAPTIONS), expected(t5, CAPTIONS))
 
 
