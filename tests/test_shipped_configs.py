@@ -3,6 +3,7 @@ later phase build U-Nets whose tensors that phase can take whole."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -76,4 +77,6 @@ def test_the_decay_phase_continues_the_grown_run_with_only_its_lr_changed():
     decay = load_config(CONFIGS / "emoji-phase2-grown-decay.json").stage("base")
     assert decay.stage_config() == grown.stage_config()
     assert (grown.train.lr_schedule, decay.train.lr_schedule) == ("constant", "cosine")
-    assert decay.train.lr == grown.train.lr and decay.train.max_steps < grown.train.max_steps
+    assert decay.train.max_steps < grown.train.max_steps and decay.train.seed != grown.train.seed
+    changed = ("lr_schedule", "max_steps", "warmup_steps", "seed")
+    assert dataclasses.replace(decay.train, **{k: getattr(grown.train, k) for k in changed}) == grown.train
