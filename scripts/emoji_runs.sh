@@ -28,7 +28,8 @@
 #   scripts/emoji_runs.sh check-base32[-shifted] step-N [sweep options] # the same for a 32 px base
 #   scripts/emoji_runs.sh check-base-cosine025 step-N [sweep options]  # and for that phase 1
 #   scripts/emoji_runs.sh check-base-grown[-decay] step-N [sweep options]  # and for the grown ones
-#   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows
+#   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows (BASE_RUN:
+#                                       # the base run it is assembled with, default base-grown-decay)
 #
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
 # step is safe to rerun (training resumes from its newest checkpoint, the judges resume, the
@@ -146,9 +147,13 @@ check-sr)
     step=${1:?check-sr needs a checkpoint name, e.g. step-00006000}
     shift
     sr=$(export_stage sr "$step")
-    newest=$(ls -d "$E/exports/$(run_name base)"-[0-9]* 2>/dev/null | sort | tail -1)  # INIT_RUN picks the base
-    [ -n "$newest" ] || { echo "check-sr: no base export to pair the SR stage with (run check-base first)" >&2; exit 2; }
-    model="$E/candidates/sr-${step#step-}"
+    # The PSNR check feeds the SR stage the true 64 px image, so the base it is assembled with
+    # does not change the number; it pairs with the newest export of BASE_RUN (default: the
+    # phase 2 base, the line the card ships), and the candidate's name says which.
+    base_run=${BASE_RUN:-base-grown-decay}
+    newest=$(ls -d "$E/exports/$base_run"-[0-9]* 2>/dev/null | sort | tail -1)
+    [ -n "$newest" ] || { echo "check-sr: no export of $base_run to pair the SR stage with (run check-$base_run first)" >&2; exit 2; }
+    model="$E/candidates/sr-${step#step-}-with-$(basename "$newest")"
     [ -d "$model" ] || px assemble "$newest" "$sr" --out "$model"
     OMP_NUM_THREADS=${THREADS:-1} px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
