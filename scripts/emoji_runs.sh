@@ -23,11 +23,14 @@
 #   INIT=step-N scripts/emoji_runs.sh base-grown-decay   # phase 2: the grown run's step-N
 #                                       # with the lr decayed to 0 over 3,000 steps
 #                                       # (configs/emoji-phase2-grown-decay.json, a fresh data order)
+#   INIT=step-N scripts/emoji_runs.sh base-grown-cycle   # phase 3: phase 2's step-N restarted at
+#                                       # half its peak lr, decayed over 6,000 steps
+#                                       # (configs/emoji-phase3-grown-cycle.json)
 #   scripts/emoji_runs.sh sr            # the SR stage, 64 -> 256
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only
 #   scripts/emoji_runs.sh check-base32[-shifted] step-N [sweep options] # the same for a 32 px base
 #   scripts/emoji_runs.sh check-base-cosine025 step-N [sweep options]  # and for that phase 1
-#   scripts/emoji_runs.sh check-base-grown[-decay] step-N [sweep options]  # and for the grown ones
+#   scripts/emoji_runs.sh check-base-grown[-decay|-cycle] step-N [sweep options]  # and for the grown ones
 #   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows (BASE_RUN:
 #                                       # the base run it is assembled with, default base-grown-decay)
 #
@@ -70,6 +73,7 @@ run_dir() {  # run_dir RUN (as run_name names it) -> the run's folder
     base-cosine025) echo "$E/base-phase1-cosine025-from32" ;;
     base-grown) echo "$E/base-phase1-grown-from32" ;;
     base-grown-decay) echo "$E/base-phase2-grown-decay" ;;
+    base-grown-cycle) echo "$E/base-phase3-grown-cycle" ;;
     sr) echo "$E/sr-phase1" ;;
     *) echo "run_dir: no run named $1" >&2; exit 2 ;;
     esac
@@ -103,7 +107,7 @@ judges)
             --report "$E/judge2/judge-w32-seed$seed.json" > "$E/judge2/seed$seed.log" 2>&1 &
     done
     wait ;;
-base | sr | base32 | base32-shifted | base-cosine025 | base-grown | base-grown-decay)
+base | sr | base32 | base32-shifted | base-cosine025 | base-grown | base-grown-decay | base-grown-cycle)
     # The run reads HEAD's configs (the frozen copy): an uncommitted edit would silently not apply.
     dirty=$(git -C "$REPO" status --porcelain -- configs)
     [ -z "$dirty" ] || { echo "emoji_runs.sh: uncommitted changes in configs/ (a run uses HEAD's; commit first): ${dirty//$'\n'/;}" >&2; exit 2; }
@@ -117,6 +121,7 @@ base | sr | base32 | base32-shifted | base-cosine025 | base-grown | base-grown-d
     base-cosine025) config=configs/emoji-phase1-cosine025.json stage=base data=$D/base-64/train.jsonl init_run=base32 ;;
     base-grown) config=configs/emoji-phase1-grown.json stage=base data=$D/base-64/train.jsonl init_run=base32 grow=1 ;;
     base-grown-decay) config=configs/emoji-phase2-grown-decay.json stage=base data=$D/base-64/train.jsonl init_run=base-grown ;;
+    base-grown-cycle) config=configs/emoji-phase3-grown-cycle.json stage=base data=$D/base-64/train.jsonl init_run=base-grown-decay ;;
     sr) config=configs/emoji-phase1.json stage=sr data=$D/sr-256/train.jsonl ;;
     esac
     out=$(run_dir "$(run_name "$cmd")")
@@ -134,7 +139,7 @@ base | sr | base32 | base32-shifted | base-cosine025 | base-grown | base-grown-d
     fi
     OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} px train --config "$config" \
         --stage "$stage" --data "$data" --embedding-cache "$E/embeddings" --out "$out" "${start[@]}" ;;
-check-base | check-base32 | check-base32-shifted | check-base-cosine025 | check-base-grown | check-base-grown-decay)
+check-base | check-base32 | check-base32-shifted | check-base-cosine025 | check-base-grown | check-base-grown-decay | check-base-grown-cycle)
     step=${1:?$cmd needs a checkpoint name, e.g. step-00004000}
     shift
     name=$(run_name "${cmd#check-}")
@@ -158,7 +163,7 @@ check-sr)
     OMP_NUM_THREADS=${THREADS:-1} px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
 *)
-    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base32|base32-shifted|base|base-cosine025|base-grown[-decay]|sr|check-base[-cosine025|-grown[-decay]] STEP|check-base32[-shifted] STEP|check-sr STEP" >&2
+    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base32|base32-shifted|base|base-cosine025|base-grown[-decay|-cycle]|sr|check-base[-cosine025|-grown[-decay|-cycle]] STEP|check-base32[-shifted] STEP|check-sr STEP" >&2
     exit 2 ;;
 esac
 exit
