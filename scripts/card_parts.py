@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from pixcade.eval.provenance import model_digest
+from pixcade.eval.provenance import model_digest, same_networks
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, GRID_DIGEST_KEY
 from pixcade.io import atomic_write_text
 from pixcade.nn.unet import count_parameters
@@ -221,15 +221,36 @@ def verdict(ok: bool) -> str:
     return "meets the target" if ok else "**does not meet the target**"
 
 
+def shared_networks(result: dict, model_dir: str | Path) -> list[str]:
+    """The stages a result ran, when the cascade it was measured on is still there as it
+    recorded (its digest) and holds the network of the card's model (``model_dir``) for each (a
+    candidate the model was assembled from with other sampling defaults or storage precision);
+    [] otherwise. Which stages a result ran: a sweep records `stages` (null: all), an SR
+    evaluation its `stage`."""
+    path = result.get("model")
+    if not path or model_digest(path) != result.get("model_digest"):
+        return []
+    names = result.get("stages") or ([result["stage"]] if result.get("stage") else
+                                      [s.name for s in load_cascade_config(path).stages])
+    return list(names) if same_networks(path, model_dir, names) else []
+
+
 def measured_on(result: dict, model: dict) -> str:
-    """Whether a result was measured on the very model this card describes."""
+    """Whether a result was measured on the very model this card describes, or on a cascade
+    that holds its networks for the stages the result ran."""
     digest = result.get("model_digest")
     where = f"`{result['model']}`" if result.get("model") else "a model"
     if digest is None:
         return f"**Measured on {where} whose weights were not recorded: not checked to be this model.**"
-    if digest != model["digest"]:
-        return f"**Measured on {where}, a different model from this one (digest {digest[:12]}).**"
-    return f"Measured on this model (digest {digest[:12]})."
+    if digest == model["digest"]:
+        return f"Measured on this model (digest {digest[:12]})."
+    shared = shared_networks(result, model["dir"])
+    if shared:
+        return (f"Measured on {where} (digest {digest[:12]}), which holds this model's "
+                f"{' and '.join(shared)} network{'s' if len(shared) > 1 else ''} (checked tensor by tensor, at this "
+                "model's storage precision) under its own sampling defaults; the settings the result set or varied "
+                "are in its command.")
+    return f"**Measured on {where}, a different model from this one (digest {digest[:12]}).**"
 
 
 def home_relative(text: str) -> str:

@@ -208,6 +208,43 @@ def test_model_digest_follows_the_weights_not_the_path(tmp_path):
     assert model_digest(tmp_path / "nowhere") is None
 
 
+def test_a_result_on_the_candidate_a_model_was_assembled_from_names_the_networks_it_shares(tmp_path, capsys):
+    # The shipped model: the candidate's stages with another sampling default, stored in fp16.
+    from safetensors.torch import load_file, save_file
+
+    from tiny_cascade import save_tiny_cascade
+
+    candidate = save_tiny_cascade(tmp_path / "candidate")
+    shipped = tmp_path / "shipped"
+    assert pixcade_main(["assemble", f"{candidate}:base", f"{candidate}:sr", "--set", "base.guidance_weight=7",
+                         "--storage", "fp16", "--out", str(shipped)]) == 0
+    model = card_parts.model_summary(shipped)
+    assert model["digest"] != model_digest(candidate)
+    on_candidate = {"model": str(candidate), "model_digest": model_digest(candidate)}
+
+    text = card_parts.measured_on({**on_candidate, "stages": ["base"]}, model)
+    assert "which holds this model's base network (checked tensor by tensor" in text and not text.startswith("**")
+    assert "holds this model's base and sr networks" in card_parts.measured_on(on_candidate, model)  # a whole-cascade sweep
+    assert "holds this model's sr network" in card_parts.measured_on({**on_candidate, "stage": "sr"}, model)
+
+    # One base tensor nudged by one fp16 step: the base is no longer this model's; the SR still is.
+    weights = load_file(shipped / "base.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = torch.nextafter(weights[name].view(-1)[0], torch.tensor(9.0, dtype=torch.float16))
+    save_file(weights, shipped / "base.safetensors")
+    model = card_parts.model_summary(shipped)
+    assert card_parts.measured_on({**on_candidate, "stages": ["base"]}, model).startswith(
+        f"**Measured on `{candidate}`, a different model")
+    assert card_parts.measured_on(on_candidate, model).startswith("**")
+    assert "holds this model's sr network" in card_parts.measured_on({**on_candidate, "stage": "sr"}, model)
+
+    # A candidate changed since the result was recorded is not vouched for, whatever it holds now.
+    stale = {**on_candidate, "model_digest": "0" * 64, "stage": "sr"}
+    assert card_parts.measured_on(stale, model).startswith("**")
+    capsys.readouterr()
+
+
 def test_a_phase_started_from_a_grown_export_shows_the_grow_command(tmp_path, capsys):
     import dataclasses
 
