@@ -201,7 +201,7 @@ def model_summary(model: Path) -> dict[str, Any]:
         stages.append({
             "name": sc.name, "resolution": sc.resolution, "lowres_resolution": sc.lowres_resolution,
             "parameters": count_parameters(sc.unet), "bytes": (model / f"{sc.name}.safetensors").stat().st_size,
-            "sampler": sc.sampling.sampler, "steps": sc.sampling.steps,
+            "sampler": sc.sampling.sampler, "steps": sc.sampling.steps, "start": sc.sampling.start,
             "guidance_weight": sc.sampling.guidance_weight, "threshold": sc.sampling.threshold,
             "aug_level": sc.sampling.aug_level if sc.is_super_resolution else None,
             "trained_step": sources.get(sc.name, {}).get("step"),
@@ -273,8 +273,10 @@ def stages_table(model: dict) -> list[str]:
         res = f"{s['lowres_resolution']} -> {s['resolution']}" if s["lowres_resolution"] else f"{s['resolution']}"
         aug = "-" if s["aug_level"] is None else f"{s['aug_level']:g}"
         step = "-" if s["trained_step"] is None else f"{s['trained_step']}"
+        # A stage that starts from its noised input (start < 1) spreads its steps over [0, start].
+        start = "" if s["start"] == 1 else f" from t = {s['start']:g}"
         out.append(f"| {s['name']} | {res} | {s['parameters']:,} | {s['bytes'] / 1e6:.1f} | {step} | "
-                   f"{s['sampler']}, {s['steps']} | {s['guidance_weight']:g} | {s['threshold']} | {aug} |")
+                   f"{s['sampler']}, {s['steps']}{start} | {s['guidance_weight']:g} | {s['threshold']} | {aug} |")
     return out
 
 

@@ -166,8 +166,31 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
     return out + ["", code_block(sr["command"]), ""]
 
 
+def sr_choice_section(reports: list[dict[str, Any]], model: dict) -> list[str]:
+    """Markdown: the SR stage's sampling settings compared on val_cs (one `eval emoji sr` report
+    each), the columns being the settings that differ between them."""
+    for r in reports:
+        if r.get("split") != "val_cs":
+            raise SystemExit(f"emoji_card: {r['command']!r} is on {r.get('split')!r}; SR settings are chosen on val_cs")
+    keys = [k for k in reports[0]["settings"] if len({repr(r["settings"].get(k)) for r in reports}) > 1]
+    keys = keys or ["start", "steps", "aug_level"]
+    out = ["### Choosing the SR stage's sampling (validation rows)", "",
+           "PSNR and SSIM against the true 256 px image, given the true 64 px one, on val_cs rows with 256 px sources; "
+           "the setting shipped is the one in the stages table above.", "",
+           "| " + " | ".join(keys) + " | rows | PSNR SR | PSNR bicubic | gain (dB) | SSIM SR | SSIM bicubic |",
+           "| " + " --- |" * len(keys) + " ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in reports:
+        a = r["all"]
+        out.append("| " + " | ".join(str(r["settings"].get(k)) for k in keys) + f" | {a['n']} | "
+                   f"{_f(a['psnr_sr'], '.2f')} | {_f(a['psnr_bicubic'], '.2f')} | {_f(a['psnr_gain_db'], '+.2f')} | "
+                   f"{_f(a['ssim_sr'])} | {_f(a['ssim_bicubic'])} |")
+    where = dict.fromkeys(measured_on(r, model) for r in reports)
+    return out + ["", *where, "", code_block("\n".join(r["command"] for r in reports)), ""]
+
+
 def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: dict | None, judges: list[dict],
-         config: str | None, data_commands: list[str], tests: list[dict], sr: dict | None, ablation: dict | None,
+         config: str | None, data_commands: list[str], tests: list[dict], sr: dict | None,
+         sr_choice: list[dict] = (), ablation: dict | None = None,
          guidance: dict | None, grid: dict | None, ablation_grid: dict | None = None,
          guidance_grid: dict | None = None, attribution: list[str] = ()) -> str:
     out = ["# Model card: pixcade emoji cascade", "",
@@ -188,6 +211,8 @@ def card(model: dict, runs: list[dict], *, data_dir: str, summary: dict, audit: 
         out += results_section(model, tests)
     if sr is not None:
         out += sr_section(sr, model)
+    if sr_choice:
+        out += sr_choice_section(list(sr_choice), model)
     if ablation is not None:
         out += sweep_section("Noise-conditioning augmentation: with and without", (
             "The whole cascade's final images (judged at the judge's 64 px) with the SR stage's input augmentation "
@@ -222,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", action="append", default=[],
                    help="sweep.json of `eval emoji sweep` with no --vary on a test split (repeat: test_cs, test_attr)")
     p.add_argument("--sr", help="`eval emoji sr --out` report")
+    p.add_argument("--sr-choice", action="append", default=[],
+                   help="`eval emoji sr --split val_cs` report at one SR sampling setting (repeat: the settings compared)")
     p.add_argument("--ablation", help="sweep.json varying sr.aug_level")
     p.add_argument("--guidance-sweep", help="sweep.json varying the base's guidance weight and threshold on val_cs")
     p.add_argument("--grid", help="the PNG of `pixcade eval emoji grid`")
@@ -242,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         model, runs, data_dir=args.data, summary=read_json(Path(args.data) / "summary.json"),
         audit=read_json(args.audit) if args.audit else None, judges=[read_json(j) for j in args.judge],
         config=args.config, data_commands=args.data_command, tests=tests,
-        sr=read_json(args.sr) if args.sr else None, ablation=read_json(args.ablation) if args.ablation else None,
+        sr=read_json(args.sr) if args.sr else None, sr_choice=[read_json(r) for r in args.sr_choice], ablation=read_json(args.ablation) if args.ablation else None,
         guidance=read_json(args.guidance_sweep) if args.guidance_sweep else None,
         grid=grid_info(Path(args.grid), out) if args.grid else None,
         ablation_grid=grid_info(Path(args.ablation_grid), out) if args.ablation_grid else None,
