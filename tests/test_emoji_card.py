@@ -86,8 +86,10 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
             f"({'met' if style_ok else '**not met**'}) |") in text
     assert f"({'met' if joint_ok else '**not met**'}) | {row['fd']:.2f} |" in text
     verdict = "meets the target" if style_ok and joint_ok else "**does not meet the target**"
-    assert f"`all` (2 prompts x 1, seed 0): {verdict} by every judge." in text
+    assert f"`all` (2 prompts x 1, seed 0; judged on the final images, at the judge's 64 px): {verdict} by every judge." in text
     copies = report["near_copies"]["defaults"]
+    base_only = "\n".join(emoji_card.results_section(emoji_card.model_summary(model), [dict(report, stages=["base"])]))
+    assert "judged on the base stage's images (`--stages base`)" in base_only
     assert (f"{copies['generated']['of_another_style']} of 2 generated images, against "
             f"{copies['real_held_out']['of_another_style']} of the 2 real held-out images") in text
     assert text.count(f"Measured on this model (digest {report['model_digest'][:12]})") == 3  # test, ablation, grid

@@ -20,8 +20,8 @@ def test_names_resolve_to_shipped_folders_and_folders_win(tmp_path, monkeypatch)
 
 def test_unknown_name_is_one_line_naming_the_shipped_models(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(PixcadeError, match=r"model 'emoji' not found.*shipped: .*shapes"):
-        resolve_model("emoji")
+    with pytest.raises(PixcadeError, match=r"model 'emojii' not found.*shipped: .*shapes"):
+        resolve_model("emojii")
     assert pixcade_main(["generate", "--model", "no-such-model", "a red circle"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'no-such-model' not found" in err
