@@ -260,6 +260,18 @@ def home_relative(text: str) -> str:
     return text.replace(home + "/", "~/") if home else text
 
 
+def notes_section(path: str | None, script: str) -> str:
+    """The card's closing Notes section from a hand-written Markdown file (history and diagnoses
+    no measurement file records); "" when none is given."""
+    if not path:
+        return ""
+    try:
+        notes = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise SystemExit(f"{script}: cannot read --notes {path}: {err}")
+    return "\n## Notes\n\n" + notes + "\n"
+
+
 def code_block(command: str) -> str:
     return f"```bash\n{command}\n```"
 

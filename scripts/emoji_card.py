@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, read_json, stages_table,
+    code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, notes_section, read_json, stages_table,
     training_commands, training_table, verdict, write_card,
 )
 
@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", help="the PNG of `pixcade eval emoji grid`")
     p.add_argument("--ablation-grid", help="the ablation sweep's grid.png, copied where the card can link it")
     p.add_argument("--guidance-grid", help="the guidance sweep's grid.png, copied where the card can link it")
+    p.add_argument("--notes", help="a hand-written Markdown file appended as the card's Notes section (choices "
+                                    "and diagnoses no measurement file records)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         guidance_grid=grid_info(Path(args.guidance_grid), out) if args.guidance_grid else None,
         attribution=attribution_table(Path(args.data)),
     )
-    text += "\n" + generated_by("emoji_card.py", argv)
+    text += "\n" + generated_by("emoji_card.py", argv) + notes_section(args.notes, "emoji_card")
     write_card(out, text, runs)
     return 0
 

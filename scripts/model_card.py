@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, read_history,
+    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, notes_section,
+    read_history,
     read_json, stages_table, training_commands, training_table, verdict, write_card,
 )
 
@@ -183,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         data_checks=[held_out_in_data(Path(d)) for d in args.data],
         shapes_by_dtype=[read_json(f) for f in args.shapes_dtype],
     ) + "\n" + generated_by("model_card.py", argv)
-    if args.notes:
-        try:
-            notes = Path(args.notes).read_text(encoding="utf-8").strip()
-        except OSError as err:
-            raise SystemExit(f"model_card: cannot read --notes {args.notes}: {err}")
-        text += "\n## Notes\n\n" + notes + "\n"
+    text += notes_section(args.notes, "model_card")
     write_card(out, text, runs)
     return 0
 

@@ -58,12 +58,14 @@ def outputs(tmp_path_factory):
 def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, capsys):
     root, data, model, train_run = outputs
     out = tmp_path / "card" / "MODEL_CARD.md"
+    notes = tmp_path / "notes.md"
+    notes.write_text("- the SR stage samples from its noised input.\n")
     assert emoji_card.main([
         "--model", str(model), "--data", str(data), "--audit", str(root / "audit.json"),
         "--judge", str(root / "judge.json"), "--run", str(train_run), "--config", "configs/emoji-phase1.json",
         "--test", str(root / "test" / "sweep.json"), "--ablation", str(root / "ablation" / "sweep.json"),
         "--grid", str(root / "grid.png"), "--ablation-grid", str(root / "ablation" / "grid.png"),
-        "--out", str(out)]) == 0
+        "--notes", str(notes), "--out", str(out)]) == 0
     text = out.read_text()
     summary = json.loads((data / "summary.json").read_text())
     tw = summary["styles"]["twemoji"]
@@ -103,6 +105,7 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
                          "--ablation-grid", str(root / "test" / "grid.png"), "--out", str(tmp_path / "c.md")])
     assert json.loads((out.parent / "training.json").read_text())["runs"][0]["step"] == 50
     assert f"python scripts/emoji_card.py --model {model} --data {data}" in text  # how to make it again
+    assert text.endswith("\n## Notes\n\n- the SR stage samples from its noised input.\n")
 
 
 def test_a_test_report_that_varies_settings_is_refused(outputs, tmp_path):

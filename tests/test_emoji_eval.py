@@ -283,6 +283,8 @@ def test_sr_cli_judges_a_64_to_256_stage_and_records_the_model(dataset, tmp_path
     assert augmented["settings"]["aug_level"] == 0.5
     assert augmented["results"][0]["psnr_sr"] != report["results"][0]["psnr_sr"]  # the setting reached the stage
     assert augmented["results"][0]["psnr_bicubic"] == report["results"][0]["psnr_bicubic"]
+    assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model), "--batch-size", "0"]) == 2
+    assert "--batch-size must be at least 1" in capsys.readouterr().err
     assert pixcade_main(["eval", "emoji", "sr", "--data", str(dataset), "--model", str(model), "--split", "val_cs"]) == 2
     assert "has no rows of split 'val_cs'" in capsys.readouterr().err  # the fixture's val_cs row is 64 px only
     row = report["results"][0]

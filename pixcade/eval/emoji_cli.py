@@ -102,9 +102,13 @@ def sr_main(argv: list[str]) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampling setting of the SR stage (repeat), e.g. aug_level=0 or start=0.3")
     p.add_argument("--seed", type=int, default=0)
+    # Images per network call: the whole split at 256 px at once needs tens of GB (851 rows: OOM at 24 GB).
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out")
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        raise PixcadeError("--batch-size must be at least 1")
 
     manifest = args.data / SR / "heldout.jsonl"
     rows = manifest_rows(manifest, (*ROW_FIELDS, "split"))
@@ -120,7 +124,8 @@ def sr_main(argv: list[str]) -> int:
     settings = settings_from_text([config], [(name, *parse_assignment(text, [name])[1:]) for text in args.set])
 
     def upsample(lows: list, captions: list[str]) -> list:
-        return cascade.generate(captions, seed=args.seed, stages=[name], start_image=lows, **as_overrides(settings))
+        return cascade.generate(captions, seed=args.seed, stages=[name], start_image=lows, batch_size=args.batch_size,
+                                **as_overrides(settings))
 
     report, _ = emoji.judge_sr(upsample, truths, [r["caption"] for r in rows], [r["split"] for r in rows])
     command = shlex.join(["pixcade", "eval", "emoji", "sr", *argv])
