@@ -56,3 +56,21 @@ def test_the_fast_variant_is_the_teacher_with_a_distilled_base_and_its_own_sr_fr
     assert all(torch.equal(ours[k], theirs[k].half()) for k in ours)
     images = Cascade.from_pretrained("shapes-fast").generate("a red circle", progress=False)
     assert [im.size for im in images] == [(128, 128)]
+
+
+def test_the_emoji_model_is_a_64_to_256_cascade_within_its_size_that_generates_by_name():
+    """pixcade/weights/emoji (issue 28): the offline text encoder, a 64 px base sampled with static
+    clipping (dynamic thresholding greys white-ground artwork: its card), an SR stage started from its
+    noised upsampled input, EMA weights at most 60 MB; it generates 256 px images by name."""
+    from pixcade.pipeline.cascade import Cascade
+    from pixcade.pipeline.saving import load_cascade_config
+
+    folder = weights_dir() / "emoji"
+    config = load_cascade_config(folder)
+    base, sr = config.stages
+    assert config.text_encoder == "minilm" and (base.resolution, sr.lowres_resolution, sr.resolution) == (64, 64, 256)
+    assert base.sampling.threshold == "static" and 0 < sr.sampling.start < 1 and sr.sampling.aug_level > 0
+    assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) <= 60 * 10**6
+    assert (folder / "MODEL_CARD.md").is_file()
+    images = Cascade.from_pretrained("emoji").generate("rocket, OpenMoji style", progress=False)
+    assert [im.size for im in images] == [(256, 256)]
