@@ -128,10 +128,11 @@ def results_section(model: dict, tests: list[dict[str, Any]]) -> list[str]:
         copies = report["near_copies"]["defaults"]
         generated, real = copies["generated"], copies["real_held_out"]
         stages = report.get("stages")
+        said = "meets the target by every judge" if ok else "**does not meet the target** (not by every judge)"
         judged = (f"the {stages[-1]} stage's images (`--stages {','.join(stages)}`)" if stages
                   else "the final images, at the judge's 64 px")
         out += [f"`{report['split']}` ({report['prompts']} prompts x {report['n']}, seed {report['seed']}; judged on "
-                f"{judged}): {verdict(ok)} by every judge. Near-copies (nearest training image at least "
+                f"{judged}): {said}. Near-copies (nearest training image at least "
                 f"{generated['threshold_db']:g} dB, of another style): {generated['of_another_style']} of "
                 f"{generated['n']} generated images, against {real['of_another_style']} of the {real['n']} real "
                 "held-out images. "

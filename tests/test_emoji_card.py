@@ -87,8 +87,9 @@ def test_card_reads_every_report_and_computes_the_verdicts(outputs, tmp_path, ca
     assert (f"| all | `judge` | {g['style']:.3f} / {ceil['style']:.3f} "
             f"({'met' if style_ok else '**not met**'}) |") in text
     assert f"({'met' if joint_ok else '**not met**'}) | {row['fd']:.2f} |" in text
-    verdict = "meets the target" if style_ok and joint_ok else "**does not meet the target**"
-    assert f"`all` (2 prompts x 1, seed 0; judged on the final images, at the judge's 64 px): {verdict} by every judge." in text
+    verdict = ("meets the target by every judge" if style_ok and joint_ok
+               else "**does not meet the target** (not by every judge)")
+    assert f"`all` (2 prompts x 1, seed 0; judged on the final images, at the judge's 64 px): {verdict}." in text
     copies = report["near_copies"]["defaults"]
     base_only = "\n".join(emoji_card.results_section(emoji_card.model_summary(model), [dict(report, stages=["base"])]))
     assert "judged on the base stage's images (`--stages base`)" in base_only
