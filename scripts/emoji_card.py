@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, notes_section, read_json, stages_table,
-    training_commands, training_table, verdict, write_card,
+    code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, notes_section, read_json,
+    stages_table, training_commands, training_table, verdict, write_card,
 )
 
 from pixcade.eval.emoji_sweep import Axis, markdown_table
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="sweep.json of `eval emoji sweep` with no --vary on a test split (repeat: test_cs, test_attr)")
     p.add_argument("--sr", help="`eval emoji sr --out` report")
     p.add_argument("--sr-choice", action="append", default=[],
-                   help="`eval emoji sr --split val_cs` report at one SR sampling setting (repeat: the settings compared)")
+                   help="`eval emoji sr --split val_cs` report at one SR sampling setting "
+                        "(repeat: the settings compared)")
     p.add_argument("--ablation", help="sweep.json varying sr.aug_level")
     p.add_argument("--guidance-sweep", help="sweep.json varying the base's guidance weight and threshold on val_cs")
     p.add_argument("--grid", help="the PNG of `pixcade eval emoji grid`")
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         model, runs, data_dir=args.data, summary=read_json(Path(args.data) / "summary.json"),
         audit=read_json(args.audit) if args.audit else None, judges=[read_json(j) for j in args.judge],
         config=args.config, data_commands=args.data_command, tests=tests,
-        sr=read_json(args.sr) if args.sr else None, sr_choice=[read_json(r) for r in args.sr_choice], ablation=read_json(args.ablation) if args.ablation else None,
+        sr=read_json(args.sr) if args.sr else None, sr_choice=[read_json(r) for r in args.sr_choice],
+        ablation=read_json(args.ablation) if args.ablation else None,
         guidance=read_json(args.guidance_sweep) if args.guidance_sweep else None,
         grid=grid_info(Path(args.grid), out) if args.grid else None,
         ablation_grid=grid_info(Path(args.ablation_grid), out) if args.ablation_grid else None,

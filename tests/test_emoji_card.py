@@ -122,14 +122,16 @@ def sr_report(split: str, psnr_sr: float, **settings):
     base = {"sampler": "dpm++", "steps": 10, "aug_level": 0.1, "start": 1.0}
     cells = {"n": 60, "psnr_sr": psnr_sr, "psnr_bicubic": 27.0, "psnr_gain_db": psnr_sr - 27.0,
              "ssim_sr": 0.9, "ssim_bicubic": 0.92}
-    return {"command": f"pixcade eval emoji sr --split {split} " + " ".join(f"--set {k}={v}" for k, v in settings.items()),
+    sets = " ".join(f"--set {k}={v}" for k, v in settings.items())
+    return {"command": f"pixcade eval emoji sr --split {split} {sets}",
             "model": "/nowhere/candidate", "model_digest": "ab" * 32, "stage": "sr", "split": split,
             "settings": base | settings, "all": cells}
 
 
 def test_the_sr_settings_compared_on_val_cs_are_tabled_by_what_differs(outputs):
     model = emoji_card.model_summary(outputs[2])
-    reports = [sr_report("val_cs", 27.5), sr_report("val_cs", 29.5, start=0.3), sr_report("val_cs", 29.9, start=0.3, steps=3)]
+    reports = [sr_report("val_cs", 27.5), sr_report("val_cs", 29.5, start=0.3),
+               sr_report("val_cs", 29.9, start=0.3, steps=3)]
     text = "\n".join(emoji_card.sr_choice_section(reports, model))
     assert "| steps | start | rows |" in text  # only the settings that differ, in the report's order
     assert "| 10 | 1.0 | 60 | 27.50 | 27.00 | +0.50 |" in text and "| 3 | 0.3 | 60 | 29.90 | 27.00 | +2.90 |" in text
