@@ -153,6 +153,12 @@ def sweep_section(title: str, intro: str, report: dict[str, Any], model: dict, g
     return out
 
 
+def sr_cells(s: dict[str, Any]) -> str:
+    """Table cells of one `eval emoji sr` summary: rows, PSNR SR / bicubic, gain, SSIM SR / bicubic."""
+    return (f"{s['n']} | {_f(s['psnr_sr'], '.2f')} | {_f(s['psnr_bicubic'], '.2f')} | "
+            f"{_f(s['psnr_gain_db'], '+.2f')} | {_f(s['ssim_sr'])} | {_f(s['ssim_bicubic'])}")
+
+
 def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
     out = [f"### Super-resolution ({sr['stage']}: 64 -> 256 px)", ""]
     a = sr["all"]
@@ -164,9 +170,7 @@ def sr_section(sr: dict[str, Any], model: dict) -> list[str]:
             "| split | rows | PSNR SR | PSNR bicubic | gain (dB) | SSIM SR | SSIM bicubic |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for split in ("all", *SPLITS):
-        s = sr[split]
-        out.append(f"| {split} | {s['n']} | {_f(s['psnr_sr'], '.2f')} | {_f(s['psnr_bicubic'], '.2f')} | "
-                   f"{_f(s['psnr_gain_db'], '+.2f')} | {_f(s['ssim_sr'])} | {_f(s['ssim_bicubic'])} |")
+        out.append(f"| {split} | {sr_cells(sr[split])} |")
     return out + ["", code_block(sr["command"]), ""]
 
 
@@ -185,9 +189,7 @@ def sr_choice_section(reports: list[dict[str, Any]], model: dict) -> list[str]:
            "| " + " --- |" * len(keys) + " ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in reports:
         a = r["all"]
-        out.append("| " + " | ".join(str(r["settings"].get(k)) for k in keys) + f" | {a['n']} | "
-                   f"{_f(a['psnr_sr'], '.2f')} | {_f(a['psnr_bicubic'], '.2f')} | {_f(a['psnr_gain_db'], '+.2f')} | "
-                   f"{_f(a['ssim_sr'])} | {_f(a['ssim_bicubic'])} |")
+        out.append("| " + " | ".join(str(r["settings"].get(k)) for k in keys) + f" | {sr_cells(a)} |")
     where = dict.fromkeys(measured_on(r, model) for r in reports)
     return out + ["", *where, "", code_block("\n".join(r["command"] for r in reports)), ""]
 
