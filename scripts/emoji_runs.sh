@@ -24,7 +24,7 @@
 #                                       # with the lr decayed to 0 over 3,000 steps
 #                                       # (configs/emoji-phase2-grown-decay.json, a fresh data order)
 #   INIT=step-N scripts/emoji_runs.sh base-grown-cycle   # phase 3: phase 2's step-N restarted at
-#                                       # half its peak lr, decayed over 6,000 steps
+#                                       # half its peak lr, decayed over 3,000 steps
 #                                       # (configs/emoji-phase3-grown-cycle.json)
 #   scripts/emoji_runs.sh sr            # the SR stage, 64 -> 256
 #   scripts/emoji_runs.sh check-base step-N [sweep options]   # 60 val_cs prompts, base only

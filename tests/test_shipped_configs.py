@@ -86,15 +86,16 @@ def test_the_decay_phase_continues_the_grown_run_with_only_its_lr_changed():
     assert differ_only_in(decay.train, grown.train, ("lr_schedule", "max_steps", "warmup_steps", "seed"))
 
 
-def test_the_second_cycle_continues_phase_2_with_a_lower_peak_and_longer_decay():
+def test_the_second_cycle_continues_phase_2_with_a_lower_peak():
     # Phase 3 is a warm restart from phase 2's export: the same network, noise and sampling
     # settings; a lower peak lr (so the restart keeps more of the fit phase 2's decay bought),
-    # a longer cosine, and a data order neither earlier run saw.
+    # a cosine as long as phase 2's (a cycle that trains and is checked within one session on
+    # two CPU cores), and a data order neither earlier run saw.
     grown = load_config(CONFIGS / "emoji-phase1-grown.json").stage("base")
     decay = load_config(CONFIGS / "emoji-phase2-grown-decay.json").stage("base")
     cycle = load_config(CONFIGS / "emoji-phase3-grown-cycle.json").stage("base")
     assert cycle.stage_config() == decay.stage_config()
     assert cycle.train.lr_schedule == "cosine" and cycle.train.lr < decay.train.lr
-    assert cycle.train.max_steps > decay.train.max_steps
+    assert cycle.train.max_steps == decay.train.max_steps
     assert cycle.train.seed not in (grown.train.seed, decay.train.seed)
     assert differ_only_in(cycle.train, decay.train, ("lr", "max_steps", "seed"))
