@@ -27,6 +27,16 @@ def test_unknown_name_is_one_line_naming_the_shipped_models(tmp_path, monkeypatc
     assert err.count("\n") == 1 and "'no-such-model' not found" in err
 
 
+def test_a_file_given_as_the_model_is_named_as_a_file(tmp_path, capsys):
+    weights = tmp_path / "base.safetensors"  # a stage's weights, not the cascade folder holding them
+    weights.write_bytes(b"not a folder")
+    assert pixcade_main(["generate", "--model", str(weights), "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{weights} is a file, not a model directory" in err
+    assert pixcade_main(["generate", "--model", str(tmp_path / "missing"), "a red circle"]) == 2
+    assert "missing' not found" in capsys.readouterr().err
+
+
 def test_python_api_takes_a_shipped_name():
     from pixcade.pipeline.cascade import Cascade
 

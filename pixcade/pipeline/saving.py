@@ -126,7 +126,8 @@ def read_json(path: Path) -> Any:
 def load_cascade_config(directory: str | os.PathLike) -> CascadeConfig:
     directory = Path(directory)
     if not directory.is_dir():
-        raise PixcadeError(f"model directory {directory} does not exist")
+        what = "is a file, not a model directory" if directory.exists() else "does not exist"
+        raise PixcadeError(f"model directory {directory} {what}")
     path = directory / CONFIG_NAME
     return CascadeConfig.from_dict(read_json(path), str(path))
 
