@@ -19,6 +19,7 @@ that is read-only, a file, or on a full disk; a text input that is not UTF-8.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -200,5 +201,25 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
             save_file(cpu, tmp, metadata=metadata)
         except SafetensorError as err:  # its I/O errors (a full disk) come wrapped
             raise OSError(str(err).splitlines()[0] if str(err) else "write failed") from None
+        if metadata and len(metadata) > 1:
+            _sort_metadata(tmp)
 
     atomic_write(path, write)
+
+
+def _sort_metadata(path: str) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place.
+
+    safetensors writes the metadata map in a random order (a Rust HashMap), so the same
+    tensors and metadata gave other bytes, and another sha256, on every save: a digest a report
+    cites could not be reproduced. Sorted, the header holds the same entries in as many bytes
+    (JSON as safetensors writes it: compact, UTF-8), so only those bytes are rewritten."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # never seen: the same entries, escaped otherwise than safetensors does
+            raise OSError(f"safetensors header of {len(text)} bytes does not fit its {size}")
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))  # spaces: the padding safetensors itself uses

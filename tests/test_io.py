@@ -192,3 +192,27 @@ def test_any_atomic_write_into_a_folder_clears_dead_writers_debris_first(tmp_pat
     atomic_write_text(tmp_path / "scores.json", "{}")
     assert not dead.exists() and alive.exists()
     assert (tmp_path / "scores.json").read_text() == "{}"
+
+
+def test_the_same_tensors_and_metadata_give_the_same_bytes(tmp_path):
+    # safetensors writes its metadata map in a random order; a weights file's sha256 (the digest
+    # a report cites) must name its content, so every save of the same content is the same file.
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pixcade.io import save_tensors
+
+    metadata = {f"key{i}": f"välue {i} with \"quotes\"\nand a line" for i in range(6)}
+    tensors = {"b": torch.randn(3, 2), "a": torch.arange(5)}
+    digests = set()
+    for i in range(4):
+        path = tmp_path / f"{i}.safetensors"
+        save_tensors(path, tensors, metadata=metadata)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+        with safe_open(str(path), "pt") as f:
+            assert f.metadata() == metadata
+        assert all(torch.equal(load_file(str(path))[k], tensors[k]) for k in tensors)
+    assert len(digests) == 1
