@@ -5,7 +5,9 @@
 #   scripts/emoji_runs.sh data          # the dataset from the six pinned npm packages (~10-45 min)
 #   scripts/emoji_runs.sh embed         # the training captions' MiniLM embeddings (~4 min)
 #   scripts/emoji_runs.sh audit         # held-out rows absent from training (~30 s)
-#   scripts/emoji_runs.sh judges        # the two fixed judges, one core each (~1.5 h)
+#   scripts/emoji_runs.sh judges        # the two fixed judges trained again into $E/judge2, one core
+#                                       # each (~1.75 h): a check that the recipe gives the shipped
+#                                       # ones (pixcade/weights/emoji-judges), which every check reads
 #   scripts/emoji_runs.sh base32        # phase 0: the base stage at 32 px (configs/emoji-phase0-32.json),
 #                                       # ~3.7x cheaper per image than at 64 px
 #   scripts/emoji_runs.sh base32-shifted   # phase 0 on the cosine schedule with 4x the SNR
@@ -45,7 +47,6 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 R=${PIXCADE_RUNS:-$HOME/pixcade-runs}
 D=$R/emoji-data
 E=$R/emoji
-JUDGES=(--classifier "$E/judge2/judge-w32-seed0.safetensors" --classifier "$E/judge2/judge-w32-seed1.safetensors")
 
 frozen_code() {
     local rev
@@ -146,7 +147,7 @@ check-base | check-base32 | check-base32-shifted | check-base-cosine025 | check-
     base=$(export_stage "$name" "$step")
     model="$E/candidates/$name-${step#step-}"
     [ -d "$model" ] || px assemble "$base" --out "$model"
-    OMP_NUM_THREADS=${THREADS:-1} px eval emoji sweep --model "$model" --data "$D" "${JUDGES[@]}" --split val_cs \
+    OMP_NUM_THREADS=${THREADS:-1} px eval emoji sweep --model "$model" --data "$D" --split val_cs \
         --stages base --limit "${LIMIT:-60}" --out "$E/base-checks/$name-${step#step-}${TAG:-}" "$@" ;;
 check-sr)
     step=${1:?check-sr needs a checkpoint name, e.g. step-00006000}

@@ -18,7 +18,7 @@ from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import (
     ClassifierConfig, LabelledImages, augment, load_classifier, predict, read_manifest, save_classifier,
-    to_unit, train_classifier,
+    shipped_judges, to_unit, train_classifier,
 )
 from pixcade.eval.fid import fid_from_features, kernel_inception_distance
 from pixcade.nn.configs import get_preset
@@ -238,6 +238,9 @@ def test_cli_train_then_judge_real_held_out_images_as_generated(dataset, tmp_pat
     assert copies["generated"]["of_another_style"] == 2
     assert copies["real_held_out"] == copies["generated"]
     assert out["rankings_agree"] == {"joint": True, "fd": True}
+    # Without --classifier the shipped judges read the folder, one report each.
+    assert pixcade_main(["eval", "emoji", "generated", "--data", str(dataset), "--images", str(gen)]) == 0
+    assert list(json.loads(capsys.readouterr().out)["judges"]) == [str(p) for p in shipped_judges()]
     (gen / "prompts.jsonl").write_text(json.dumps({"prompt": "a cat, Twemoji style", "images": ["0.png"]}) + "\n")
     assert pixcade_main(["eval", "emoji", "generated", "--data", str(dataset), "--classifier", str(weights),
                          "--images", str(gen)]) == 2

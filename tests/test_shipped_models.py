@@ -84,3 +84,32 @@ def test_the_emoji_model_is_a_64_to_256_cascade_within_its_size_that_generates_b
     assert (folder / "MODEL_CARD.md").is_file()
     images = Cascade.from_pretrained("emoji").generate("rocket, OpenMoji style", progress=False)
     assert [im.size for im in images] == [(256, 256)]
+
+
+def test_the_shipped_emoji_judges_are_the_ones_the_emoji_card_cites():
+    """pixcade/weights/emoji-judges (issue 28): the two fixed judges load; each file is the one its
+    training report names (sha256), trained by the recorded command with the seed its name says;
+    the emoji model card's judge table cites exactly these digests, so its numbers were read with
+    the weights that ship."""
+    import json
+
+    from pixcade.eval.emoji_classifier import load_classifier, shipped_judges
+
+    judges = shipped_judges()
+    assert [p.stem for p in judges] == ["judge-w32-seed0", "judge-w32-seed1"]
+    card = (weights_dir() / "emoji" / "MODEL_CARD.md").read_text()
+    for seed, path in enumerate(judges):
+        net, info = load_classifier(path)
+        report = json.loads(path.with_suffix(".json").read_text())
+        assert info["digest"] == report["sha256"]
+        assert f"--seed {seed} " in report["command"] and info["ceiling"] == report["ceiling"]
+        assert f"| `{path.stem}` | {seed} | {report['sha256'][:12]} |" in card
+        assert len(net.styles) == 6
+
+
+def test_no_shipped_judges_is_one_line_naming_the_flag(tmp_path, monkeypatch):
+    from pixcade.eval import emoji_classifier
+
+    monkeypatch.setattr(emoji_classifier, "weights_dir", lambda: tmp_path)
+    with pytest.raises(PixcadeError, match=r"^no shipped emoji judges in .*; pass --classifier WEIGHTS$"):
+        emoji_classifier.shipped_judges()

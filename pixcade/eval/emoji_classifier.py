@@ -35,9 +35,14 @@ from pixcade.data.samples import DECODE_ERRORS
 from pixcade.errors import PixcadeError
 from pixcade.eval.judge_net import PooledConvNet
 from pixcade.io import make_dirs, save_tensors, sha256_file
+from pixcade.pipeline.shipped import weights_dir
 from pixcade.train.checkpoint import intact_checkpoints, load_checkpoint, save_checkpoint
 
 KIND = "emoji-classifier"  # the safetensors metadata tag
+# The two fixed judges every emoji number is read with (seeds 0 and 1, `scripts/emoji_runs.sh
+# judges`), shipped so that a new machine judges with the same weights instead of retraining
+# them (1.75 h of two cores, and other weights on another CPU); each beside its training report.
+SHIPPED_JUDGES = "emoji-judges"
 
 
 @dataclass
@@ -256,6 +261,15 @@ def save_classifier(path: str | Path, net: EmojiClassifier, info: dict[str, Any]
         "pixcade": KIND, "config": json.dumps(asdict(net.config)), "styles": json.dumps(net.styles),
         "families": json.dumps(net.families), "info": json.dumps(info)})
     return sha256_file(path)
+
+
+def shipped_judges() -> list[Path]:
+    """The shipped judges' weights files (pixcade/weights/emoji-judges), in seed order."""
+    folder = weights_dir() / SHIPPED_JUDGES
+    found = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not found:
+        raise PixcadeError(f"no shipped emoji judges in {folder}; pass --classifier WEIGHTS")
+    return found
 
 
 def load_classifier(path: str | Path) -> tuple[EmojiClassifier, dict[str, Any]]:

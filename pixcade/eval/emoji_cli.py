@@ -23,7 +23,7 @@ from pixcade.data.emoji.manifest import ROW_FIELDS, manifest_rows
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import (
-    ClassifierConfig, load_classifier, read_manifest, save_classifier, train_classifier,
+    ClassifierConfig, load_classifier, read_manifest, save_classifier, shipped_judges, train_classifier,
 )
 from pixcade.eval.emoji_grid import save_emoji_grid
 from pixcade.eval.emoji_sweep import TRAIN, SweepRun, cells, check_split, parse_axis, run_sweep, split_prompts, spread
@@ -37,6 +37,7 @@ from pixcade.pipeline.options import as_overrides, parse_assignment, settings_fr
 from pixcade.pipeline.shipped import resolve_model
 
 BASE, SR = "base-64", "sr-256"
+JUDGES_HELP = "judge weights (repeat: one report each; default: the two shipped judges, pixcade/weights/emoji-judges)"
 
 
 def train_main(argv: list[str]) -> int:
@@ -71,7 +72,7 @@ def train_main(argv: list[str]) -> int:
 def generated_main(argv: list[str]) -> int:
     p = ArgumentParser(prog="pixcade eval emoji generated")
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
-    p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
+    p.add_argument("--classifier", action="append", help=JUDGES_HELP)
     p.add_argument("--images", action="append", required=True, help="a `pixcade generate` output folder (repeat)")
     p.add_argument("--copy-psnr", type=float, default=20.0, help="near-copy threshold in dB (64 px pixels)")
     p.add_argument("--out")
@@ -84,7 +85,7 @@ def generated_main(argv: list[str]) -> int:
         if listed is None:
             raise PixcadeError(f"{folder} has no prompts.jsonl (make it with `pixcade generate --out`)")
         sets[folder] = [(open_image(path), prompt) for path, prompt in listed]
-    judges = {weights: load_classifier(weights) for weights in args.classifier}
+    judges = {str(weights): load_classifier(weights) for weights in args.classifier or shipped_judges()}
     result = emoji.judge_generated_sets(judges, held, train, sets, copy_psnr=args.copy_psnr)
     command = shlex.join(["pixcade", "eval", "emoji", "generated", *argv])
     emit_json({"command": command, **result}, args.out)
@@ -138,7 +139,7 @@ def sweep_main(argv: list[str]) -> int:
     p = ArgumentParser(prog="pixcade eval emoji sweep")
     p.add_argument("--model", required=True, help="cascade folder or shipped model name")
     p.add_argument("--data", type=Path, required=True, help="a `pixcade data emoji` folder")
-    p.add_argument("--classifier", action="append", required=True, help="judge weights (repeat: one report each)")
+    p.add_argument("--classifier", action="append", help=JUDGES_HELP)
     p.add_argument("--split", default="val_cs", help="held-out prompts: val_cs (default; choose settings here), "
                                                      "test_cs, test_attr or all; or train: training images' "
                                                      "prompts, to measure fit")
@@ -177,7 +178,7 @@ def sweep_main(argv: list[str]) -> int:
     fixed = tuple(parse_assignment(text, cascade.names) for text in args.set)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     run = SweepRun(str(model_dir), model_digest(model_dir), prompts, args.n, args.seed, args.batch_size, stages, fixed)
-    judges = {weights: load_classifier(weights) for weights in args.classifier}
+    judges = {str(weights): load_classifier(weights) for weights in args.classifier or shipped_judges()}
     command = shlex.join(["pixcade", "eval", "emoji", "sweep", *argv])
     report = run_sweep(cascade, run, axes, args.out, split=args.split, judges=judges, held_out=held, train=train,
                        copy_psnr=args.copy_psnr, command=command)
