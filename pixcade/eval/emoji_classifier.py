@@ -272,6 +272,11 @@ def shipped_judges() -> list[Path]:
     return found
 
 
+def load_judges(paths: Sequence[str | Path] | None) -> dict[str, tuple[EmojiClassifier, dict[str, Any]]]:
+    """{path: (network, info)} for each judge given, or for the shipped ones when none is."""
+    return {str(path): load_classifier(path) for path in paths or shipped_judges()}
+
+
 def load_classifier(path: str | Path) -> tuple[EmojiClassifier, dict[str, Any]]:
     """(network in eval mode, its training info plus `digest`)."""
 

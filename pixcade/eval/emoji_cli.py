@@ -23,7 +23,7 @@ from pixcade.data.emoji.manifest import ROW_FIELDS, manifest_rows
 from pixcade.errors import PixcadeError
 from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import (
-    ClassifierConfig, load_classifier, read_manifest, save_classifier, shipped_judges, train_classifier,
+    ClassifierConfig, load_judges, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.emoji_grid import save_emoji_grid
 from pixcade.eval.emoji_sweep import TRAIN, SweepRun, cells, check_split, parse_axis, run_sweep, split_prompts, spread
@@ -85,7 +85,7 @@ def generated_main(argv: list[str]) -> int:
         if listed is None:
             raise PixcadeError(f"{folder} has no prompts.jsonl (make it with `pixcade generate --out`)")
         sets[folder] = [(open_image(path), prompt) for path, prompt in listed]
-    judges = {str(weights): load_classifier(weights) for weights in args.classifier or shipped_judges()}
+    judges = load_judges(args.classifier)
     result = emoji.judge_generated_sets(judges, held, train, sets, copy_psnr=args.copy_psnr)
     command = shlex.join(["pixcade", "eval", "emoji", "generated", *argv])
     emit_json({"command": command, **result}, args.out)
@@ -178,7 +178,7 @@ def sweep_main(argv: list[str]) -> int:
     fixed = tuple(parse_assignment(text, cascade.names) for text in args.set)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
     run = SweepRun(str(model_dir), model_digest(model_dir), prompts, args.n, args.seed, args.batch_size, stages, fixed)
-    judges = {str(weights): load_classifier(weights) for weights in args.classifier or shipped_judges()}
+    judges = load_judges(args.classifier)
     command = shlex.join(["pixcade", "eval", "emoji", "sweep", *argv])
     report = run_sweep(cascade, run, axes, args.out, split=args.split, judges=judges, held_out=held, train=train,
                        copy_psnr=args.copy_psnr, command=command)
