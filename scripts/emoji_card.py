@@ -27,7 +27,8 @@ from card_parts import (
     stages_table, training_commands, training_table, verdict, write_card,
 )
 
-from pixcade.eval.emoji_sweep import Axis, markdown_table
+from pixcade.eval.emoji_sweep import markdown_table
+from pixcade.eval.sweep import Axis
 
 # Issue 28's targets, each against the judge's ceiling on the same real held-out images.
 JOINT_SHARE = 0.5  # joint (family and style) accuracy at least half the ceiling

@@ -29,8 +29,8 @@ from card_parts import (
 from pixcade.data.shapes import HELD_OUT, parse_caption
 from pixcade.eval.paired import paired_difference
 from pixcade.eval.shapes import markdown_table as shapes_table
+from pixcade.eval.shapes_benchmark import sweep_table
 from pixcade.eval.sr_psnr import markdown_table as sr_table
-from pixcade.eval.sweep import markdown_table as sweep_table
 
 # Targets of issue 7 (the shipped model must meet them; the card says whether it does).
 TARGET_OVERALL = 0.80

@@ -7,7 +7,6 @@ import dataclasses
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 from pixcade.pipeline.cascade import assemble
 from pixcade.stage import Stage

@@ -15,8 +15,9 @@ from pixcade.data.emoji.build import build_emoji_dataset
 from pixcade.errors import PixcadeError
 from pixcade.eval.emoji_classifier import (ClassifierConfig, load_classifier, predict, read_manifest, save_classifier,
                                           train_classifier)
-from pixcade.eval.emoji_sweep import Axis, cell_label, cell_title, cells, parse_axis, split_prompts, spread
+from pixcade.eval.emoji_sweep import split_prompts, spread
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, PAD, TEXT_WIDTH
+from pixcade.eval.sweep import Axis, cell_label, cell_title, cells, parse_axis
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image
 from tiny_cascade import save_tiny_cascade

@@ -12,7 +12,7 @@ from PIL import Image
 from pixcade.data.render import render
 from pixcade.data.shapes import BACKGROUND, evaluation_prompts
 from pixcade.errors import PixcadeError
-from pixcade.eval import sweep
+from pixcade.eval.sweep import Axis, axis, cell_label, cell_settings, cells
 from cli_support import verbs
 from tiny_cascade import tiny_configs
 
@@ -99,15 +99,15 @@ def test_one_axis_keeps_the_stage_default(tmp_path, monkeypatch, capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     # The base stage's saved guidance weight (3.0) is what the table reports.
     assert [(r["guidance_weight"], r["threshold"]) for r in rows] == [(3.0, "static"), (3.0, "dynamic:90")]
-    assert [r["dir"] for r in rows] == ["guidance-default_threshold-static", "guidance-default_threshold-dynamic-90"]
+    assert [r["dir"] for r in rows] == ["base.threshold-static", "base.threshold-dynamic-90"]
     assert SettingsCascade.calls[0] == {"guidance_weight": None, "threshold": {"base": "static"}}
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--guidance", "1,x"], "--guidance: guidance_weight: cannot read 'x' as float"),
+    (["--guidance", "1,x"], "cell base.guidance_weight-x: stage 'base': guidance_weight: cannot read 'x' as float"),
     (["--guidance", "-1"], ">= 0"),
     (["--guidance", "3,3"], "repeats"),
-    (["--threshold", "dynamic,sometimes"], "--threshold"),
+    (["--threshold", "dynamic,sometimes"], "cell base.threshold-sometimes: stage 'base': bad threshold 'sometimes'"),
     (["--guidance", "3", "--sweep-stage", "nope"], "unknown stage 'nope'"),
     (["--sweep-stage", "sr"], "needs --guidance"),
 ])
@@ -119,11 +119,26 @@ def test_bad_sweeps_are_refused_before_any_work(tmp_path, monkeypatch, args, mes
     assert SettingsCascade.calls == [] and not (tmp_path / "o").exists()
 
 
-def test_grid_and_labels():
-    cells = sweep.grid([1.0, 2.5], None)
-    assert [c.label for c in cells] == ["guidance-1_threshold-default", "guidance-2.5_threshold-default"]
-    assert cells[1].options("sr") == {"guidance_weight": {"sr": 2.5}}
-    assert sweep.grid(None, None) == [sweep.Setting(None, None)]
+def test_cells_labels_and_settings():
+    """A cell is a tuple of `--set` assignments, one per axis, the first axis slowest; its
+    folder name and settings come from them, read as `--set` reads them."""
+    axes = [axis("base", "guidance_weight", "1, 2.5", "--guidance"), axis("base", "threshold", "static", "--threshold")]
+    grid = cells(axes)
+    assert grid == [(("base", "guidance_weight", "1"), ("base", "threshold", "static")),
+                    (("base", "guidance_weight", "2.5"), ("base", "threshold", "static"))]
+    assert [cell_label(c) for c in grid] == ["base.guidance_weight-1_base.threshold-static",
+                                             "base.guidance_weight-2.5_base.threshold-static"]
+    configs = tiny_configs()
+    settings = cell_settings(configs, grid[1])
+    assert settings["base"].guidance_weight == 2.5 and settings["base"].threshold == "static"
+    assert settings["sr"] == configs[1].sampling  # the stage not named keeps its saved settings
+    assert cells([]) == [()] and cell_label(()) == "defaults"
+    with pytest.raises(PixcadeError, match="cell base.guidance_weight-x: stage 'base': guidance_weight"):
+        cell_settings(configs, (("base", "guidance_weight", "x"),))
+    with pytest.raises(PixcadeError, match="swept twice"):
+        cells([Axis("base", "threshold", ("static",)), Axis("base", "threshold", ("dynamic",))])
+    with pytest.raises(PixcadeError, match="--guidance: empty value"):
+        axis("base", "guidance_weight", "1,,3", "--guidance")
 
 
 def test_sweep_with_a_real_tiny_cascade(tmp_path, capsys):
@@ -137,4 +152,5 @@ def test_sweep_with_a_real_tiny_cascade(tmp_path, capsys):
     assert len(result["rows"]) == 4 and result["resolution"] == 32
     pixels = {r["dir"]: np.asarray(Image.open(out / r["dir"] / "images" / "0000_0.png")) for r in result["rows"]}
     # The settings reach the sampler: guidance changes the image.
-    assert not np.array_equal(pixels["guidance-1_threshold-dynamic"], pixels["guidance-5_threshold-dynamic"])
+    assert not np.array_equal(pixels["base.guidance_weight-1_base.threshold-dynamic"],
+                              pixels["base.guidance_weight-5_base.threshold-dynamic"])

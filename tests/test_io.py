@@ -98,7 +98,6 @@ def test_kill_9_mid_write_leaves_debris_the_next_run_removes(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     from pixcade.pipeline.jobs import Layout
 

@@ -147,8 +147,8 @@ def test_card_from_real_outputs(tmp_path, monkeypatch, capsys):
 
     # Stages: sizes and trained steps from the assembled model.
     sizes = {p.stem: p.stat().st_size for p in model.glob("*.safetensors")}
-    assert f"| base | 16 | " in text and f"| {sizes['base'] / 1e6:.1f} | 30 |" in text
-    assert f"| sr | 16 -> 32 | " in text and f"| {sizes['sr'] / 1e6:.1f} | 20 |" in text
+    assert "| base | 16 | " in text and f"| {sizes['base'] / 1e6:.1f} | 30 |" in text
+    assert "| sr | 16 -> 32 | " in text and f"| {sizes['sr'] / 1e6:.1f} | 20 |" in text
     assert "Final resolution 32 px: **does not meet the target**" in text
     # Training: steps, images seen, seed, time from the windows (not the day-long timestamp span).
     assert "| base | 30 | 4 | 120 | 7 | 0.002 | 0.99 | 0:00:30 | 24:00:00 | 0.6111 |" in text

@@ -14,7 +14,6 @@ from pathlib import Path
 from pixcade.commands import ArgumentParser, emit_json
 from pixcade.data.shapes import evaluation_prompts
 from pixcade.errors import PixcadeError
-from pixcade.eval import sweep
 from pixcade.eval.clip_score import clip_score_report, load_clip, pair_images_with_prompts
 from pixcade.eval.features import get_extractor
 from pixcade.eval.fid import compare_image_sets
@@ -23,6 +22,7 @@ from pixcade.eval.shapes_benchmark import BenchmarkRun, run_benchmark, run_sweep
 from pixcade.eval.shapes_features import train_shapes_features
 from pixcade.eval.sr_psnr import evaluate_sr, write_sr_report
 from pixcade.eval.stage_grid import DEFAULT_PROMPTS, save_grid
+from pixcade.eval.sweep import axis
 from pixcade.limits import check_limit
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.options import parse_per_stage
@@ -131,8 +131,6 @@ def shapes_main(argv: list[str]) -> int:
     if args.sweep_stage and not sweeping:
         raise PixcadeError("--sweep-stage needs --guidance and/or --threshold")
 
-    weights = sweep.parse_weights(args.guidance) if args.guidance is not None else None
-    thresholds = sweep.parse_thresholds(args.threshold) if args.threshold is not None else None
     scenes = evaluation_prompts(args.prompts, args.held_out_fraction, args.prompt_seed)
     cascade = Cascade.from_pretrained(args.model, device=args.device)
     options = {"dtype": parse_per_stage(args.dtype, "dtype", str, cascade.names)} if args.dtype else {}
@@ -144,7 +142,11 @@ def shapes_main(argv: list[str]) -> int:
         report = run_benchmark(cascade, run, out)
         emit_json({"command": command, **report}, str(out / "shapes.json"))
         return 0
-    result = run_sweep(cascade, run, out, args.sweep_stage, weights, thresholds, command)
+    stage = cascade.stage(args.sweep_stage or cascade.names[0]).config.name
+    axes = [axis(stage, key, text, flag) for key, text, flag in
+            (("guidance_weight", args.guidance, "--guidance"), ("threshold", args.threshold, "--threshold"))
+            if text is not None]
+    result = run_sweep(cascade, run, out, axes, command)
     emit_json(result, str(out / "sweep.json"))
     return 0
 

@@ -26,10 +26,11 @@ from pixcade.eval.emoji_classifier import (
     ClassifierConfig, load_judges, read_manifest, save_classifier, train_classifier,
 )
 from pixcade.eval.emoji_grid import save_emoji_grid
-from pixcade.eval.emoji_sweep import TRAIN, SweepRun, cells, check_split, parse_axis, run_sweep, split_prompts, spread
+from pixcade.eval.emoji_sweep import TRAIN, SweepRun, check_split, run_sweep, split_prompts, spread
 from pixcade.eval.fid import image_index
 from pixcade.eval.provenance import model_digest
 from pixcade.eval.sr_psnr import sr_stage_name
+from pixcade.eval.sweep import cells, parse_axis
 from pixcade.limits import check_generation, check_limit
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import open_image

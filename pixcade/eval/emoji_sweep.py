@@ -14,9 +14,7 @@ samples (the model card's test_cs and test_attr results).
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,59 +29,13 @@ from pixcade.eval import emoji
 from pixcade.eval.emoji_classifier import EmojiClassifier, LabelledImages
 from pixcade.eval.fid import image_index
 from pixcade.eval.stage_grid import labelled_grid, write_grid
+from pixcade.eval.sweep import Assignment, Axis, Cell, cell_label, cell_settings, cell_title, cells
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.folder import write_images
 from pixcade.pipeline.images import open_image
-from pixcade.pipeline.options import parse_assignment, settings_from_text
 from pixcade.pipeline.plan import Plan, choose
 from pixcade.pipeline.request import Request
-
-Assignment = tuple[str | None, str, str]  # (stage or None for all, KEY, VALUE), as `--set` reads them
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One swept setting: ``[STAGE.]KEY`` and its values, as command-line text."""
-
-    stage: str | None
-    key: str
-    values: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.stage}.{self.key}" if self.stage else self.key
-
-
-def parse_axis(text: str, stage_names: Sequence[str]) -> Axis:
-    """``"base.guidance_weight=1,3,5,8"`` -> an `Axis` (values distinct and non-empty)."""
-    stage, key, raw = parse_assignment(text, stage_names)
-    values = tuple(v.strip() for v in raw.split(","))
-    if any(not v for v in values):
-        raise PixcadeError(f"--vary {text}: empty value")
-    if len(set(values)) != len(values):
-        raise PixcadeError(f"--vary {text}: a value repeats")
-    return Axis(stage, key, values)
-
-
-def cells(axes: Sequence[Axis]) -> list[tuple[Assignment, ...]]:
-    """Every combination of the axes' values, the first axis slowest."""
-    names = [a.name for a in axes]
-    if len(set(names)) != len(names):
-        raise PixcadeError(f"--vary: a setting is swept twice ({', '.join(names)})")
-    grid = [tuple((a.stage, a.key, v) for a, v in zip(axes, combo)) for combo in
-            itertools.product(*(a.values for a in axes))]
-    labels = [cell_label(c) for c in grid]
-    if len(set(labels)) != len(labels):  # each cell is a folder, and is judged under its name
-        raise PixcadeError(f"--vary: two cells would share the folder {next(x for x in labels if labels.count(x) > 1)}")
-    return grid
-
-
-def cell_label(cell: Sequence[Assignment]) -> str:
-    """A folder name for a cell: ``base.guidance_weight-5_base.threshold-static``."""
-    parts = [f"{stage + '.' if stage else ''}{key}-{value}" for stage, key, value in cell]
-    return re.sub(r"[^A-Za-z0-9._-]", "-", "_".join(parts)) or "defaults"
-
 
 T = TypeVar("T")
 
@@ -132,22 +84,19 @@ class SweepRun:
     fixed: tuple[Assignment, ...] = ()  # `--set` assignments of every cell
 
 
-def plan_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignment, ...]]) -> list[Plan]:
+def plan_cells(cascade: Cascade, run: SweepRun, grid: Sequence[Cell]) -> list[Plan]:
     """Each cell's plan: the stages run and their settings, every cell checked before any image."""
     chosen = choose(cascade.stages, run.stages)
     configs = [s.config for s in chosen]
     plans = []
     for cell in grid:
-        try:
-            plan = Plan(chosen, settings_from_text(configs, [*run.fixed, *cell]))
-        except PixcadeError as err:
-            raise PixcadeError(f"cell {cell_label(cell)}: {err}") from None
+        plan = Plan(chosen, cell_settings(configs, cell, run.fixed))
         cascade.check_precision(plan)
         plans.append(plan)
     return plans
 
 
-def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[tuple[Assignment, ...]], out: Path
+def generate_cells(cascade: Cascade, run: SweepRun, grid: Sequence[Cell], out: Path
                    ) -> dict[str, list[tuple[Any, str]]]:
     """Draw every cell into ``out``/LABEL/ (resuming what is there); {label: [(image, prompt)]}."""
     plans = plan_cells(cascade, run, grid)
@@ -170,11 +119,6 @@ GRID_PROMPTS = 8  # rows of the comparison picture, spread over the split
 GRID_CELL = 160  # its images' side: small stages enlarged so the differences show
 
 
-def cell_title(cell: Sequence[Assignment]) -> str:
-    """A column header that wraps at its spaces: ``guidance_weight 5, threshold static``."""
-    return ", ".join(f"{key} {value}" for _, key, value in cell) or "defaults"
-
-
 def comparison_grid(sets: dict[str, list[tuple[Any, str]]], titles: Sequence[str]) -> Image.Image:
     """One row per prompt (`GRID_PROMPTS` of them, spread), one column per cell (headed by
     ``titles``): the images the sweep judged, side by side ("with images")."""
@@ -185,7 +129,7 @@ def comparison_grid(sets: dict[str, list[tuple[Any, str]]], titles: Sequence[str
     return labelled_grid([sets[labels[0]][i][1] for i in rows], columns, side, mark_final=False)
 
 
-def summary_rows(result: dict[str, Any], grid: Sequence[tuple[Assignment, ...]], split: str) -> list[dict[str, Any]]:
+def summary_rows(result: dict[str, Any], grid: Sequence[Cell], split: str) -> list[dict[str, Any]]:
     """One row per (cell, judge): the swept values, the split's accuracies, FD, KID."""
     rows = []
     for cell in grid:
@@ -230,7 +174,7 @@ def right_by_every_judge(result: dict[str, Any], label: str) -> list[str]:
             if all(x["style_right"] and x["family_right"] for x in images)]
 
 
-def right_list(result: dict[str, Any], grid: Sequence[tuple[Assignment, ...]]) -> str:
+def right_list(result: dict[str, Any], grid: Sequence[Cell]) -> str:
     """Markdown: per cell, the images every judge gets right (as steps rise, whether the same
     concepts are learnt shows here, not in the means)."""
     lines = ["Images every judge reads as the right family and style:", ""]

@@ -14,8 +14,9 @@ from tqdm import tqdm
 
 from pixcade.data.scenes import Scene
 from pixcade.diffusion.precision import stage_precisions
-from pixcade.eval import sweep
+from pixcade.errors import PixcadeError
 from pixcade.eval.shapes import markdown_table, score
+from pixcade.eval.sweep import Axis, cell_label, cell_settings, cells
 from pixcade.io import atomic_write_text
 from pixcade.pipeline.cascade import Cascade
 from pixcade.pipeline.images import save_png_atomic
@@ -69,23 +70,55 @@ def run_benchmark(cascade: Cascade, run: BenchmarkRun, out: Path, options: dict[
     return report
 
 
-def run_sweep(cascade: Cascade, run: BenchmarkRun, out: Path, stage: str | None,
-              weights: Sequence[float] | None, thresholds: Sequence[str] | None, command: str) -> dict:
-    """One `run_benchmark` per (guidance weight, threshold) on ``stage`` (default: the
-    base), the others at their saved settings, into ``out``/SETTING/; sweep.md and the
-    result (one row per setting). Every setting is checked before the first image."""
-    stage = cascade.stage(stage or cascade.names[0]).config.name
-    settings = sweep.grid(weights, thresholds)
+def _acc(t: dict[str, Any]) -> str:
+    return "-" if t["accuracy"] is None else f"{t['accuracy']:.3f}"
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], stage: str) -> str:
+    """Rows: guidance weights; columns: overall and held-out accuracy per threshold."""
+    thresholds = list(dict.fromkeys(r["threshold"] for r in rows))
+    weights = list(dict.fromkeys(r["guidance_weight"] for r in rows))
+    cell = {(r["guidance_weight"], r["threshold"]): r for r in rows}
+    head = [f"guidance ({stage})"]
+    for t in thresholds:
+        head += [f"{t}: overall", f"{t}: held-out"]
+    lines = ["| " + " | ".join(head) + " |", "| ---: |" + " ---: |" * (2 * len(thresholds))]
+    for w in weights:
+        parts = [f"{w:g}"]
+        for t in thresholds:
+            r = cell.get((w, t))
+            parts += [_acc(r["overall"]), _acc(r["held_out"])] if r else ["-", "-"]
+        lines.append("| " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def run_sweep(cascade: Cascade, run: BenchmarkRun, out: Path, axes: Sequence[Axis], command: str) -> dict:
+    """One `run_benchmark` per cell of ``axes`` (guidance weight and/or threshold of one stage;
+    the other settings and stages as saved) into ``out``/CELL/; sweep.md and the result, one
+    row per cell with the swept stage's effective guidance weight and threshold. Every cell is
+    checked before the first image."""
+    stages = {a.stage for a in axes}
+    if len(stages) != 1 or None in stages or not {a.key for a in axes} <= {"guidance_weight", "threshold"}:
+        raise PixcadeError("the shapes sweep varies the guidance weight and/or threshold of one stage")
+    stage = cascade.stage(stages.pop()).config.name
     configs = [s.config for s in cascade.stages]
-    effective = [resolve(configs, **s.options(stage))[stage] for s in settings]
+    grid = cells(axes)
+    planned = []
+    for cell in grid:
+        settings = cell_settings(configs, cell)
+        # Only the swept settings, as `Cascade.generate` options, so the run's own (--dtype) stay.
+        options = {key: {stage: getattr(settings[stage], key)} for _, key, _ in cell}
+        resolve(configs, **{**run.options, **options})
+        planned.append((cell, settings[stage], options))
     rows = []
-    for setting, eff in zip(settings, effective):
+    for cell, eff, options in planned:
         print(f"guidance {eff.guidance_weight:g}, threshold {eff.threshold} on stage {stage}", file=sys.stderr)
-        report = run_benchmark(cascade, run, out / setting.label, setting.options(stage))
-        atomic_write_text(out / setting.label / "shapes.json", json.dumps(report, indent=2) + "\n")
-        rows.append({"guidance_weight": eff.guidance_weight, "threshold": eff.threshold, "dir": setting.label,
+        label = cell_label(cell)
+        report = run_benchmark(cascade, run, out / label, options)
+        atomic_write_text(out / label / "shapes.json", json.dumps(report, indent=2) + "\n")
+        rows.append({"guidance_weight": eff.guidance_weight, "threshold": eff.threshold, "dir": label,
                      **{k: report[k] for k in ("overall", "seen", "held_out", "by_kind")}})
-    table = sweep.markdown_table(rows, stage)
+    table = sweep_table(rows, stage)
     atomic_write_text(out / "sweep.md",
                       f"# Shapes benchmark, guidance x thresholding: {run.model}\n\nAccuracy on {len(run.scenes)} "
                       "prompts (held-out: prompts naming a held-out colour-shape pair); other stages at their "

@@ -1,90 +1,89 @@
-"""A grid of sampling settings for the shapes benchmark: guidance weight x thresholding.
+"""Grids of sampling settings: the axes a sweep varies, their cells, and each cell's settings.
 
-Imagen's point: large guidance weights align images with the text better, but push the
-predicted x0 outside [-1, 1], which static clipping handles badly and dynamic
-thresholding well. This module turns ``--guidance 1,3,5,8 --threshold dynamic,static``
-into per-stage options for `Cascade.generate` and tabulates the accuracies.
+One grammar for every sweep (`pixcade eval emoji sweep --vary`, `pixcade eval shapes
+--guidance/--threshold`): an axis is a `[STAGE.]KEY` of `SamplingSettings` with a list of
+values as command-line text; a cell is one value per axis, i.e. a tuple of ``--set``
+assignments, read and checked by `pipeline.options.settings_from_text` like any other
+``--set``. A cell's folder name and column title come from its assignments, so the same
+cell has the same folder in every sweep that contains it (a sweep resumes by folder).
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 from pixcade.diffusion.settings import SamplingSettings
 from pixcade.errors import PixcadeError
+from pixcade.pipeline.options import parse_assignment, settings_from_text
+from pixcade.stage import StageConfig
 
-
-def _parse_axis(text: str, flag: str, field: str) -> list[Any]:
-    """A comma-separated list of one sampling setting, each read and checked as
-    `SamplingSettings` reads it; distinct."""
-    values = []
-    for part in text.split(","):
-        try:
-            values.append(getattr(SamplingSettings().replace_text({field: part}), field))
-        except PixcadeError as err:
-            raise PixcadeError(f"{flag}: {err}") from None
-    if len(set(values)) != len(values):
-        raise PixcadeError(f"{flag}: a value repeats in {text!r}")
-    return values
-
-
-def parse_weights(text: str) -> list[float]:
-    """``"1,3,5,8"`` -> ``[1.0, 3.0, 5.0, 8.0]``: distinct valid guidance weights."""
-    return _parse_axis(text, "--guidance", "guidance_weight")
-
-
-def parse_thresholds(text: str) -> list[str]:
-    """``"dynamic,static"`` -> ``["dynamic", "static"]``, each a valid threshold spec."""
-    return _parse_axis(text, "--threshold", "threshold")
+Assignment = tuple[str | None, str, str]  # (stage or None for all, KEY, VALUE), as `--set` reads them
+Cell = tuple[Assignment, ...]
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One cell of the grid; None keeps the stage's saved default."""
+class Axis:
+    """One swept setting: ``[STAGE.]KEY`` and its values, as command-line text."""
 
-    guidance_weight: float | None
-    threshold: str | None
-
-    def options(self, stage: str) -> dict[str, dict[str, Any]]:
-        """Keyword options for `Cascade.generate`, applied to ``stage`` only."""
-        out: dict[str, dict[str, Any]] = {}
-        if self.guidance_weight is not None:
-            out["guidance_weight"] = {stage: self.guidance_weight}
-        if self.threshold is not None:
-            out["threshold"] = {stage: self.threshold}
-        return out
+    stage: str | None
+    key: str
+    values: tuple[str, ...]
 
     @property
-    def label(self) -> str:
-        """A directory name for this cell's images and report."""
-        g = "default" if self.guidance_weight is None else f"{self.guidance_weight:g}"
-        t = "default" if self.threshold is None else self.threshold.replace(":", "-")
-        return f"guidance-{g}_threshold-{t}"
+    def name(self) -> str:
+        return f"{self.stage}.{self.key}" if self.stage else self.key
 
 
-def grid(weights: Sequence[float] | None, thresholds: Sequence[str] | None) -> list[Setting]:
-    """Every (weight, threshold) pair, weight-major; an axis not swept is the default."""
-    return [Setting(w, t) for w in (weights or [None]) for t in (thresholds or [None])]
+def axis(stage: str | None, key: str, raw: str, flag: str) -> Axis:
+    """An `Axis` of ``key`` from comma-separated ``raw`` (values distinct and non-empty);
+    errors name the flag that gave it."""
+    values = tuple(v.strip() for v in raw.split(","))
+    if any(not v for v in values):
+        raise PixcadeError(f"{flag}: empty value in {raw!r}")
+    if len(set(values)) != len(values):
+        raise PixcadeError(f"{flag}: a value repeats in {raw!r}")
+    return Axis(stage, key, values)
 
 
-def _acc(t: dict[str, Any]) -> str:
-    return "-" if t["accuracy"] is None else f"{t['accuracy']:.3f}"
+def parse_axis(text: str, stage_names: Sequence[str]) -> Axis:
+    """``"base.guidance_weight=1,3,5,8"`` (a ``--vary``) -> an `Axis`."""
+    stage, key, raw = parse_assignment(text, stage_names)
+    return axis(stage, key, raw, f"--vary {text}")
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], stage: str) -> str:
-    """Rows: guidance weights; columns: overall and held-out accuracy per threshold."""
-    thresholds = list(dict.fromkeys(r["threshold"] for r in rows))
-    weights = list(dict.fromkeys(r["guidance_weight"] for r in rows))
-    cell = {(r["guidance_weight"], r["threshold"]): r for r in rows}
-    head = [f"guidance ({stage})"]
-    for t in thresholds:
-        head += [f"{t}: overall", f"{t}: held-out"]
-    lines = ["| " + " | ".join(head) + " |", "| ---: |" + " ---: |" * (2 * len(thresholds))]
-    for w in weights:
-        parts = [f"{w:g}"]
-        for t in thresholds:
-            r = cell.get((w, t))
-            parts += [_acc(r["overall"]), _acc(r["held_out"])] if r else ["-", "-"]
-        lines.append("| " + " | ".join(parts) + " |")
-    return "\n".join(lines)
+def cells(axes: Sequence[Axis]) -> list[Cell]:
+    """Every combination of the axes' values, the first axis slowest; one cell, no
+    assignments, when there is no axis."""
+    names = [a.name for a in axes]
+    if len(set(names)) != len(names):
+        raise PixcadeError(f"a setting is swept twice ({', '.join(names)})")
+    grid = [tuple((a.stage, a.key, v) for a, v in zip(axes, combo)) for combo in
+            itertools.product(*(a.values for a in axes))]
+    labels = [cell_label(c) for c in grid]
+    if len(set(labels)) != len(labels):  # each cell is a folder, and is reported under its name
+        raise PixcadeError(f"two cells would share the folder {next(x for x in labels if labels.count(x) > 1)}")
+    return grid
+
+
+def cell_label(cell: Sequence[Assignment]) -> str:
+    """A folder name for a cell: ``base.guidance_weight-5_base.threshold-static``."""
+    parts = [f"{stage + '.' if stage else ''}{key}-{value}" for stage, key, value in cell]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", "_".join(parts)) or "defaults"
+
+
+def cell_title(cell: Sequence[Assignment]) -> str:
+    """A column header that wraps at its spaces: ``guidance_weight 5, threshold static``."""
+    return ", ".join(f"{key} {value}" for _, key, value in cell) or "defaults"
+
+
+def cell_settings(configs: Sequence[StageConfig], cell: Sequence[Assignment],
+                  fixed: Sequence[Assignment] = ()) -> dict[str, SamplingSettings]:
+    """Each stage's settings in ``cell`` (over the ``fixed`` assignments of every cell), checked;
+    errors name the cell."""
+    try:
+        return settings_from_text(configs, [*fixed, *cell])
+    except PixcadeError as err:
+        raise PixcadeError(f"cell {cell_label(cell)}: {err}") from None
