@@ -35,6 +35,14 @@
 #   scripts/emoji_runs.sh check-base-grown[-decay|-cycle] step-N [sweep options]  # and for the grown ones
 #   scripts/emoji_runs.sh check-sr step-N [eval options]      # PSNR on 60 val_cs rows (BASE_RUN:
 #                                       # the base run it is assembled with, default base-grown-decay)
+#   GUIDANCE=W scripts/emoji_runs.sh card-val BASE_RUN step-N step-M   # the card's val_cs and SR
+#                                       # numbers for BASE_RUN's step-N with the SR stage's step-M
+#                                       # (~1.3 h on two threads): the SR sampling choice (3 x 60 rows),
+#                                       # the augmentation ablation (268 prompts, whole cascade, base at
+#                                       # guidance W, static) and SR on all held-out rows, into
+#                                       # $E/eval/CANDIDATE/; the base's guidance sweep is check-BASE_RUN's
+#   scripts/emoji_runs.sh card-test     # the shipped model (pixcade/weights/emoji) on test_cs and
+#                                       # test_attr, once per shipped model (~40 min), and its grid
 #
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
 # step is safe to rerun (training resumes from its newest checkpoint, the judges resume, the
@@ -163,8 +171,40 @@ check-sr)
     [ -d "$model" ] || px assemble "$newest" "$sr" --out "$model"
     OMP_NUM_THREADS=${THREADS:-1} px eval emoji sr --data "$D" --model "$model" --split val_cs --limit "${LIMIT:-60}" \
         --out "$E/sr-checks/sr-${step#step-}${TAG:-}.json" "$@" ;;
+card-val)
+    # The SR stage's sampling is chosen on the SR stage alone (given the true 64 px image), so its
+    # choice and SR-on-all-rows hold for any base; the ablation runs the whole cascade.
+    base_run=${1:?card-val needs the base run, its step and the SR step, e.g. base-grown-cycle step-00003000 step-00004798}
+    base=$(export_stage "$base_run" "${2:?card-val needs the base step}")
+    sr_step=${3:?card-val needs the SR step}
+    sr=$(export_stage sr "$sr_step")
+    model="$E/candidates/sr-${sr_step#step-}-with-$(basename "$base")"
+    [ -d "$model" ] || px assemble "$base" "$sr" --out "$model"
+    out="$E/eval/$(basename "$model")"
+    mkdir -p "$out" "$E/sr-checks"
+    export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+    for s in "0.2 2" "0.3 3" "0.5 5"; do
+        set -- $s
+        json="$E/sr-checks/sr-${sr_step#step-}-start${1/./}-s$2.json"
+        [ -f "$json" ] || px eval emoji sr --data "$D" --model "$model" --split val_cs --limit 60 \
+            --set start="$1" --set steps="$2" --out "$json"
+    done
+    px eval emoji sweep --model "$model" --data "$D" --split val_cs --set base.guidance_weight="${GUIDANCE:-3}" \
+        --set base.threshold=static --set sr.start=0.3 --set sr.steps=3 --vary sr.aug_level=0,0.1 --out "$out/ablation"
+    [ -f "$out/sr.json" ] || px eval emoji sr --data "$D" --model "$model" --set start=0.3 --set steps=3 \
+        --out "$out/sr.json" ;;
+card-test)
+    # Reads the shipped folder from the work tree, not the frozen copy: what ships is what is drawn.
+    out="$E/eval/shipped-$(git -C "$REPO" rev-parse --short HEAD)"
+    mkdir -p "$out"
+    export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
+    for split in test_cs test_attr; do
+        px eval emoji sweep --model "$REPO/pixcade/weights/emoji" --data "$D" --split "$split" --out "$out/$split"
+    done
+    [ -f "$out/grid.png" ] || px eval emoji grid --model "$REPO/pixcade/weights/emoji" --data "$D" --split test_cs \
+        --out "$out/grid.png" ;;
 *)
-    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base32|base32-shifted|base|base-cosine025|base-grown[-decay|-cycle]|sr|check-base[-cosine025|-grown[-decay|-cycle]] STEP|check-base32[-shifted] STEP|check-sr STEP" >&2
+    echo "usage: scripts/emoji_runs.sh data|embed|audit|judges|base32|base32-shifted|base|base-cosine025|base-grown[-decay|-cycle]|sr|check-base[-cosine025|-grown[-decay|-cycle]] STEP|check-base32[-shifted] STEP|check-sr STEP|card-val BASE_RUN STEP SR_STEP|card-test" >&2
     exit 2 ;;
 esac
 exit
