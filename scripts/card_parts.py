@@ -18,8 +18,10 @@ from pixcade.eval.provenance import model_digest, same_networks
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, GRID_DIGEST_KEY
 from pixcade.io import atomic_write_text
 from pixcade.nn.unet import count_parameters
+from pixcade.errors import PixcadeError
 from pixcade.pipeline.saving import load_cascade_config
 from pixcade.stage import StageConfig
+from pixcade.train.config import CascadeTrainConfig, load_config
 
 # Written beside a card: every run's summary as measured, so a later card can still show a
 # phase whose run directory (metrics.jsonl) did not survive the machine it trained on.
@@ -174,22 +176,41 @@ def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], hi
     return runs
 
 
-def sampling_overrides(stage_config: Any, export: str | None) -> dict[str, Any]:
-    """The sampling settings `pixcade assemble --set` gave this stage: where the cascade's
-    differ from its export's training config (so the card's assemble command reproduces them)."""
-    path = Path(export) / "stage.json" if export else None
-    if path is None or not path.is_file():
-        return {}
+def sampling_overrides(trained: Any, now: Any) -> dict[str, Any]:
+    """The `pixcade assemble --set` values that turn the ``trained`` sampling settings (a
+    stage's training config's) into ``now`` (the cascade's), as the command line writes them."""
 
     def flat(settings: Any) -> dict[str, Any]:
         d = settings.to_dict()
         return {**{k: v for k, v in d.items() if k != "sampler_args"},
                 **{f"sampler_args.{k}": v for k, v in d["sampler_args"].items()}}
 
-    trained = flat(StageConfig.from_dict(read_json(path)["stage"]).sampling)
-    values = flat(stage_config.sampling)
+    before, after = flat(trained), flat(now)
     return {k: ("none" if v is None else f"{v:g}" if isinstance(v, float) else v)
-            for k, v in values.items() if trained.get(k) != v}
+            for k, v in after.items() if before.get(k) != v}
+
+
+def export_sampling(export: str | None) -> Any | None:
+    """The sampling settings an export's stage.json records (None without one)."""
+    path = Path(export) / "stage.json" if export else None
+    if path is None or not path.is_file():
+        return None
+    return StageConfig.from_dict(read_json(path)["stage"]).sampling
+
+
+def trained_sampling(run: str | None, config: str | None, stage: str) -> Any | None:
+    """The sampling settings ``stage`` trained with, as `train export` writes them into its
+    export: from the run's own config.json where the run is here, else from the config file
+    it names (relative to the current directory), else None."""
+    try:
+        if run and (Path(run) / "config.json").is_file():
+            recorded = read_json(Path(run) / "config.json")["config"]
+            return CascadeTrainConfig.from_dict(recorded).stage(stage).stage_config().sampling
+        if config:
+            return load_config(config).stage(stage).stage_config().sampling
+    except (PixcadeError, KeyError):
+        pass
+    return None
 
 
 def model_summary(model: Path) -> dict[str, Any]:
@@ -206,7 +227,7 @@ def model_summary(model: Path) -> dict[str, Any]:
             "aug_level": sc.sampling.aug_level if sc.is_super_resolution else None,
             "trained_step": sources.get(sc.name, {}).get("step"),
             "export": sources.get(sc.name, {}).get("export"),
-            "set": sampling_overrides(sc, sources.get(sc.name, {}).get("export")),
+            "sampling": sc.sampling,
         })
     return {"dir": str(model), "digest": model_digest(model), "text_encoder": config.text_encoder, "max_length": config.max_length,
             "stages": stages, "total_bytes": sum(s["bytes"] for s in stages)}
@@ -329,10 +350,20 @@ def training_commands(model: dict, runs: list[dict], config: str | None, data_co
         out += [code_block("\n".join(lines)), ""]
     if all(s["trained_step"] is not None and s["export"] for s in model["stages"]):
         runs_by_stage = {r["stage"]: r["run"] for r in runs}
+        configs_by_stage = {r["stage"]: r.get("config") or config for r in runs}
+        # `train export` writes the sampling settings of the run's training config; the export
+        # the cascade was assembled from may say otherwise (one unpacked from a saved cascade
+        # carries the cascade's), so the --set values are taken against the training config.
+        sets = {}
+        for s in model["stages"]:
+            trained = trained_sampling(runs_by_stage.get(s["name"]), configs_by_stage.get(s["name"]), s["name"])
+            if trained is None:
+                trained = export_sampling(s["export"])
+            sets[s["name"]] = sampling_overrides(trained, s["sampling"]) if trained is not None else {}
         lines = [f"pixcade train export --run {runs_by_stage.get(s['name'], 'RUN_DIR')} "
                  f"--checkpoint step-{s['trained_step']} --out {s['export']}" for s in model["stages"]]
         lines.append(f"pixcade assemble {' '.join(s['export'] for s in model['stages'])} --out {model['dir']}"
-                     + "".join(f" --set {s['name']}.{k}={v}" for s in model["stages"] for k, v in s["set"].items()))
+                     + "".join(f" --set {s['name']}.{k}={v}" for s in model["stages"] for k, v in sets[s["name"]].items()))
         out += ["The shipped weights are those steps' EMA weights, exported and assembled with:", "",
                 code_block("\n".join(lines)), ""]
     return out

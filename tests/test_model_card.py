@@ -347,3 +347,30 @@ def test_a_stage_trained_in_phases(tmp_path, capsys):
     bad.write_text('{"runs": [{"step": 3}]}')
     with pytest.raises(SystemExit, match="bad.json is not a training.json"):
         model_card.main(["--model", str(model3), "--history", str(bad), "--out", str(out3)])
+
+
+def test_the_assemble_command_sets_what_differs_from_training_even_from_an_unpacked_export(tmp_path, capsys):
+    # An export unpacked from a saved cascade (scripts/unpack_cascade.py) carries the cascade's
+    # sampling settings, not its training config's: the card's commands export from the run,
+    # so its assemble line must still --set what the cascade changed.
+    base_cfg, sr_cfg = tiny_configs()
+    base = make_run(tmp_path / "runs", base_cfg, 20, 4, [(0, 4.0), (10, 4.0)])
+    sr = make_run(tmp_path / "runs", sr_cfg, 20, 4, [(0, 8.0), (10, 8.0)])
+    for run in (base, sr):
+        assert pixcade_main(["train", "export", "--run", str(run), "--out", str(tmp_path / "exports" / run.name)]) == 0
+    first = tmp_path / "first"
+    assert pixcade_main(["assemble", str(tmp_path / "exports/base"), str(tmp_path / "exports/sr"), "--out", str(first),
+                         "--set", "base.guidance_weight=7", "--set", "sr.steps=3"]) == 0
+    spec = importlib.util.spec_from_file_location("unpack_cascade", REPO / "scripts" / "unpack_cascade.py")
+    unpack_cascade = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unpack_cascade)
+    assert unpack_cascade.main([str(first), "--out", str(tmp_path / "unpacked")]) == 0
+    model = tmp_path / "model"
+    assert pixcade_main(["assemble", str(tmp_path / "unpacked/base"), str(tmp_path / "unpacked/sr"),
+                         "--out", str(model)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "card.md"
+    assert model_card.main(["--model", str(model), "--run", str(base), "--run", str(sr),
+                            "--config", "configs/shapes.json", "--out", str(out)]) == 0
+    line = next(ln for ln in out.read_text().splitlines() if ln.startswith("pixcade assemble"))
+    assert line.endswith(f"--out {model} --set base.guidance_weight=7 --set sr.steps=3"), line
