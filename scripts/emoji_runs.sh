@@ -194,8 +194,10 @@ card-val)
     [ -f "$out/sr.json" ] || px eval emoji sr --data "$D" --model "$model" --set start=0.3 --set steps=3 \
         --out "$out/sr.json" ;;
 card-test)
-    # Reads the shipped folder from the work tree, not the frozen copy: what ships is what is drawn.
-    out="$E/eval/shipped-$(git -C "$REPO" rev-parse --short HEAD)"
+    # Reads the shipped folder from the work tree, not the frozen copy: what ships is what is drawn,
+    # committed or not, so its reports are filed under the weights' digest, not HEAD's.
+    digest=$(cd "$REPO" && python -c 'import sys; from pixcade.eval.provenance import model_digest; print(model_digest(sys.argv[1])[:12])' pixcade/weights/emoji)
+    out="$E/eval/shipped-$digest"
     mkdir -p "$out"
     export OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2}
     for split in test_cs test_attr; do
