@@ -5,6 +5,7 @@ Every number comes from a file; nothing here is typed by hand."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -14,11 +15,11 @@ from typing import Any
 
 from PIL import Image
 
+from pixcade.errors import PixcadeError
 from pixcade.eval.provenance import model_digest, same_networks
 from pixcade.eval.stage_grid import GRID_COMMAND_KEY, GRID_DIGEST_KEY
 from pixcade.io import atomic_write_text
 from pixcade.nn.unet import count_parameters
-from pixcade.errors import PixcadeError
 from pixcade.pipeline.saving import load_cascade_config
 from pixcade.stage import StageConfig
 from pixcade.train.config import CascadeTrainConfig, load_config
@@ -112,6 +113,25 @@ def read_history(path: Path) -> list[dict[str, Any]]:
         raise SystemExit(f"card: {path} is not a {TRAINING_RECORD} (no list of runs with stage and run)")
     expand = lambda v: os.path.expanduser(v) if isinstance(v, str) and v.startswith("~/") else v
     return [{k: expand(v) for k, v in r.items()} for r in runs]
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """A card script's --history and --run (read back by `runs_from_arguments`)."""
+    p.add_argument("--history", help=f"a {TRAINING_RECORD} an earlier card wrote: its runs stand in for those whose "
+                                      "directories are gone (a --run of the same directory replaces its record)")
+    p.add_argument("--run", action="append",
+                   help="a stage's training run directory (repeat, base first; a stage trained in phases, each "
+                        "starting from the previous one's export, gives its runs in order); RUN=CONFIG names "
+                        "the config file that run trained with when it is not --config")
+
+
+def runs_from_arguments(model: dict[str, Any], args: argparse.Namespace, script: str) -> list[dict[str, Any]]:
+    """Every phase of every stage from ``add_run_arguments``' --history and --run (`collect_runs`)."""
+    history = read_history(Path(args.history)) if args.history else []
+    specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run or []]
+    if not specs and not history:
+        raise SystemExit(f"{script}: give at least one --run (or a --history that records the runs)")
+    return collect_runs(model, specs, history, args.config)
 
 
 def collect_runs(model: dict[str, Any], specs: list[tuple[Path, str | None]], history: list[dict[str, Any]],

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, notes_section,
-    read_history, read_json, stages_table, training_commands, training_table, verdict, write_card,
+    add_run_arguments, code_block, generated_by, grid_info, measured_on, model_summary, notes_section, read_json,
+    runs_from_arguments, stages_table, training_commands, training_table, verdict, write_card,
 )
 
 from pixcade.eval.emoji_sweep import markdown_table
@@ -247,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the `pixcade data emoji` folder (its summary.json)")
     p.add_argument("--audit", help="`pixcade data emoji-audit --out` report")
     p.add_argument("--judge", action="append", required=True, help="a judge's `eval emoji train --report` (repeat)")
-    p.add_argument("--history", help=f"a {TRAINING_RECORD} an earlier card wrote: its runs stand in for those whose "
-                                      "directories are gone (a --run of the same directory replaces its record)")
-    p.add_argument("--run", action="append",
-                   help="a stage's training run directory (repeat, base first; RUN=CONFIG: the config it trained with)")
+    add_run_arguments(p)
     p.add_argument("--config", help="the training config file, for the training commands")
     p.add_argument("--data-command", action="append", default=[], help="a command that made the data (repeat)")
     p.add_argument("--test", action="append", default=[],
@@ -271,11 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     model = model_summary(Path(args.model))
-    history = read_history(Path(args.history)) if args.history else []
-    specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run or []]
-    if not specs and not history:
-        raise SystemExit("emoji_card: give at least one --run (or a --history that records the runs)")
-    runs = collect_runs(model, specs, history, args.config)
+    runs = runs_from_arguments(model, args, "emoji_card")
     tests = [read_json(t) for t in args.test]
     for t in tests:
         if [r["cell"] for r in t["summary"]][:1] != ["defaults"] or t.get("axes"):

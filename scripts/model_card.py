@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from card_parts import (
-    TRAINING_RECORD, code_block, collect_runs, generated_by, grid_info, measured_on, model_summary, notes_section,
-    read_history,
-    read_json, stages_table, training_commands, training_table, verdict, write_card,
+    add_run_arguments, code_block, generated_by, grid_info, measured_on, model_summary,
+    notes_section, read_json, runs_from_arguments, stages_table, training_commands, training_table, verdict,
+    write_card,
 )
 
 from pixcade.data.shapes import HELD_OUT, parse_caption
@@ -145,12 +145,7 @@ def card(model: dict, runs: list[dict], *, config: str | None, data_commands: li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="the assembled cascade directory")
-    p.add_argument("--history", help=f"a {TRAINING_RECORD} an earlier card wrote: its runs stand in for those whose "
-                                      "directories are gone (a --run of the same directory replaces its record)")
-    p.add_argument("--run", action="append",
-                   help="a stage's training run directory (repeat, base first; a stage trained in phases, each "
-                        "starting from the previous one's export, gives its runs in order); RUN=CONFIG names "
-                        "the config file that run trained with when it is not --config")
+    add_run_arguments(p)
     p.add_argument("--config", help="the training config file, for the training commands")
     p.add_argument("--data", action="append", default=[],
                    help="a training data folder: check that no caption names a held-out pair (repeat for each)")
@@ -170,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     model = model_summary(Path(args.model))
-    history = read_history(Path(args.history)) if args.history else []
-    specs = [(Path(r.partition("=")[0]), r.partition("=")[2] or None) for r in args.run or []]
-    if not specs and not history:
-        raise SystemExit("model_card: give at least one --run (or a --history that records the runs)")
-    runs = collect_runs(model, specs, history, args.config)
+    runs = runs_from_arguments(model, args, "model_card")
     text = card(
         model, runs, config=args.config, data_commands=args.data_command,
         shapes=read_json(args.shapes) if args.shapes else None,
