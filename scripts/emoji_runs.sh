@@ -37,12 +37,13 @@
 #                                       # the base run it is assembled with, default base-grown-decay)
 #   GUIDANCE=W scripts/emoji_runs.sh card-val BASE_RUN step-N step-M   # the card's val_cs and SR
 #                                       # numbers for BASE_RUN's step-N with the SR stage's step-M
-#                                       # (~1.3 h on two threads): the SR sampling choice (3 x 60 rows),
+#                                       # (~1.5 h on two idle EPYC cores, 2026-12-07: SR choice 7 min,
+#                                       # ablation 44, SR on all rows 37): the SR sampling choice (3 x 60 rows),
 #                                       # the augmentation ablation (268 prompts, whole cascade, base at
 #                                       # guidance W, static) and SR on all held-out rows, into
 #                                       # $E/eval/CANDIDATE/; the base's guidance sweep is check-BASE_RUN's
 #   scripts/emoji_runs.sh card-test     # the shipped model (pixcade/weights/emoji) on test_cs and
-#                                       # test_attr, once per shipped model (~40 min), and its grid
+#                                       # test_attr, once per shipped model (~50 min), and its grid
 #
 # Everything lands under $PIXCADE_RUNS (default ~/pixcade-runs), outside the work tree; every
 # step is safe to rerun (training resumes from its newest checkpoint, the judges resume, the
